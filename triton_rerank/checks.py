@@ -1,0 +1,178 @@
+"""Input checks shared by every public entry point.
+
+One helper per kind of argument, so that the messages stay the same everywhere
+and every message has a test (tests/test_checks.py).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+FLOAT_DTYPES_TORCH = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class FeaturePair:
+    """Query and gallery features as float32 torch tensors on one device.
+
+    Attributes:
+        query: ``[q, d]`` float32.
+        gallery: ``[g, d]`` float32.
+        array_type: ``"numpy"`` or ``"torch"``: what the caller passed, and so what it gets back.
+        device: the caller's device (``cpu`` for numpy input).
+    """
+
+    query: torch.Tensor
+    gallery: torch.Tensor
+    array_type: str
+    device: torch.device
+
+
+def _as_tensor(x, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        if x.dtype not in FLOAT_DTYPES_TORCH:
+            raise TypeError(
+                f"{name} must be a floating-point tensor (float16, bfloat16, float32 or "
+                f"float64), got dtype {x.dtype}"
+            )
+        return x
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(
+            f"{name} must be a floating-point array (float16, float32 or float64), "
+            f"got dtype {x.dtype}"
+        )
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def check_features(query, gallery, *, normalize: bool) -> FeaturePair:
+    """Validate a query/gallery feature pair and convert it to float32 tensors.
+
+    Args:
+        query: ``[q, d]`` numpy array or torch tensor of floats.
+        gallery: ``[g, d]`` array of the same type (and, for tensors, the same device).
+        normalize: whether rows will be L2-normalised; then zero rows are rejected.
+
+    Returns:
+        A :class:`FeaturePair` holding float32 tensors on the caller's device,
+        L2-normalised when ``normalize`` is true.
+
+    Raises:
+        TypeError: not numpy/torch, mixed numpy and torch, or a non-floating dtype.
+        ValueError: wrong ndim, empty, feature-dim mismatch, NaN/inf, zero-norm rows
+            (with ``normalize=True``) or tensors on different devices.
+    """
+    types = []
+    for name, x in (("query", query), ("gallery", gallery)):
+        if isinstance(x, torch.Tensor):
+            types.append("torch")
+        elif isinstance(x, np.ndarray):
+            types.append("numpy")
+        else:
+            raise TypeError(
+                f"{name} must be a numpy.ndarray or a torch.Tensor, got {type(x).__name__}"
+            )
+    if types[0] != types[1]:
+        raise TypeError(
+            f"query and gallery must be the same array type, got query as {types[0]} and "
+            f"gallery as {types[1]}; pass two numpy arrays or two torch tensors"
+        )
+    array_type = types[0]
+    if array_type == "torch" and query.device != gallery.device:
+        raise ValueError(
+            f"query and gallery must be on the same device, got query on {query.device} "
+            f"and gallery on {gallery.device}"
+        )
+
+    tensors = []
+    for name, x in (("query", query), ("gallery", gallery)):
+        t = _as_tensor(x, name)
+        if t.ndim != 2:
+            raise ValueError(
+                f"{name} must be 2-D [n, d], got {t.ndim}-D with shape {tuple(t.shape)}"
+            )
+        if t.shape[0] == 0:
+            raise ValueError(f"{name} is empty: shape {tuple(t.shape)} has no rows")
+        if t.shape[1] == 0:
+            raise ValueError(f"{name} has feature dimension 0: shape {tuple(t.shape)}")
+        tensors.append(t)
+    xq, xg = tensors
+    if xq.shape[1] != xg.shape[1]:
+        raise ValueError(
+            f"feature dimensions differ: query is [{xq.shape[0]}, {xq.shape[1]}] and "
+            f"gallery is [{xg.shape[0]}, {xg.shape[1]}]"
+        )
+
+    checked = []
+    for name, t in (("query", xq), ("gallery", xg)):
+        t = t.to(torch.float32)
+        bad = ~torch.isfinite(t).all(dim=1)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten()
+            raise ValueError(
+                f"{name} contains NaN or inf in {rows.numel()} row(s), first at row "
+                f"{int(rows[0])}"
+            )
+        if normalize:
+            norms = torch.linalg.vector_norm(t, dim=1)
+            zero = norms == 0
+            if bool(zero.any()):
+                rows = torch.nonzero(zero).flatten()
+                raise ValueError(
+                    f"{name} has {rows.numel()} zero-norm row(s) (first at row "
+                    f"{int(rows[0])}), which cannot be L2-normalised; remove them or "
+                    f"pass normalize=False"
+                )
+            t = t / norms[:, None]
+        checked.append(t.contiguous())
+    device = query.device if array_type == "torch" else torch.device("cpu")
+    return FeaturePair(checked[0], checked[1], array_type, device)
+
+
+def check_int(value, name: str, *, minimum: int, maximum: int | None = None,
+              maximum_reason: str = "") -> int:
+    """Return ``value`` as an int after checking ``minimum <= value <= maximum``.
+
+    Raises:
+        TypeError: ``value`` is not an integer (bools are rejected too).
+        ValueError: out of range; the message quotes the value and the bound.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        reason = f" ({maximum_reason})" if maximum_reason else ""
+        raise ValueError(f"{name}={value} is larger than {maximum}{reason}")
+    return value
+
+
+def check_unit_interval(value, name: str) -> float:
+    """Return ``value`` as a float after checking it is a finite number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {value!r}")
+    value = float(value)
+    if not (0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def check_rerank_params(*, k1, k2, iterations, lamb, topk, n_nodes: int, n_gallery: int):
+    """Validate GNN re-ranking hyper-parameters against the data sizes.
+
+    Returns:
+        ``(k1, k2, iterations, lamb, topk)`` as plain Python numbers (``topk`` may be None).
+    """
+    k1 = check_int(k1, "k1", minimum=1, maximum=n_nodes,
+                   maximum_reason=f"the number of nodes, query + gallery = {n_nodes}")
+    k2 = check_int(k2, "k2", minimum=1, maximum=k1, maximum_reason="k2 must not exceed k1")
+    iterations = check_int(iterations, "iterations", minimum=0)
+    lamb = check_unit_interval(lamb, "lamb")
+    if topk is not None:
+        topk = check_int(topk, "topk", minimum=1, maximum=n_gallery,
+                         maximum_reason=f"the gallery size {n_gallery}")
+    return k1, k2, iterations, lamb, topk

@@ -1,0 +1,129 @@
+"""Neighbour feature aggregation on sparse rows: ``out[i] = sum_t w[i, t] * S[nbr[i, t]]``.
+
+This is step 4 of the algorithm (``A = W @ (A + A.T)``) with W stored as its k2
+non-zeros per row. Each output row is built in a dense scratch row of length
+``n_cols`` (one per parallel task) and written back as CSR, optionally
+L2-normalised. Two passes: one counts each row's non-zeros, one fills them.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+# Rows per parallel task: each task owns one dense scratch row of n_cols floats.
+_ROWS_PER_TASK = 64
+
+
+@nb.njit(parallel=True, cache=True)
+def count_row_nnz(rows, nbr_idx, s_indptr, s_indices, n_cols):
+    """Number of non-zeros of each output row (the union of its neighbours' supports).
+
+    Args:
+        rows: ``[r]`` int64 ids of the rows to build.
+        nbr_idx: ``[n, t]`` int64 neighbour ids (the non-zero columns of W).
+        s_indptr, s_indices: CSR structure of S, ``[n, n_cols]``.
+        n_cols: number of columns of S.
+
+    Returns:
+        ``[r]`` int64 non-zero counts.
+    """
+    n_out = rows.shape[0]
+    counts = np.zeros(n_out, dtype=np.int64)
+    n_tasks = (n_out + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for task in nb.prange(n_tasks):
+        seen = np.full(n_cols, -1, dtype=np.int64)
+        for o in range(task * _ROWS_PER_TASK, min(n_out, (task + 1) * _ROWS_PER_TASK)):
+            row = rows[o]
+            count = 0
+            for t in range(nbr_idx.shape[1]):
+                a = nbr_idx[row, t]
+                for p in range(s_indptr[a], s_indptr[a + 1]):
+                    col = s_indices[p]
+                    if seen[col] != o:
+                        seen[col] = o
+                        count += 1
+            counts[o] = count
+    return counts
+
+
+@nb.njit(parallel=True, cache=True)
+def fill_rows(rows, nbr_idx, nbr_w, s_indptr, s_indices, s_values, n_cols,
+              out_indptr, out_indices, out_values, out_norms, normalize, eps):
+    """Write the aggregated rows into a CSR whose ``out_indptr`` came from the counts.
+
+    Args:
+        rows, nbr_idx, s_indptr, s_indices, n_cols: as :func:`count_row_nnz`.
+        nbr_w: ``[n, t]`` float32 neighbour weights (the values of W).
+        s_values: ``[nnz]`` float32 values of S.
+        out_indptr: ``[r + 1]`` int64 prefix sums of the counts.
+        out_indices, out_values: ``[nnz_out]`` outputs (int64, float32).
+        out_norms: ``[r]`` float32 output, the L2 norm of each row before scaling.
+        normalize: divide each row by ``max(norm, eps)``.
+        eps: the norm floor (rows of norm 0 stay 0 instead of becoming NaN).
+    """
+    n_out = rows.shape[0]
+    n_tasks = (n_out + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for task in nb.prange(n_tasks):
+        acc = np.zeros(n_cols, dtype=np.float32)
+        seen = np.full(n_cols, -1, dtype=np.int64)
+        for o in range(task * _ROWS_PER_TASK, min(n_out, (task + 1) * _ROWS_PER_TASK)):
+            row = rows[o]
+            start = out_indptr[o]
+            fill = start
+            for t in range(nbr_idx.shape[1]):
+                a = nbr_idx[row, t]
+                w = nbr_w[row, t]
+                for p in range(s_indptr[a], s_indptr[a + 1]):
+                    col = s_indices[p]
+                    if seen[col] != o:
+                        seen[col] = o
+                        out_indices[fill] = col
+                        fill += 1
+                    acc[col] += w * s_values[p]
+            square_sum = np.float32(0.0)
+            for p in range(start, fill):
+                v = acc[out_indices[p]]
+                square_sum += v * v
+            norm = np.sqrt(square_sum)
+            out_norms[o] = norm
+            scale = np.float32(1.0) / max(norm, eps) if normalize else np.float32(1.0)
+            for p in range(start, fill):
+                col = out_indices[p]
+                out_values[p] = acc[col] * scale
+                acc[col] = 0.0
+
+
+@nb.njit(parallel=True, cache=True)
+def row_norms(rows, nbr_idx, nbr_w, s_indptr, s_indices, s_values, n_cols):
+    """L2 norm of each aggregated row, without storing the rows.
+
+    Args: as :func:`fill_rows`. Returns: ``[r]`` float32 norms.
+    """
+    n_out = rows.shape[0]
+    norms = np.zeros(n_out, dtype=np.float32)
+    n_tasks = (n_out + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for task in nb.prange(n_tasks):
+        acc = np.zeros(n_cols, dtype=np.float32)
+        seen = np.full(n_cols, -1, dtype=np.int64)
+        touched = np.empty(n_cols, dtype=np.int64)
+        for o in range(task * _ROWS_PER_TASK, min(n_out, (task + 1) * _ROWS_PER_TASK)):
+            row = rows[o]
+            n_touched = 0
+            for t in range(nbr_idx.shape[1]):
+                a = nbr_idx[row, t]
+                w = nbr_w[row, t]
+                for p in range(s_indptr[a], s_indptr[a + 1]):
+                    col = s_indices[p]
+                    if seen[col] != o:
+                        seen[col] = o
+                        touched[n_touched] = col
+                        n_touched += 1
+                    acc[col] += w * s_values[p]
+            square_sum = np.float32(0.0)
+            for p in range(n_touched):
+                col = touched[p]
+                square_sum += acc[col] * acc[col]
+                acc[col] = 0.0
+            norms[o] = np.sqrt(square_sum)
+    return norms

@@ -1,0 +1,140 @@
+"""``gnn_rerank()``: the public entry point, and ``GNNReranker``, a reusable configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .checks import FeaturePair, check_features, check_rerank_params
+from .graph import knn_graph
+from .propagate import propagate
+from .scoring import rerank_scores
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend that will run: ``"torch"`` (the CPU path) for now.
+
+    Raises:
+        ValueError: an unknown name, or ``"triton"``, which this build does not ship.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton":
+        raise ValueError(
+            "backend='triton' is not available in this build of triton-rerank: the Triton "
+            "kernels are not included yet; use backend='auto' or 'torch'"
+        )
+    return "torch"
+
+
+# Keep the query-gallery similarities from the kNN step (instead of recomputing them
+# per block) when the [q, g] matrix is the output anyway or at most this large.
+BASE_KEEP_BYTES = 512 * 2**20
+
+
+def _run_cpu(features: FeaturePair, *, k1, k2, iterations, lamb, topk):
+    query = features.query.cpu()
+    gallery = features.gallery.cpu()
+    n_query, n_gallery = query.shape[0], gallery.shape[0]
+    base = None
+    if lamb > 0 and (topk is None or 4 * n_query * n_gallery <= BASE_KEEP_BYTES):
+        base = torch.empty(n_query, n_gallery, dtype=torch.float32)
+    knn_values, knn_indices = knn_graph(torch.cat([query, gallery]), k1, n_query=n_query,
+                                        query_gallery_out=base)
+    graph = propagate(knn_values, knn_indices, n_query=n_query, k2=k2, iterations=iterations)
+    return rerank_scores(graph, query, gallery, lamb=lamb, topk=topk, base=base)
+
+
+def _to_caller(result, features: FeaturePair):
+    if features.array_type == "numpy":
+        return result.numpy() if isinstance(result, torch.Tensor) else tuple(
+            r.numpy() for r in result)
+    if isinstance(result, torch.Tensor):
+        return result.to(features.device)
+    return tuple(r.to(features.device) for r in result)
+
+
+def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2,
+               lamb: float = 0.3, topk: int | None = None, normalize: bool = True,
+               backend: str = "auto"):
+    """Re-rank gallery items for each query with GNN re-ranking (Zhang et al. 2020).
+
+    Queries and gallery items are all nodes of one kNN graph (transductive
+    re-ranking). Each node's row of the adjacency is propagated over its ``k2``
+    nearest neighbours with squared-similarity weights, ``iterations`` times, and
+    the final score of a pair is the inner product of their rows, mixed with the
+    original cosine similarity by ``lamb``. See DESIGN.md §1 for the exact steps.
+
+    Args:
+        query: ``[q, d]`` float features (numpy array or torch tensor).
+        gallery: ``[g, d]`` features of the same array type (and device).
+        k1: neighbours in the kNN graph (Market-1501: 26, VeRi-776: 60); ``k1 <= q + g``.
+        k2: neighbours aggregated per propagation round, ``1 <= k2 <= k1``;
+            ``k2 == 1`` skips propagation.
+        iterations: propagation rounds (the reference code uses 2).
+        lamb: weight of the original similarity in the final score, in [0, 1].
+        topk: None for the full score matrix, or K (``1 <= K <= g``) for the top-K.
+        normalize: L2-normalise rows first (rows of norm 0 are then an error).
+        backend: ``"auto"`` or ``"torch"`` (the CPU path; CUDA tensors are computed on
+            the CPU and returned on their device).
+
+    Returns:
+        With ``topk=None``: ``scores [q, g]`` float32, higher is better.
+        With ``topk=K``: ``(D [q, K] float32, I [q, K] int64)``, sorted by descending
+        score, equal scores by smaller gallery index.
+        numpy in, numpy out; torch in, torch out on the input's device.
+
+    Raises:
+        TypeError: non-array input, mixed numpy/torch, integer dtypes, non-integer k's.
+        ValueError: bad shapes, empty input, NaN/inf, zero rows with ``normalize=True``,
+            out-of-range ``k1``/``k2``/``iterations``/``lamb``/``topk``, mixed devices,
+            unknown or unavailable backend.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> xq, xg = rng.standard_normal((5, 16)), rng.standard_normal((40, 16))
+        >>> D, I = gnn_rerank(xq, xg, k1=10, k2=3, topk=5)
+        >>> D.shape, I.dtype
+        ((5, 5), dtype('int64'))
+    """
+    features = check_features(query, gallery, normalize=normalize)
+    n_query, n_gallery = features.query.shape[0], features.gallery.shape[0]
+    k1, k2, iterations, lamb, topk = check_rerank_params(
+        k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk,
+        n_nodes=n_query + n_gallery, n_gallery=n_gallery)
+    resolve_backend(backend)
+    result = _run_cpu(features, k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk)
+    return _to_caller(result, features)
+
+
+@dataclass(frozen=True)
+class GNNReranker:
+    """A reusable GNN re-ranking configuration: ``GNNReranker(k1=60, k2=10)(xq, xg)``.
+
+    Presets: :meth:`market1501` (k1=26, k2=7) and :meth:`veri776` (k1=60, k2=10).
+    """
+
+    k1: int = 26
+    k2: int = 7
+    iterations: int = 2
+    lamb: float = 0.3
+    normalize: bool = True
+    backend: str = "auto"
+
+    @classmethod
+    def market1501(cls, **overrides) -> GNNReranker:
+        return cls(**{"k1": 26, "k2": 7, **overrides})
+
+    @classmethod
+    def veri776(cls, **overrides) -> GNNReranker:
+        return cls(**{"k1": 60, "k2": 10, **overrides})
+
+    def __call__(self, query, gallery, topk: int | None = None):
+        """Same as :func:`gnn_rerank` with this configuration."""
+        return gnn_rerank(query, gallery, k1=self.k1, k2=self.k2, iterations=self.iterations,
+                          lamb=self.lamb, topk=topk, normalize=self.normalize,
+                          backend=self.backend)
