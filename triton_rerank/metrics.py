@@ -105,7 +105,8 @@ def evaluate(scores, q_pids, g_pids, q_camids, g_camids, *, max_rank: int = 50) 
         last = good.shape[1] - 1 - np.argmax(good[:, ::-1], axis=1)
         last_rank = kept_rank[rows, last]
         hits_so_far = np.cumsum(good, axis=1)
-        precision_at_hits = np.where(good, hits_so_far / (kept_rank + 1.0), 0.0)
+        precision_at_hits = np.divide(hits_so_far, kept_rank + 1.0, where=good,
+                                      out=np.zeros(good.shape))
         ap_sum += float((precision_at_hits.sum(axis=1) / num_rel).sum())
         inp_sum += float((num_rel / (last_rank + 1.0)).sum())
         cmc_hits += (first_rank[:, None] <= np.arange(max_rank)[None, :]).sum(axis=0)

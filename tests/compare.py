@@ -1,0 +1,73 @@
+"""Comparison helpers: fast-path results against the dense reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# fp32 fast path against the fp64 reference, on scores of order 1.
+SCORE_ATOL = 2e-5
+
+
+def to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().to(torch.float64).numpy() if x.is_floating_point() \
+            else x.cpu().numpy()
+    return np.asarray(x)
+
+
+def ranking(scores: np.ndarray) -> np.ndarray:
+    """Descending order per row, ties by smaller index."""
+    return np.argsort(-scores, axis=1, kind="stable")
+
+
+def tie_free(sorted_scores: np.ndarray, atol: float) -> np.ndarray:
+    """Mask of positions whose score differs from both neighbours by more than ``atol``."""
+    gaps = np.abs(np.diff(sorted_scores, axis=1)) > atol
+    pad = np.ones((sorted_scores.shape[0], 1), dtype=bool)
+    return np.concatenate([pad, gaps], axis=1) & np.concatenate([gaps, pad], axis=1)
+
+
+def assert_same_ranking(ours, ref, atol: float = SCORE_ATOL) -> None:
+    """Scores agree; our ranking, read at the reference's scores, is the reference's; and
+    the indices are identical wherever the reference has no (near-)tie."""
+    ours, ref = to_numpy(ours).astype(np.float64), to_numpy(ref).astype(np.float64)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=atol)
+    ref_order, our_order = ranking(ref), ranking(ours)
+    ref_sorted = np.take_along_axis(ref, ref_order, 1)
+    np.testing.assert_allclose(np.take_along_axis(ref, our_order, 1), ref_sorted, rtol=0,
+                               atol=2 * atol)
+    clear = tie_free(ref_sorted, 4 * atol)
+    np.testing.assert_array_equal(our_order[clear], ref_order[clear])
+
+
+def assert_same_topk(values, indices, ref, k: int, atol: float = SCORE_ATOL) -> None:
+    """``(values, indices)`` are the top-k of ``ref`` up to ties (see assert_same_ranking)."""
+    values, indices, ref = to_numpy(values), to_numpy(indices), to_numpy(ref).astype(np.float64)
+    assert values.shape == indices.shape == (ref.shape[0], k)
+    assert indices.dtype == np.int64
+    ref_order = ranking(ref)
+    ref_sorted = np.take_along_axis(ref, ref_order, 1)
+    np.testing.assert_allclose(values, ref_sorted[:, :k], rtol=0, atol=atol)
+    np.testing.assert_allclose(np.take_along_axis(ref, indices, 1), ref_sorted[:, :k], rtol=0,
+                               atol=2 * atol)
+    clear = tie_free(ref_sorted, 4 * atol)[:, :k]
+    np.testing.assert_array_equal(indices[clear], ref_order[:, :k][clear])
+    # values are reported in descending order, equal values by smaller index
+    assert np.all(np.diff(values, axis=1) <= 0)
+
+
+def four_halves_vectors(rng: np.random.Generator, n: int, d: int = 16) -> np.ndarray:
+    """Rows with four entries +-0.5 and the rest 0: unit norm, exact dot products (multiples
+    of 0.25), thousands of distinct rows, yet frequent exact ties between similarities."""
+    x = np.zeros((n, d), dtype=np.float32)
+    for row in x:
+        row[rng.choice(d, 4, replace=False)] = rng.choice([-0.5, 0.5], size=4)
+    return x
+
+
+def half_unit_vectors(rng: np.random.Generator, n: int, d: int = 4) -> np.ndarray:
+    """Rows with entries +-1/sqrt(d) (d a power of 4): unit norm and exact dot products,
+    so ties are exact in fp32 and fp64 alike. With d=4 there are only 16 distinct rows."""
+    return (rng.choice([-1.0, 1.0], size=(n, d)) / np.sqrt(d)).astype(np.float32)
