@@ -24,7 +24,7 @@ def test_matches_reference_on_random_data(n, d, k, strip_rows):
     rng = np.random.default_rng(n)
     nodes = rng.standard_normal((n, d)).astype(np.float32)
     nodes /= np.linalg.norm(nodes, axis=1, keepdims=True)
-    values, indices = knn_graph(torch.from_numpy(nodes), k, strip_bytes=4 * n * strip_rows)
+    values, indices, _ = knn_graph(torch.from_numpy(nodes), k, strip_bytes=4 * n * strip_rows)
     ref_values, ref_indices = reference_knn(nodes, k)
     assert indices.dtype == np.int64 and values.dtype == np.float32
     np.testing.assert_array_equal(indices, ref_indices)
@@ -33,20 +33,25 @@ def test_matches_reference_on_random_data(n, d, k, strip_rows):
 
 
 @pytest.mark.parametrize("strip_rows", [1, 5, 64])
-def test_exact_ties_take_smaller_index(strip_rows):
+@pytest.mark.parametrize("n_query", [0, 13])  # 13: gallery strips first, then query strips
+def test_exact_ties_take_smaller_index(strip_rows, n_query):
     # 16 distinct rows among 90: many exact ties and duplicates, self not always first
     rng = np.random.default_rng(7)
     nodes = half_unit_vectors(rng, 90)
-    values, indices = knn_graph(torch.from_numpy(nodes), 30, strip_bytes=4 * 90 * strip_rows)
+    values, indices, _ = knn_graph(torch.from_numpy(nodes), 30, strip_bytes=4 * 90 * strip_rows,
+                                   n_query=n_query, keep_query_gallery=n_query > 0)
     ref_values, ref_indices = reference_knn(nodes, 30)
     np.testing.assert_array_equal(indices, ref_indices)
     np.testing.assert_array_equal(values, ref_values.astype(np.float32))
 
 
-def test_query_gallery_similarities_are_a_by_product():
+@pytest.mark.parametrize("n_query, strip_rows", [(50, 16), (1, 7), (119, 200)])
+def test_query_gallery_similarities_are_a_by_product(n_query, strip_rows):
     rng = np.random.default_rng(3)
     nodes = rng.standard_normal((120, 8)).astype(np.float32)
-    base = torch.full((50, 70), float("nan"))  # NaN: any entry not written shows up
-    knn_graph(torch.from_numpy(nodes), 5, strip_bytes=4 * 120 * 16, n_query=50,
-              query_gallery_out=base)
-    np.testing.assert_allclose(base.numpy(), nodes[:50] @ nodes[50:].T, atol=1e-5)
+    values, indices, base = knn_graph(torch.from_numpy(nodes), 5, n_query=n_query,
+                                      strip_bytes=4 * 120 * strip_rows, keep_query_gallery=True)
+    assert base.shape == (n_query, 120 - n_query)
+    np.testing.assert_allclose(base.numpy(), nodes[:n_query] @ nodes[n_query:].T, atol=1e-5)
+    ref_values, ref_indices = reference_knn(nodes, 5)
+    np.testing.assert_array_equal(indices, ref_indices)

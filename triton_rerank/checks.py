@@ -20,16 +20,26 @@ class FeaturePair:
     """Query and gallery features as float32 torch tensors on one device.
 
     Attributes:
-        query: ``[q, d]`` float32.
-        gallery: ``[g, d]`` float32.
+        nodes: ``[q + g, d]`` float32, the queries then the gallery (one buffer).
+        n_query: q.
         array_type: ``"numpy"`` or ``"torch"``: what the caller passed, and so what it gets back.
         device: the caller's device (``cpu`` for numpy input).
     """
 
-    query: torch.Tensor
-    gallery: torch.Tensor
+    nodes: torch.Tensor
+    n_query: int
     array_type: str
     device: torch.device
+
+    @property
+    def query(self) -> torch.Tensor:
+        """``[q, d]`` view of :attr:`nodes`."""
+        return self.nodes[: self.n_query]
+
+    @property
+    def gallery(self) -> torch.Tensor:
+        """``[g, d]`` view of :attr:`nodes`."""
+        return self.nodes[self.n_query:]
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -57,8 +67,8 @@ def check_features(query, gallery, *, normalize: bool) -> FeaturePair:
         normalize: whether rows will be L2-normalised; then zero rows are rejected.
 
     Returns:
-        A :class:`FeaturePair` holding float32 tensors on the caller's device,
-        L2-normalised when ``normalize`` is true.
+        A :class:`FeaturePair` holding the float32 rows (one ``[q + g, d]`` buffer) on
+        the caller's device, L2-normalised when ``normalize`` is true.
 
     Raises:
         TypeError: not numpy/torch, mixed numpy and torch, or a non-floating dtype.
@@ -106,8 +116,10 @@ def check_features(query, gallery, *, normalize: bool) -> FeaturePair:
             f"gallery is [{xg.shape[0]}, {xg.shape[1]}]"
         )
 
-    checked = []
-    for name, t in (("query", xq), ("gallery", xg)):
+    n_query = xq.shape[0]
+    nodes = torch.empty(n_query + xg.shape[0], xq.shape[1], dtype=torch.float32,
+                        device=xq.device)
+    for name, t, out in (("query", xq, nodes[:n_query]), ("gallery", xg, nodes[n_query:])):
         t = t.to(torch.float32)
         bad = ~torch.isfinite(t).all(dim=1)
         if bool(bad.any()):
@@ -126,10 +138,11 @@ def check_features(query, gallery, *, normalize: bool) -> FeaturePair:
                     f"{int(rows[0])}), which cannot be L2-normalised; remove them or "
                     f"pass normalize=False"
                 )
-            t = t / norms[:, None]
-        checked.append(t.contiguous())
+            torch.div(t, norms[:, None], out=out)
+        else:
+            out.copy_(t)
     device = query.device if array_type == "torch" else torch.device("cpu")
-    return FeaturePair(checked[0], checked[1], array_type, device)
+    return FeaturePair(nodes, n_query, array_type, device)
 
 
 def check_int(value, name: str, *, minimum: int, maximum: int | None = None,

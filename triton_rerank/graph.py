@@ -1,11 +1,15 @@
 """Exact kNN graph of the nodes ``U = [Xq; Xg]`` on the CPU (step 1 of the algorithm).
 
 ``U @ U.T`` is never held whole: it is computed one row strip at a time, and only
-the upper triangle (columns at or right of the strip's first row), since the matrix
-is symmetric. Each strip is offered to its rows (``update_from_rows``) and, for the
+the upper triangle (rows ``a:b`` against columns ``a:``), since the matrix is
+symmetric. Each block is offered to its rows (``update_from_rows``) and, for the
 columns right of the strip's diagonal block, to those columns' nodes
-(``update_from_columns``). Every node therefore sees every column once, in
-increasing column order, which is what the kernels' tie rule relies on.
+(``update_from_columns``), so every node sees every column exactly once.
+
+The query-gallery block ``Xq @ Xg.T`` is also the base similarity of the final
+score (the ``lamb`` term). When asked, query strips write their gallery columns
+straight into that ``[q, g]`` matrix, which is allocated only after the gallery
+strips have released their buffer, so the kNN step never holds both.
 """
 
 from __future__ import annotations
@@ -19,36 +23,65 @@ from .cpu.knn_select import update_from_columns, update_from_rows
 DEFAULT_STRIP_BYTES = 128 * 2**20
 
 
+def _offer(block: torch.Tensor, row_start: int, col_start: int, first_col: int,
+           top_values: np.ndarray, top_indices: np.ndarray) -> None:
+    """Offer ``block [b, m]`` (rows ``row_start:``, columns ``col_start:``) to its rows and
+    to its columns from local column ``first_col`` on."""
+    block = block.numpy()
+    update_from_rows(block, row_start, col_start, top_values, top_indices)
+    if first_col < block.shape[1]:
+        update_from_columns(block, row_start, col_start, first_col, top_values, top_indices)
+
+
+def _strips(start: int, stop: int, rows_per_strip: int):
+    return [(a, min(stop, a + rows_per_strip)) for a in range(start, stop, rows_per_strip)]
+
+
+def _offer_full_strips(nodes: torch.Tensor, first_row: int, rows_per_strip: int,
+                       top_values: np.ndarray, top_indices: np.ndarray) -> None:
+    """Strips of rows ``first_row:`` against columns from their first row on, in one
+    reused buffer (released on return)."""
+    n = nodes.shape[0]
+    buffer = torch.empty(rows_per_strip * n, dtype=torch.float32)
+    for start, stop in _strips(first_row, n, rows_per_strip):
+        strip = buffer[: (stop - start) * (n - start)].view(stop - start, n - start)
+        torch.matmul(nodes[start:stop], nodes[start:].T, out=strip)
+        _offer(strip, start, start, stop - start, top_values, top_indices)
+
+
 def knn_graph(nodes: torch.Tensor, k: int, *, strip_bytes: int = DEFAULT_STRIP_BYTES,
-              n_query: int = 0, query_gallery_out: torch.Tensor | None = None):
+              n_query: int = 0, keep_query_gallery: bool = False):
     """Top-``k`` inner-product neighbours of every row of ``nodes``, self included.
 
     Args:
         nodes: ``[N, d]`` float32 CPU tensor (rows already normalised if wanted).
         k: neighbours per row, ``1 <= k <= N``.
         strip_bytes: memory for one strip of similarities (at least one row is used).
-        n_query: the first ``n_query`` nodes are queries (only used with the next one).
-        query_gallery_out: optional ``[n_query, N - n_query]`` float32 tensor that
-            receives the query-gallery similarities as a by-product, which saves the
-            scoring step that matrix product.
+        n_query: the first ``n_query`` nodes are queries.
+        keep_query_gallery: also return the ``[n_query, N - n_query]`` similarities
+            (needs ``1 <= n_query < N``).
 
     Returns:
-        ``(values [N, k] float32, indices [N, k] int64)`` as numpy arrays, each row
-        sorted by descending similarity, equal similarities by smaller column index.
+        ``(values [N, k] float32, indices [N, k] int64, query_gallery)``: numpy arrays
+        with each row sorted by descending similarity, equal similarities by smaller
+        column index; ``query_gallery`` is a float32 tensor, or None when not kept.
     """
     n = nodes.shape[0]
     top_values = np.full((n, k), -np.inf, dtype=np.float32)
     top_indices = np.full((n, k), -1, dtype=np.int64)
     rows_per_strip = int(max(1, min(n, strip_bytes // (4 * n))))
-    buffer = torch.empty(rows_per_strip * n, dtype=torch.float32)
-    for start in range(0, n, rows_per_strip):
-        stop = min(n, start + rows_per_strip)
-        strip = buffer[: (stop - start) * (n - start)].view(stop - start, n - start)
-        torch.matmul(nodes[start:stop], nodes[start:].T, out=strip)
-        if query_gallery_out is not None and start < n_query:
-            query_stop = min(stop, n_query)
-            query_gallery_out[start:query_stop] = strip[: query_stop - start, n_query - start:]
-        block = strip.numpy()
-        update_from_rows(block, start, start, top_values, top_indices)
-        update_from_columns(block, start, start, stop - start, top_values, top_indices)
-    return top_values, top_indices
+    if not keep_query_gallery:
+        _offer_full_strips(nodes, 0, rows_per_strip, top_values, top_indices)
+        return top_values, top_indices, None
+
+    # gallery strips first; then query strips: query columns in a small buffer,
+    # gallery columns in place
+    _offer_full_strips(nodes, n_query, rows_per_strip, top_values, top_indices)
+    query_gallery = torch.empty(n_query, n - n_query, dtype=torch.float32)
+    for start, stop in _strips(0, n_query, rows_per_strip):
+        left = torch.matmul(nodes[start:stop], nodes[start:n_query].T)
+        _offer(left, start, start, stop - start, top_values, top_indices)
+        right = query_gallery[start:stop]
+        torch.matmul(nodes[start:stop], nodes[n_query:].T, out=right)
+        _offer(right, start, n_query, 0, top_values, top_indices)
+    return top_values, top_indices, query_gallery

@@ -13,6 +13,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .cpu.ranking_stats import match_ranks
+
 # Work on this many (query, gallery) pairs at a time.
 _PAIRS_PER_BLOCK = 2**24
 
@@ -82,36 +84,30 @@ def evaluate(scores, q_pids, g_pids, q_camids, g_camids, *, max_rank: int = 50) 
         raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
     max_rank = min(int(max_rank), n_gallery)
 
-    cmc_hits = np.zeros(max_rank, dtype=np.int64)
-    ap_sum = inp_sum = 0.0
-    n_valid = 0
+    q_pids, g_pids = labels["q_pids"].astype(np.int64), labels["g_pids"].astype(np.int64)
+    q_cams, g_cams = labels["q_camids"].astype(np.int64), labels["g_camids"].astype(np.int64)
+    # correct matches per query: same identity, other camera
+    n_match = np.zeros(n_query, dtype=np.int64)
     rows_per_block = max(1, _PAIRS_PER_BLOCK // max(1, n_gallery))
     for start in range(0, n_query, rows_per_block):
         stop = min(n_query, start + rows_per_block)
-        order = np.argsort(-scores[start:stop], axis=1, kind="stable")
-        pids = labels["g_pids"][order]
-        cams = labels["g_camids"][order]
-        same_pid = pids == labels["q_pids"][start:stop, None]
-        keep = ~(same_pid & (cams == labels["q_camids"][start:stop, None]))
-        good = same_pid & keep
-        num_rel = good.sum(axis=1)
-        valid = num_rel > 0
-        if not valid.any():
-            continue
-        good, keep, num_rel = good[valid], keep[valid], num_rel[valid]
-        kept_rank = np.cumsum(keep, axis=1) - 1  # rank among kept items, 0-based
-        rows = np.arange(good.shape[0])
-        first_rank = kept_rank[rows, np.argmax(good, axis=1)]
-        last = good.shape[1] - 1 - np.argmax(good[:, ::-1], axis=1)
-        last_rank = kept_rank[rows, last]
-        hits_so_far = np.cumsum(good, axis=1)
-        precision_at_hits = np.divide(hits_so_far, kept_rank + 1.0, where=good,
-                                      out=np.zeros(good.shape))
-        ap_sum += float((precision_at_hits.sum(axis=1) / num_rel).sum())
-        inp_sum += float((num_rel / (last_rank + 1.0)).sum())
-        cmc_hits += (first_rank[:, None] <= np.arange(max_rank)[None, :]).sum(axis=0)
-        n_valid += int(valid.sum())
+        same_pid = q_pids[start:stop, None] == g_pids[None, :]
+        n_match[start:stop] = (same_pid & (q_cams[start:stop, None] != g_cams[None, :])).sum(1)
+    offsets = np.zeros(n_query + 1, dtype=np.int64)
+    np.cumsum(n_match, out=offsets[1:])
+    ranks = np.empty(int(offsets[-1]), dtype=np.int64)
+    match_ranks(np.ascontiguousarray(scores), q_pids, g_pids, q_cams, g_cams, offsets, ranks)
+
+    valid = n_match > 0
+    n_valid = int(valid.sum())
     if n_valid == 0:
         raise ValueError("no query has a valid match in the gallery (same identity, other camera)")
-    return RankingMetrics(mAP=ap_sum / n_valid, cmc=cmc_hits / n_valid, mINP=inp_sum / n_valid,
+    query_of = np.repeat(np.arange(n_query), n_match)
+    hits_before = np.arange(len(ranks)) - offsets[query_of]  # matches ranked above this one
+    ap = np.bincount(query_of, (hits_before + 1) / (ranks + 1.0), n_query)[valid] / n_match[valid]
+    first_rank = ranks[offsets[:-1][valid]]
+    last_rank = ranks[offsets[1:][valid] - 1]
+    cmc = (first_rank[:, None] <= np.arange(max_rank)[None, :]).mean(axis=0)
+    return RankingMetrics(mAP=float(ap.mean()), cmc=cmc,
+                          mINP=float((n_match[valid] / (last_rank + 1.0)).mean()),
                           num_valid_queries=n_valid)

@@ -5,6 +5,11 @@ times that), so rows are kept sparse; at Market-1501 scale they end near 1,000
 non-zeros out of 23,100 columns. The last round is not materialised for the
 gallery: scoring only needs the query rows and the gallery rows' norms (see
 ``cpu/two_hop_scores.py``), which saves the largest matrix of the pipeline.
+
+Nodes are renumbered internally (reverse Cuthill-McKee order of the kNN graph) so
+that a row's neighbours sit close together in memory: the sums are the same, the
+memory traffic of propagation and scoring is smaller (about 1.5x faster at
+Market-1501 scale when queries and gallery come in no particular order).
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from .cpu.aggregate import count_row_nnz, fill_rows, row_norms
+from .cpu.transpose import transpose
 from .sparse_rows import SparseRows
 
 # Floor of a row's L2 norm: a row of norm 0 stays 0 instead of becoming NaN.
@@ -28,12 +35,17 @@ class PropagatedGraph:
 
         A[q + j] = gallery_inv_norm[j] * sum_t gallery_val[j, t] * M[gallery_idx[j, t]]
 
+    Queries and gallery items are in the caller's order; node ids (columns of the
+    rows, rows of M, ``gallery_idx``) are internal: internal id ``p`` is the caller's
+    node ``node_order[p]``.
+
     Attributes:
         query_rows: ``[q, N]`` the final rows of the queries.
         mixing: ``[N, N]`` symmetric M (``A + A.T`` of the last round, or the identity).
         gallery_idx: ``[g, t]`` int64 node ids.
         gallery_val: ``[g, t]`` float32 weights.
         gallery_inv_norm: ``[g]`` float32.
+        node_order: ``[N]`` int64 permutation, internal id -> caller's node id.
     """
 
     query_rows: SparseRows
@@ -41,22 +53,37 @@ class PropagatedGraph:
     gallery_idx: np.ndarray
     gallery_val: np.ndarray
     gallery_inv_norm: np.ndarray
+    node_order: np.ndarray
 
 
-def adjacency(knn_indices: np.ndarray) -> SparseRows:
+def adjacency(knn_indices: np.ndarray, n_cols: int | None = None) -> SparseRows:
     """Binary kNN adjacency: ``A[i, R[i, j]] = 1`` for every listed neighbour.
 
     Args:
-        knn_indices: ``[N, k1]`` int64.
+        knn_indices: ``[r, k1]`` int64 neighbour ids.
+        n_cols: number of nodes N (default ``r``: the rows of all nodes).
     """
-    return SparseRows.from_dense_rows(knn_indices, np.ones(knn_indices.shape, np.float32),
-                                      knn_indices.shape[0])
+    n_cols = knn_indices.shape[0] if n_cols is None else n_cols
+    return SparseRows.from_dense_rows(knn_indices, np.ones(knn_indices.shape, np.float32), n_cols)
 
 
 def symmetrise(a: SparseRows) -> SparseRows:
-    """``A + A.T`` (exactly symmetric values)."""
-    m = a.to_scipy()
-    return SparseRows.from_scipy(m + m.T)
+    """``A + A.T`` for a square A, with exactly symmetric values.
+
+    Built as an aggregation: row i of the stacked matrix ``[A; A.T]`` gives ``A[i]``
+    and row ``n + i`` gives ``A.T[i]``, each with weight 1.
+    """
+    n, nnz = a.n_rows, a.nnz
+    indices = np.empty(2 * nnz, dtype=np.int64)
+    values = np.empty(2 * nnz, dtype=np.float32)
+    indices[:nnz], values[:nnz] = a.indices, a.values
+    t_indptr = transpose(a.indptr, a.indices, a.values, a.n_cols, indices[nnz:], values[nnz:])
+    stacked = SparseRows(np.concatenate([a.indptr, t_indptr[1:] + nnz]), indices, values,
+                         a.n_cols)
+    rows = np.arange(n, dtype=np.int64)
+    own_and_transposed = np.stack([rows, rows + n], axis=1)
+    return aggregate(rows, own_and_transposed, np.ones((n, 2), np.float32), stacked,
+                     normalize=False)
 
 
 def aggregate(rows: np.ndarray, nbr_idx: np.ndarray, nbr_w: np.ndarray, s: SparseRows,
@@ -83,6 +110,12 @@ def aggregate(rows: np.ndarray, nbr_idx: np.ndarray, nbr_w: np.ndarray, s: Spars
     return SparseRows(indptr, indices, values, s.n_cols)
 
 
+def locality_order(knn_indices: np.ndarray) -> np.ndarray:
+    """Reverse Cuthill-McKee order of the symmetrised kNN graph: ``[N]`` int64, new -> old."""
+    a = adjacency(knn_indices).to_scipy()
+    return reverse_cuthill_mckee((a + a.T).tocsr(), symmetric_mode=True).astype(np.int64)
+
+
 def propagate(knn_values: np.ndarray, knn_indices: np.ndarray, *, n_query: int, k2: int,
               iterations: int) -> PropagatedGraph:
     """Run steps 2-4 and return the inputs of the final scoring.
@@ -95,30 +128,38 @@ def propagate(knn_values: np.ndarray, knn_indices: np.ndarray, *, n_query: int, 
         iterations: propagation rounds; 0 skips propagation.
     """
     n = knn_indices.shape[0]
-    a = adjacency(knn_indices)
+    node_order = locality_order(knn_indices)
+    internal_id = np.empty(n, dtype=np.int64)
+    internal_id[node_order] = np.arange(n, dtype=np.int64)
+    query_ids, gallery_ids = internal_id[:n_query], internal_id[n_query:]
     if k2 == 1 or iterations == 0:
         k1 = knn_indices.shape[1]
         return PropagatedGraph(
-            query_rows=a.row_slice(0, n_query),
+            query_rows=adjacency(internal_id[knn_indices[:n_query]], n),
             mixing=SparseRows.identity(n),
-            gallery_idx=np.ascontiguousarray(knn_indices[n_query:]),
+            gallery_idx=internal_id[knn_indices[n_query:]],
             gallery_val=np.ones((n - n_query, k1), np.float32),
             gallery_inv_norm=np.ones(n - n_query, np.float32),
+            node_order=node_order,
         )
-    nbr_idx = np.ascontiguousarray(knn_indices[:, :k2])
-    nbr_w = np.ascontiguousarray(knn_values[:, :k2]) ** 2
+    # W in internal ids: row p holds the neighbours of node node_order[p]
+    nbr_idx = internal_id[knn_indices[node_order, :k2]]
+    nbr_w = np.ascontiguousarray(knn_values[node_order, :k2]) ** 2
+    a = adjacency(internal_id[knn_indices[node_order]])
     all_rows = np.arange(n, dtype=np.int64)
     for _ in range(iterations - 1):
         a = aggregate(all_rows, nbr_idx, nbr_w, symmetrise(a))
     mixing = symmetrise(a)
-    query_rows = aggregate(all_rows[:n_query], nbr_idx, nbr_w, mixing)
-    gallery_norms = row_norms(all_rows[n_query:], nbr_idx, nbr_w, mixing.indptr,
-                              mixing.indices, mixing.values, mixing.n_cols)
+    del a
+    query_rows = aggregate(query_ids, nbr_idx, nbr_w, mixing)
+    gallery_norms = row_norms(gallery_ids, nbr_idx, nbr_w, mixing.indptr, mixing.indices,
+                              mixing.values, mixing.n_cols)
     return PropagatedGraph(
         query_rows=query_rows,
         mixing=mixing,
-        gallery_idx=nbr_idx[n_query:],
-        gallery_val=nbr_w[n_query:],
+        gallery_idx=nbr_idx[gallery_ids],
+        gallery_val=nbr_w[gallery_ids],
         gallery_inv_norm=(1.0 / np.maximum(gallery_norms, np.float32(NORM_EPS))).astype(
             np.float32),
+        node_order=node_order,
     )

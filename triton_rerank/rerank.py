@@ -36,16 +36,15 @@ BASE_KEEP_BYTES = 512 * 2**20
 
 
 def _run_cpu(features: FeaturePair, *, k1, k2, iterations, lamb, topk):
-    query = features.query.cpu()
-    gallery = features.gallery.cpu()
-    n_query, n_gallery = query.shape[0], gallery.shape[0]
-    base = None
-    if lamb > 0 and (topk is None or 4 * n_query * n_gallery <= BASE_KEEP_BYTES):
-        base = torch.empty(n_query, n_gallery, dtype=torch.float32)
-    knn_values, knn_indices = knn_graph(torch.cat([query, gallery]), k1, n_query=n_query,
-                                        query_gallery_out=base)
+    nodes = features.nodes.cpu()
+    n_query = features.n_query
+    n_gallery = nodes.shape[0] - n_query
+    keep_base = lamb > 0 and (topk is None or 4 * n_query * n_gallery <= BASE_KEEP_BYTES)
+    knn_values, knn_indices, base = knn_graph(nodes, k1, n_query=n_query,
+                                              keep_query_gallery=keep_base)
     graph = propagate(knn_values, knn_indices, n_query=n_query, k2=k2, iterations=iterations)
-    return rerank_scores(graph, query, gallery, lamb=lamb, topk=topk, base=base)
+    return rerank_scores(graph, nodes[:n_query], nodes[n_query:], lamb=lamb, topk=topk,
+                         base=base)
 
 
 def _to_caller(result, features: FeaturePair):
@@ -102,7 +101,8 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
         ((5, 5), dtype('int64'))
     """
     features = check_features(query, gallery, normalize=normalize)
-    n_query, n_gallery = features.query.shape[0], features.gallery.shape[0]
+    n_query = features.n_query
+    n_gallery = features.nodes.shape[0] - n_query
     k1, k2, iterations, lamb, topk = check_rerank_params(
         k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk,
         n_nodes=n_query + n_gallery, n_gallery=n_gallery)

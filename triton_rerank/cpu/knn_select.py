@@ -1,9 +1,10 @@
 """Running top-k selection over blocks of a similarity matrix.
 
-The kNN step computes ``U @ U.T`` one row strip at a time (``graph.py``) and hands
-each strip to these kernels, which keep every node's best ``k`` (value, column) pairs
-so far. Because every node sees its candidate columns in increasing index order, a
-strict ``>`` test implements the tie rule "equal values: smaller column first".
+The kNN step computes ``U @ U.T`` one block at a time (``graph.py``) and hands each
+block to these kernels, which keep every node's best ``k`` (value, column) pairs so
+far, ordered by value descending and, for equal values, column ascending (the tie
+rule). The order is total, so the result does not depend on the order in which
+blocks arrive.
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ _COLUMN_CHUNK = 256
 
 
 @nb.njit(cache=True, inline="always")
+def _before(value_a, index_a, value_b, index_b):
+    """Whether (value_a, index_a) ranks before (value_b, index_b)."""
+    return value_a > value_b or (value_a == value_b and index_a < index_b)
+
+
+@nb.njit(cache=True, inline="always")
 def _insert(values, indices, value, index):
-    """Insert (value, index) into a descending list known to accept it (value > last)."""
+    """Insert (value, index) into a sorted list known to accept it (it ranks before the last)."""
     j = values.shape[0] - 1
-    # Stop at an equal value: the entry already there has the smaller index.
-    while j > 0 and values[j - 1] < value:
+    while j > 0 and _before(value, index, values[j - 1], indices[j - 1]):
         values[j] = values[j - 1]
         indices[j] = indices[j - 1]
         j -= 1
@@ -45,12 +51,10 @@ def update_from_rows(block, row_start, col_start, top_values, top_indices):
         node = row_start + r
         values = top_values[node]
         indices = top_indices[node]
-        threshold = values[k - 1]
         for c in range(n_cols):
             v = block[r, c]
-            if v > threshold:
+            if v >= values[k - 1] and _before(v, col_start + c, values[k - 1], indices[k - 1]):
                 _insert(values, indices, v, col_start + c)
-                threshold = values[k - 1]
 
 
 @nb.njit(parallel=True, cache=True)
@@ -74,7 +78,8 @@ def update_from_columns(block, row_start, col_start, first_col, top_values, top_
         for r in range(n_rows):
             for c in range(c0, c1):
                 v = block[r, c]
-                if v > thresholds[c - c0]:
-                    node = col_start + c
+                node = col_start + c
+                if v >= thresholds[c - c0] and _before(v, row_start + r, top_values[node, k - 1],
+                                                       top_indices[node, k - 1]):
                     _insert(top_values[node], top_indices[node], v, row_start + r)
                     thresholds[c - c0] = top_values[node, k - 1]
