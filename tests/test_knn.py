@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from compare import half_unit_vectors
+
 from triton_rerank import reference
 from triton_rerank.graph import knn_graph
 

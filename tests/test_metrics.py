@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from triton_rerank.integrations.torchreid import torchreid_module
 
 from triton_rerank import gnn_rerank
-from triton_rerank.integrations.torchreid import torchreid_module
 from triton_rerank.metrics import evaluate
 
 

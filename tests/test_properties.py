@@ -1,10 +1,10 @@
 """Hypothesis: random shapes, k1, k2, iterations, lamb and duplicate rows against the reference."""
 
 import numpy as np
+from compare import assert_same_ranking, assert_same_topk, four_halves_vectors, half_unit_vectors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compare import assert_same_ranking, assert_same_topk, four_halves_vectors, half_unit_vectors
 from triton_rerank import gnn_rerank
 from triton_rerank.reference import gnn_rerank_reference
 

@@ -5,7 +5,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
 from compare import (
     assert_same_ranking,
     assert_same_topk,
@@ -14,6 +13,7 @@ from compare import (
     ranking,
     to_numpy,
 )
+
 from triton_rerank import GNNReranker, gnn_rerank
 from triton_rerank.reference import gnn_rerank_reference
 
@@ -80,7 +80,7 @@ def test_lamb_zero_tie_block_is_ordered_by_gallery_index():
     kwargs = dict(k1=4, k2=2, iterations=1, lamb=0.0)
     scores = gnn_rerank(xq, xg, **kwargs)
     values, indices = gnn_rerank(xq, xg, topk=300, **kwargs)
-    for row_scores, row_values, row_indices in zip(scores, values, indices):
+    for row_scores, row_values, row_indices in zip(scores, values, indices, strict=True):
         zero = np.flatnonzero(row_scores == 0)
         assert len(zero) > 200
         np.testing.assert_array_equal(row_indices[row_values == 0], zero)

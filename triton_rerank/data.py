@@ -106,7 +106,8 @@ def load_features(path: str | os.PathLike) -> FeatureSet:
         absent = [key for key in LABEL_KEYS if key not in raw]
         raise ValueError(f"{path}: has {', '.join(present)} but not {', '.join(absent)}")
     labels = []
-    for key, n in zip(LABEL_KEYS, (len(query), len(gallery), len(query), len(gallery))):
+    sizes = (len(query), len(gallery), len(query), len(gallery))
+    for key, n in zip(LABEL_KEYS, sizes, strict=True):
         x = np.asarray(raw[key]).reshape(-1)
         if x.shape[0] != n:
             raise ValueError(f"{path}: {key} has {x.shape[0]} entries but there are {n} "

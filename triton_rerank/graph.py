@@ -8,8 +8,9 @@ columns right of the strip's diagonal block, to those columns' nodes
 
 The query-gallery block ``Xq @ Xg.T`` is also the base similarity of the final
 score (the ``lamb`` term). When asked, query strips write their gallery columns
-straight into that ``[q, g]`` matrix, which is allocated only after the gallery
-strips have released their buffer, so the kNN step never holds both.
+straight into that ``[q, g]`` matrix. Gallery strips run first and borrow the same
+memory as their strip buffer when it is large enough, so the kNN step holds one
+large buffer, not two.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ def _strips(start: int, stop: int, rows_per_strip: int):
 
 
 def _offer_full_strips(nodes: torch.Tensor, first_row: int, rows_per_strip: int,
-                       top_values: np.ndarray, top_indices: np.ndarray) -> None:
+                       top_values: np.ndarray, top_indices: np.ndarray,
+                       buffer: torch.Tensor | None = None) -> None:
     """Strips of rows ``first_row:`` against columns from their first row on, in one
-    reused buffer (released on return)."""
+    reused 1-D buffer of at least ``rows_per_strip * N`` floats (allocated if None)."""
     n = nodes.shape[0]
-    buffer = torch.empty(rows_per_strip * n, dtype=torch.float32)
+    if buffer is None or buffer.numel() < rows_per_strip * n:
+        buffer = torch.empty(rows_per_strip * n, dtype=torch.float32)
     for start, stop in _strips(first_row, n, rows_per_strip):
         strip = buffer[: (stop - start) * (n - start)].view(stop - start, n - start)
         torch.matmul(nodes[start:stop], nodes[start:].T, out=strip)
@@ -74,10 +77,12 @@ def knn_graph(nodes: torch.Tensor, k: int, *, strip_bytes: int = DEFAULT_STRIP_B
         _offer_full_strips(nodes, 0, rows_per_strip, top_values, top_indices)
         return top_values, top_indices, None
 
-    # gallery strips first; then query strips: query columns in a small buffer,
-    # gallery columns in place
-    _offer_full_strips(nodes, n_query, rows_per_strip, top_values, top_indices)
+    # gallery strips first, borrowing the [q, g] output as their buffer when it is
+    # large enough; then query strips: query columns in a small buffer, gallery
+    # columns in place
     query_gallery = torch.empty(n_query, n - n_query, dtype=torch.float32)
+    _offer_full_strips(nodes, n_query, rows_per_strip, top_values, top_indices,
+                       buffer=query_gallery.view(-1))
     for start, stop in _strips(0, n_query, rows_per_strip):
         left = torch.matmul(nodes[start:stop], nodes[start:n_query].T)
         _offer(left, start, start, stop - start, top_values, top_indices)

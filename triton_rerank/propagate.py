@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
+from .cpu import unsigned
 from .cpu.aggregate import count_row_nnz, fill_rows, row_norms
 from .cpu.transpose import transpose
 from .sparse_rows import SparseRows
@@ -77,7 +78,8 @@ def symmetrise(a: SparseRows) -> SparseRows:
     indices = np.empty(2 * nnz, dtype=np.int64)
     values = np.empty(2 * nnz, dtype=np.float32)
     indices[:nnz], values[:nnz] = a.indices, a.values
-    t_indptr = transpose(a.indptr, a.indices, a.values, a.n_cols, indices[nnz:], values[nnz:])
+    t_indptr = transpose(unsigned(a.indptr), unsigned(a.indices), a.values, a.n_cols,
+                         unsigned(indices[nnz:]), values[nnz:])
     stacked = SparseRows(np.concatenate([a.indptr, t_indptr[1:] + nnz]), indices, values,
                          a.n_cols)
     rows = np.arange(n, dtype=np.int64)
@@ -99,14 +101,16 @@ def aggregate(rows: np.ndarray, nbr_idx: np.ndarray, nbr_w: np.ndarray, s: Spars
     Returns:
         ``[r, N]`` sparse rows.
     """
-    counts = count_row_nnz(rows, nbr_idx, s.indptr, s.indices, s.n_cols)
+    counts = count_row_nnz(unsigned(rows), unsigned(nbr_idx), unsigned(s.indptr),
+                           unsigned(s.indices), s.n_cols)
     indptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     indices = np.empty(int(indptr[-1]), dtype=np.int64)
     values = np.empty(int(indptr[-1]), dtype=np.float32)
     norms = np.empty(rows.shape[0], dtype=np.float32)
-    fill_rows(rows, nbr_idx, nbr_w, s.indptr, s.indices, s.values, s.n_cols,
-              indptr, indices, values, norms, normalize, np.float32(NORM_EPS))
+    fill_rows(unsigned(rows), unsigned(nbr_idx), nbr_w, unsigned(s.indptr), unsigned(s.indices),
+              s.values, s.n_cols, indptr, unsigned(indices), values, norms, normalize,
+              np.float32(NORM_EPS))
     return SparseRows(indptr, indices, values, s.n_cols)
 
 
@@ -152,8 +156,9 @@ def propagate(knn_values: np.ndarray, knn_indices: np.ndarray, *, n_query: int, 
     mixing = symmetrise(a)
     del a
     query_rows = aggregate(query_ids, nbr_idx, nbr_w, mixing)
-    gallery_norms = row_norms(gallery_ids, nbr_idx, nbr_w, mixing.indptr, mixing.indices,
-                              mixing.values, mixing.n_cols)
+    gallery_norms = row_norms(unsigned(gallery_ids), unsigned(nbr_idx), nbr_w,
+                              unsigned(mixing.indptr), unsigned(mixing.indices), mixing.values,
+                              mixing.n_cols)
     return PropagatedGraph(
         query_rows=query_rows,
         mixing=mixing,

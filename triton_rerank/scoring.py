@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .cpu import unsigned
 from .cpu.two_hop_scores import score_queries
 from .propagate import PropagatedGraph
 from .topk import topk_rows
@@ -27,8 +28,9 @@ def score_block(graph: PropagatedGraph, start: int, stop: int, lamb: float,
     """
     rows = graph.query_rows.row_slice(start, stop)
     m = graph.mixing
-    score_queries(rows.indptr, rows.indices, rows.values, m.indptr, m.indices, m.values,
-                  graph.gallery_idx, graph.gallery_val, graph.gallery_inv_norm,
+    score_queries(unsigned(rows.indptr), unsigned(rows.indices), rows.values,
+                  unsigned(m.indptr), unsigned(m.indices), m.values,
+                  unsigned(graph.gallery_idx), graph.gallery_val, graph.gallery_inv_norm,
                   np.float32(lamb), out)
 
 
