@@ -1,13 +1,43 @@
-"""torchreid compatibility: find torchreid's modules under either install layout.
+"""GNN re-ranking inside torchreid's evaluation, with one line.
 
-PyPI's ``torchreid`` 0.2.5 ships deep-person-reid 1.4.0 under ``torchreid.reid``;
-installs from the upstream repository put the same code at ``torchreid.*``.
+torchreid users evaluate with ``engine.run(test_only=True, rerank=True)``, which
+calls the k-reciprocal ``re_ranking(distmat, distmat_qq, distmat_gg)`` (k1=20, k2=6,
+lambda=0.3). This module offers:
+
+- :func:`re_ranking`: a drop-in with torchreid's signature and return convention,
+- :func:`use_gnn_reranking` (and :func:`enable_gnn_reranking` /
+  :func:`disable_gnn_reranking`): make torchreid's ``Engine`` call it,
+- :func:`evaluate`: torchreid's ``(cmc, mAP)`` straight from features, with
+  ``rerank="gnn"``, ``"none"`` or ``"k-reciprocal"``.
+
+Works with PyPI's ``torchreid`` 0.2.5 (code under ``torchreid.reid``) and with
+upstream installs (``torchreid.*``).
+
+Distances and cosine similarity: torchreid's ``"euclidean"`` metric is the SQUARED
+euclidean distance ``d = |x|^2 + |y|^2 - 2 <x, y>``; for L2-normalised features that
+is ``2 - 2 cos``, so ``cos = 1 - d / 2``. Its ``"cosine"`` metric is ``d = 1 - cos``.
+The GNN works on cosine similarities, so the drop-in converts with those formulas and
+converts its re-ranked similarity ``s`` back to the same scale (``2 - 2 s`` or
+``1 - s``). When the features were NOT L2-normalised (torchreid's default is
+``normalize_feature=False``), ``1 - d / 2`` is not the cosine: the drop-in still
+runs, on that approximation, and warns once. Pass ``normalize_feature=True`` to
+``engine.run``/``engine.test`` for exact GNN re-ranking.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import warnings
 from types import ModuleType
+
+import numpy as np
+import torch
+
+# Squared euclidean distances between unit vectors lie in [0, 4]; above this (with
+# a little room for rounding) the features cannot have been L2-normalised.
+_UNIT_SQUARED_DISTANCE_MAX = 4.0 * (1 + 1e-4)
+METRICS = ("euclidean", "cosine")
 
 
 def torchreid_module(name: str) -> ModuleType:
@@ -33,3 +63,186 @@ def torchreid_module(name: str) -> ModuleType:
             if err.name is None or not candidate.startswith(err.name):
                 raise
     raise ImportError(f"torchreid has no module {name!r} under torchreid.reid or torchreid")
+
+
+class UnnormalisedFeaturesWarning(UserWarning):
+    """Distances larger than unit vectors allow: cosine similarities are approximate."""
+
+
+_warned_unnormalised = False
+
+
+def _warn_unnormalised_once(max_distance: float) -> None:
+    global _warned_unnormalised
+    if not _warned_unnormalised:
+        _warned_unnormalised = True
+        warnings.warn(
+            f"squared euclidean distances up to {max_distance:.3g} (> 4): the features were "
+            "not L2-normalised, so cosine = 1 - d/2 is only an approximation; evaluate "
+            "with normalize_feature=True for exact GNN re-ranking",
+            UnnormalisedFeaturesWarning, stacklevel=3)
+
+
+def _max_value(matrix) -> float:
+    if isinstance(matrix, torch.Tensor):
+        return float(matrix.max()) if matrix.numel() else 0.0
+    return float(np.max(matrix)) if matrix.size else 0.0
+
+
+def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 26, k2: int = 7, lamb: float = 0.3,
+               metric: str = "euclidean") -> np.ndarray:
+    """Drop-in for torchreid's ``re_ranking`` that runs GNN re-ranking.
+
+    Args:
+        q_g_dist: ``[q, g]`` distances (numpy array or torch tensor: torchreid's engine
+            passes a numpy ``distmat`` and torch ``distmat_qq`` / ``distmat_gg``).
+        q_q_dist: ``[q, q]`` distances.
+        g_g_dist: ``[g, g]`` distances.
+        k1, k2, lamb: GNN re-ranking parameters (see :func:`triton_rerank.gnn_rerank`).
+        metric: the distance the matrices hold: ``"euclidean"`` (torchreid's squared
+            euclidean; exact for L2-normalised features, an approximation with a warning
+            otherwise) or ``"cosine"`` (``1 - cos``).
+
+    Returns:
+        ``[q, g]`` float32 numpy re-ranked distances, smaller is better, on the input
+        metric's scale (``2 - 2 s`` for euclidean, ``1 - s`` for cosine, where ``s`` is
+        the re-ranked similarity).
+
+    Raises:
+        ValueError: unknown metric, bad shapes, NaN/inf, or bad k1/k2/lamb.
+    """
+    from triton_rerank.rerank import gnn_rerank_similarities
+
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if metric == "euclidean":
+        largest = max(_max_value(m) for m in (q_g_dist, q_q_dist, g_g_dist))
+        if largest > _UNIT_SQUARED_DISTANCE_MAX:
+            _warn_unnormalised_once(largest)
+
+        def to_similarity(d):
+            return 1.0 - 0.5 * d
+    else:
+        def to_similarity(d):
+            return 1.0 - d
+    scores = gnn_rerank_similarities(to_numpy(q_g_dist), q_q_dist, g_g_dist, k1=k1, k2=k2,
+                                     lamb=lamb, transform=to_similarity)
+    distances = 2.0 - 2.0 * scores if metric == "euclidean" else 1.0 - scores
+    return distances.astype(np.float32, copy=False)
+
+
+def to_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+# --- making torchreid's Engine use it ------------------------------------------------
+
+_ENGINE_MODULE = "engine.engine"  # where Engine._evaluate looks up re_ranking
+_patched: dict | None = None
+
+
+def enable_gnn_reranking(k1: int = 26, k2: int = 7, lamb: float = 0.3,
+                         metric: str = "euclidean") -> None:
+    """Make torchreid's ``Engine`` (``rerank=True``) use GNN re-ranking until disabled.
+
+    Args:
+        k1, k2, lamb: GNN parameters.
+        metric: the ``dist_metric`` the engine evaluates with (torchreid's default is
+            ``"euclidean"``).
+
+    Raises:
+        RuntimeError: already enabled (disable first, or use :func:`use_gnn_reranking`).
+    """
+    global _patched
+    if _patched is not None:
+        raise RuntimeError("GNN re-ranking is already enabled in torchreid; disable it first")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    engine_module = torchreid_module(_ENGINE_MODULE)
+
+    def gnn_re_ranking(q_g_dist, q_q_dist, g_g_dist, *args, **kwargs):
+        # torchreid passes its own k1/k2/lambda_value only positionally, if at all: the
+        # GNN parameters chosen here win
+        return re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=k1, k2=k2, lamb=lamb,
+                          metric=metric)
+
+    _patched = {"module": engine_module, "original": engine_module.re_ranking}
+    engine_module.re_ranking = gnn_re_ranking
+
+
+def disable_gnn_reranking() -> None:
+    """Restore torchreid's own ``re_ranking`` (a no-op when not enabled)."""
+    global _patched
+    if _patched is not None:
+        _patched["module"].re_ranking = _patched["original"]
+        _patched = None
+
+
+@contextlib.contextmanager
+def use_gnn_reranking(k1: int = 26, k2: int = 7, lamb: float = 0.3, metric: str = "euclidean"):
+    """Context manager: torchreid's ``Engine`` re-ranks with GNN inside the block.
+
+    Example:
+        >>> with use_gnn_reranking(k1=26, k2=7):  # doctest: +SKIP
+        ...     engine.run(test_only=True, rerank=True, normalize_feature=True)
+    """
+    enable_gnn_reranking(k1=k1, k2=k2, lamb=lamb, metric=metric)
+    try:
+        yield
+    finally:
+        disable_gnn_reranking()
+
+
+# --- evaluation from features ---------------------------------------------------------
+
+RERANK_MODES = ("gnn", "none", "k-reciprocal")
+
+
+def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, *, rerank: str = "gnn",
+             metric: str = "euclidean", normalize_feature: bool = True, max_rank: int = 50,
+             k1: int = 26, k2: int = 7, lamb: float = 0.3):
+    """torchreid's ``(cmc, mAP)`` for features, with optional re-ranking.
+
+    The same numbers as torchreid's engine (``_evaluate``: distances with ``metric``,
+    optional ``re_ranking``, ``evaluate_rank``), computed the fast way: ``"gnn"`` runs
+    :func:`triton_rerank.gnn_rerank` on the features directly (no distance matrices;
+    equal to the engine inside :func:`use_gnn_reranking` with ``normalize_feature=True``),
+    and the metrics come from :func:`triton_rerank.metrics.evaluate`.
+
+    Args:
+        qf, gf: ``[q, d]`` / ``[g, d]`` features (numpy or torch).
+        q_pids, g_pids, q_camids, g_camids: labels.
+        rerank: ``"gnn"``, ``"none"`` or ``"k-reciprocal"`` (torchreid's own re_ranking,
+            k1=20, k2=6, lambda=0.3).
+        metric: ``"euclidean"`` or ``"cosine"``, as torchreid's ``dist_metric``.
+        normalize_feature: L2-normalise features first (torchreid's engine flag).
+        max_rank: CMC length.
+        k1, k2, lamb: GNN parameters.
+
+    Returns:
+        ``(cmc [max_rank] float32 numpy, mAP float)``, as torchreid's ``evaluate_rank``.
+    """
+    from triton_rerank.metrics import evaluate as evaluate_scores
+    from triton_rerank.rerank import gnn_rerank
+
+    if rerank not in RERANK_MODES:
+        raise ValueError(f"rerank must be one of {RERANK_MODES}, got {rerank!r}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    qf = torch.as_tensor(to_numpy(qf), dtype=torch.float32)
+    gf = torch.as_tensor(to_numpy(gf), dtype=torch.float32)
+    if normalize_feature:
+        qf = torch.nn.functional.normalize(qf, p=2, dim=1)
+        gf = torch.nn.functional.normalize(gf, p=2, dim=1)
+    if rerank == "gnn":
+        scores = gnn_rerank(qf, gf, k1=k1, k2=k2, lamb=lamb, normalize=False)
+    else:
+        distance = torchreid_module("metrics").compute_distance_matrix
+        distmat = distance(qf, gf, metric).numpy()
+        if rerank == "k-reciprocal":
+            k_reciprocal = torchreid_module("utils.rerank").re_ranking
+            distmat = k_reciprocal(distmat, distance(qf, qf, metric).numpy(),
+                                   distance(gf, gf, metric).numpy())
+        scores = -distmat
+    result = evaluate_scores(scores, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
+    return result.cmc.astype(np.float32), result.mAP

@@ -189,3 +189,38 @@ def check_rerank_params(*, k1, k2, iterations, lamb, topk, n_nodes: int, n_galle
         topk = check_int(topk, "topk", minimum=1, maximum=n_gallery,
                          maximum_reason=f"the gallery size {n_gallery}")
     return k1, k2, iterations, lamb, topk
+
+
+def check_similarity_blocks(q_g, q_q, g_g) -> tuple[int, int]:
+    """Validate the three similarity (or distance) matrices of a query/gallery split.
+
+    Args:
+        q_g: ``[q, g]``; q_q: ``[q, q]``; g_g: ``[g, g]``. Each a numpy array or a torch
+            tensor of floats (the types may be mixed: torchreid's engine passes both).
+
+    Returns:
+        ``(q, g)``.
+
+    Raises:
+        TypeError: a non-array or a non-floating dtype.
+        ValueError: wrong ndim, empty, or shapes that do not fit together.
+    """
+    for name, x in (("q_g", q_g), ("q_q", q_q), ("g_g", g_g)):
+        if not isinstance(x, (np.ndarray, torch.Tensor)):
+            raise TypeError(f"{name} must be a numpy.ndarray or a torch.Tensor, got "
+                            f"{type(x).__name__}")
+        floating = x.is_floating_point() if isinstance(x, torch.Tensor) else \
+            np.issubdtype(x.dtype, np.floating)
+        if not floating:
+            raise TypeError(f"{name} must hold floats, got dtype {x.dtype}")
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
+    n_query, n_gallery = q_g.shape
+    if n_query == 0 or n_gallery == 0:
+        raise ValueError(f"q_g is empty: shape {tuple(q_g.shape)}")
+    for name, x, expected in (("q_q", q_q, (n_query, n_query)),
+                              ("g_g", g_g, (n_gallery, n_gallery))):
+        if tuple(x.shape) != expected:
+            raise ValueError(f"{name} must have shape {list(expected)} to match q_g "
+                             f"{list(q_g.shape)}, got {list(x.shape)}")
+    return n_query, n_gallery

@@ -20,10 +20,13 @@ def main() -> None:
     query = data.query_features / np.linalg.norm(data.query_features, axis=1, keepdims=True)
     gallery = data.gallery_features / np.linalg.norm(data.gallery_features, axis=1,
                                                        keepdims=True)
+    # compile the CPU kernels once, outside the timings
+    q_pids, g_pids, q_camids, g_camids = labels
+    evaluate(query[:20] @ gallery.T, q_pids[:20], g_pids, q_camids[:20], g_camids)
+    gnn_rerank(query[:2], gallery[:30], k1=5, k2=2)
     start = time.perf_counter()
     before = evaluate(query @ gallery.T, *labels)
     plain_s = time.perf_counter() - start
-    gnn_rerank(query[:2], gallery[:30], k1=5, k2=2)  # compile the CPU kernels once
     start = time.perf_counter()
     scores = gnn_rerank(query, gallery)
     rerank_s = time.perf_counter() - start

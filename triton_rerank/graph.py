@@ -24,14 +24,34 @@ from .cpu.knn_select import update_from_columns, update_from_rows
 DEFAULT_STRIP_BYTES = 128 * 2**20
 
 
-def _offer(block: torch.Tensor, row_start: int, col_start: int, first_col: int,
-           top_values: np.ndarray, top_indices: np.ndarray) -> None:
-    """Offer ``block [b, m]`` (rows ``row_start:``, columns ``col_start:``) to its rows and
-    to its columns from local column ``first_col`` on."""
-    block = block.numpy()
-    update_from_rows(block, row_start, col_start, top_values, top_indices)
-    if first_col < block.shape[1]:
-        update_from_columns(block, row_start, col_start, first_col, top_values, top_indices)
+class NeighbourLists:
+    """Running top-``k`` neighbour lists of ``n`` nodes, fed one similarity block at a time.
+
+    Attributes:
+        values: ``[n, k]`` float32, descending per row (``-inf`` until filled).
+        indices: ``[n, k]`` int64 neighbour ids, equal values by smaller id.
+    """
+
+    def __init__(self, n: int, k: int):
+        self.values = np.full((n, k), -np.inf, dtype=np.float32)
+        self.indices = np.full((n, k), -1, dtype=np.int64)
+
+    def offer(self, block, row_start: int, col_start: int, *, to_rows: bool = True,
+              columns_from: int | None = None) -> None:
+        """Offer ``block [b, m]``: ``block[r, c]`` is the similarity of nodes
+        ``row_start + r`` and ``col_start + c``.
+
+        Args:
+            block: float32 numpy array or CPU tensor (C-contiguous).
+            to_rows: offer each row's entries to the row's node.
+            columns_from: also offer columns ``columns_from:`` to the columns' nodes.
+        """
+        block = block.numpy() if isinstance(block, torch.Tensor) else block
+        if to_rows:
+            update_from_rows(block, row_start, col_start, self.values, self.indices)
+        if columns_from is not None and columns_from < block.shape[1]:
+            update_from_columns(block, row_start, col_start, columns_from, self.values,
+                                self.indices)
 
 
 def _strips(start: int, stop: int, rows_per_strip: int):
@@ -39,8 +59,7 @@ def _strips(start: int, stop: int, rows_per_strip: int):
 
 
 def _offer_full_strips(nodes: torch.Tensor, first_row: int, rows_per_strip: int,
-                       top_values: np.ndarray, top_indices: np.ndarray,
-                       buffer: torch.Tensor | None = None) -> None:
+                       lists: NeighbourLists, buffer: torch.Tensor | None = None) -> None:
     """Strips of rows ``first_row:`` against columns from their first row on, in one
     reused 1-D buffer of at least ``rows_per_strip * N`` floats (allocated if None)."""
     n = nodes.shape[0]
@@ -49,7 +68,7 @@ def _offer_full_strips(nodes: torch.Tensor, first_row: int, rows_per_strip: int,
     for start, stop in _strips(first_row, n, rows_per_strip):
         strip = buffer[: (stop - start) * (n - start)].view(stop - start, n - start)
         torch.matmul(nodes[start:stop], nodes[start:].T, out=strip)
-        _offer(strip, start, start, stop - start, top_values, top_indices)
+        lists.offer(strip, start, start, columns_from=stop - start)
 
 
 def knn_graph(nodes: torch.Tensor, k: int, *, strip_bytes: int = DEFAULT_STRIP_BYTES,
@@ -70,23 +89,21 @@ def knn_graph(nodes: torch.Tensor, k: int, *, strip_bytes: int = DEFAULT_STRIP_B
         column index; ``query_gallery`` is a float32 tensor, or None when not kept.
     """
     n = nodes.shape[0]
-    top_values = np.full((n, k), -np.inf, dtype=np.float32)
-    top_indices = np.full((n, k), -1, dtype=np.int64)
+    lists = NeighbourLists(n, k)
     rows_per_strip = int(max(1, min(n, strip_bytes // (4 * n))))
     if not keep_query_gallery:
-        _offer_full_strips(nodes, 0, rows_per_strip, top_values, top_indices)
-        return top_values, top_indices, None
+        _offer_full_strips(nodes, 0, rows_per_strip, lists)
+        return lists.values, lists.indices, None
 
     # gallery strips first, borrowing the [q, g] output as their buffer when it is
     # large enough; then query strips: query columns in a small buffer, gallery
     # columns in place
     query_gallery = torch.empty(n_query, n - n_query, dtype=torch.float32)
-    _offer_full_strips(nodes, n_query, rows_per_strip, top_values, top_indices,
-                       buffer=query_gallery.view(-1))
+    _offer_full_strips(nodes, n_query, rows_per_strip, lists, buffer=query_gallery.view(-1))
     for start, stop in _strips(0, n_query, rows_per_strip):
         left = torch.matmul(nodes[start:stop], nodes[start:n_query].T)
-        _offer(left, start, start, stop - start, top_values, top_indices)
+        lists.offer(left, start, start, columns_from=stop - start)
         right = query_gallery[start:stop]
         torch.matmul(nodes[start:stop], nodes[n_query:].T, out=right)
-        _offer(right, start, n_query, 0, top_values, top_indices)
-    return top_values, top_indices, query_gallery
+        lists.offer(right, start, n_query, columns_from=0)
+    return lists.values, lists.indices, query_gallery

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from .checks import FeaturePair, check_features, check_rerank_params
-from .graph import knn_graph
+from .checks import FeaturePair, check_features, check_rerank_params, check_similarity_blocks
+from .graph import NeighbourLists, knn_graph
 from .propagate import propagate
 from .scoring import rerank_scores
 
@@ -47,13 +48,11 @@ def _run_cpu(features: FeaturePair, *, k1, k2, iterations, lamb, topk):
                          base=base)
 
 
-def _to_caller(result, features: FeaturePair):
-    if features.array_type == "numpy":
-        return result.numpy() if isinstance(result, torch.Tensor) else tuple(
-            r.numpy() for r in result)
-    if isinstance(result, torch.Tensor):
-        return result.to(features.device)
-    return tuple(r.to(features.device) for r in result)
+def _to_caller(result, device: torch.device | None):
+    """CPU tensors (or a tuple of them) to numpy (``device`` None) or to ``device``."""
+    if isinstance(result, tuple):
+        return tuple(_to_caller(r, device) for r in result)
+    return result.numpy() if device is None else result.to(device)
 
 
 def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2,
@@ -108,7 +107,71 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
         n_nodes=n_query + n_gallery, n_gallery=n_gallery)
     resolve_backend(backend)
     result = _run_cpu(features, k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk)
-    return _to_caller(result, features)
+    return _to_caller(result, features.device if features.array_type == "torch" else None)
+
+
+# Rows of a similarity matrix converted at a time by gnn_rerank_similarities.
+_SIMILARITY_CHUNK_BYTES = 64 * 2**20
+
+
+def _float32_rows(matrix, start: int, stop: int, transform, name: str) -> np.ndarray:
+    rows = matrix[start:stop]
+    if isinstance(rows, torch.Tensor):
+        rows = rows.detach().cpu().numpy()
+    rows = np.asarray(rows, dtype=np.float32)
+    if transform is not None:
+        rows = np.asarray(transform(rows), dtype=np.float32)
+    if not np.isfinite(rows).all():
+        bad = start + int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+        raise ValueError(f"{name} contains NaN or inf (first in row {bad})")
+    return np.ascontiguousarray(rows)
+
+
+def gnn_rerank_similarities(q_g, q_q, g_g, *, k1: int = 26, k2: int = 7, iterations: int = 2,
+                            lamb: float = 0.3, topk: int | None = None, transform=None):
+    """GNN re-ranking from precomputed similarity matrices instead of features.
+
+    Same algorithm as :func:`gnn_rerank`, with ``U @ U.T`` given as its three blocks.
+    The matrices are read one chunk of rows at a time, so a ``transform`` (for
+    example distances to cosine similarities) never makes a full-size copy.
+
+    Args:
+        q_g: ``[q, g]`` query-gallery similarities (numpy or torch; types may be mixed).
+        q_q: ``[q, q]`` query-query similarities.
+        g_g: ``[g, g]`` gallery-gallery similarities.
+        k1, k2, iterations, lamb, topk: as :func:`gnn_rerank`.
+        transform: optional function from a float32 ``[r, c]`` numpy block of the inputs
+            to the similarities of the same shape.
+
+    Returns:
+        As :func:`gnn_rerank`, as numpy arrays, or as torch tensors on ``q_g``'s device
+        when ``q_g`` is a tensor.
+
+    Raises:
+        TypeError, ValueError: bad matrices (see ``check_similarity_blocks``), NaN/inf
+            after ``transform``, or bad hyper-parameters.
+    """
+    n_query, n_gallery = check_similarity_blocks(q_g, q_q, g_g)
+    n = n_query + n_gallery
+    k1, k2, iterations, lamb, topk = check_rerank_params(
+        k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk, n_nodes=n,
+        n_gallery=n_gallery)
+    lists = NeighbourLists(n, k1)
+    base = torch.empty(n_query, n_gallery, dtype=torch.float32)
+    rows = max(1, _SIMILARITY_CHUNK_BYTES // (4 * n))
+    for start in range(0, n_query, rows):
+        stop = min(n_query, start + rows)
+        lists.offer(_float32_rows(q_q, start, stop, transform, "q_q"), start, 0)
+        block = _float32_rows(q_g, start, stop, transform, "q_g")
+        lists.offer(block, start, n_query, columns_from=0)  # gallery nodes get queries too
+        base[start:stop] = torch.from_numpy(block)
+    for start in range(0, n_gallery, rows):
+        stop = min(n_gallery, start + rows)
+        lists.offer(_float32_rows(g_g, start, stop, transform, "g_g"), n_query + start, n_query)
+    graph = propagate(lists.values, lists.indices, n_query=n_query, k2=k2,
+                      iterations=iterations)
+    result = rerank_scores(graph, None, None, lamb=lamb, topk=topk, base=base)
+    return _to_caller(result, q_g.device if isinstance(q_g, torch.Tensor) else None)
 
 
 @dataclass(frozen=True)

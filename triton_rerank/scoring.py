@@ -34,15 +34,17 @@ def score_block(graph: PropagatedGraph, start: int, stop: int, lamb: float,
                   np.float32(lamb), out)
 
 
-def rerank_scores(graph: PropagatedGraph, query: torch.Tensor, gallery: torch.Tensor, *,
+def rerank_scores(graph: PropagatedGraph, query: torch.Tensor | None,
+                  gallery: torch.Tensor | None, *,
                   lamb: float, topk: int | None, base: torch.Tensor | None = None,
                   block_bytes: int = DEFAULT_BLOCK_BYTES):
     """Final re-ranked scores.
 
     Args:
         graph: the propagated graph.
-        query: ``[q, d]`` float32 CPU features as used for the kNN (for the ``lamb`` term).
-        gallery: ``[g, d]`` float32 CPU features.
+        query: ``[q, d]`` float32 CPU features as used for the kNN (for the ``lamb`` term;
+            may be None when ``base`` is given).
+        gallery: ``[g, d]`` float32 CPU features (likewise).
         lamb: weight of the original similarity, in [0, 1].
         topk: None for the full matrix, else K.
         base: optional ``[q, g]`` float32 ``query @ gallery.T`` already computed (by the
@@ -51,7 +53,7 @@ def rerank_scores(graph: PropagatedGraph, query: torch.Tensor, gallery: torch.Te
     Returns:
         ``scores [q, g]`` float32 tensor, or ``(D [q, K] float32, I [q, K] int64)``.
     """
-    n_query, n_gallery = query.shape[0], gallery.shape[0]
+    n_query, n_gallery = graph.query_rows.n_rows, graph.gallery_idx.shape[0]
     if topk is None:
         scores = base
         if scores is None:
