@@ -18,25 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import machine, peak_rss_mb, run_child, save_feature_set, top_agreement
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("ours", "reference", "k-reciprocal")
 # ours takes seconds, so it is run this many times (each in a fresh process) and the
 # median is reported: this machine's timings vary by +-15% from run to run
 OURS_REPEATS = 5
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_method(method: str, data_path: str, topk: int | None, out_path: str) -> dict:
@@ -83,35 +77,10 @@ def run_method(method: str, data_path: str, topk: int | None, out_path: str) -> 
 
 def spawn(method: str, data_path: str, topk: int | None, workdir: str) -> dict:
     out_path = os.path.join(workdir, f"top_{method}_{topk}.npy")
-    cmd = [sys.executable, __file__, "--child", method, "--data", data_path, "--out", out_path]
+    args = ["--child", method, "--data", data_path, "--out", out_path]
     if topk is not None:
-        cmd += ["--topk", str(topk)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{method} failed:\n{proc.stderr[-3000:]}")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    report["top_path"] = out_path
-    return report
-
-
-def top_agreement(a_path: str, b_path: str, k: int) -> float:
-    """Fraction of queries whose top-k gallery lists are identical (order included)."""
-    a, b = np.load(a_path)[:, :k], np.load(b_path)[:, :k]
-    return float((a == b).all(axis=1).mean())
-
-
-def machine() -> dict:
-    import numba
-    import torch
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "numba": numba.__version__, "numpy": np.__version__}
+        args += ["--topk", str(topk)]
+    return dict(run_child(__file__, args), top_path=out_path)
 
 
 def main() -> None:
@@ -136,9 +105,7 @@ def main() -> None:
         for name, shape in (("market", market), ("msmt", msmt)):
             data = reid_like_features(shape, seed=0)
             paths[name] = os.path.join(workdir, f"{name}.npz")
-            np.savez(paths[name], query_f=data.query_features, gallery_f=data.gallery_features,
-                     query_label=data.query_pids, gallery_label=data.gallery_pids,
-                     query_cam=data.query_camids, gallery_cam=data.gallery_camids)
+            save_feature_set(paths[name], data)
             if name == "market":
                 plain = evaluate(data.query_features @ data.gallery_features.T, *data.labels())
             del data
@@ -153,8 +120,8 @@ def main() -> None:
                             peak_rss_mb=max(r["peak_rss_mb"] for r in repeats))
         print("running ours on the MSMT17 shape (topk=100) ...", file=sys.stderr, flush=True)
         msmt_row = spawn("ours", paths["msmt"], 100, workdir)
-        agreement = {k: top_agreement(rows["ours"]["top_path"], rows["reference"]["top_path"], k)
-                     for k in (1, 10, 100)}
+        ours_top, reference_top = (np.load(rows[m]["top_path"]) for m in ("ours", "reference"))
+        agreement = {k: top_agreement(ours_top, reference_top, k) for k in (1, 10, 100)}
 
     ours = rows["ours"]
     lines = [

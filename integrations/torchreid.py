@@ -83,12 +83,6 @@ def _warn_unnormalised_once(max_distance: float) -> None:
             UnnormalisedFeaturesWarning, stacklevel=3)
 
 
-def _max_value(matrix) -> float:
-    if isinstance(matrix, torch.Tensor):
-        return float(matrix.max()) if matrix.numel() else 0.0
-    return float(np.max(matrix)) if matrix.size else 0.0
-
-
 def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 26, k2: int = 7, lamb: float = 0.3,
                metric: str = "euclidean") -> np.ndarray:
     """Drop-in for torchreid's ``re_ranking`` that runs GNN re-ranking.
@@ -115,20 +109,18 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 26, k2: int = 7, lamb: fl
 
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if metric == "euclidean":
-        largest = max(_max_value(m) for m in (q_g_dist, q_q_dist, g_g_dist))
+    q_g_dist = to_numpy(q_g_dist)
+    if metric == "euclidean" and q_g_dist.size:
+        # unnormalised features show in every block; the query-gallery one is checked
+        largest = float(q_g_dist.max())
         if largest > _UNIT_SQUARED_DISTANCE_MAX:
             _warn_unnormalised_once(largest)
-
-        def to_similarity(d):
-            return 1.0 - 0.5 * d
-    else:
-        def to_similarity(d):
-            return 1.0 - d
-    scores = gnn_rerank_similarities(to_numpy(q_g_dist), q_q_dist, g_g_dist, k1=k1, k2=k2,
-                                     lamb=lamb, transform=to_similarity)
-    distances = 2.0 - 2.0 * scores if metric == "euclidean" else 1.0 - scores
-    return distances.astype(np.float32, copy=False)
+    scale = -0.5 if metric == "euclidean" else -1.0  # similarity = 1 + scale * distance
+    scores = gnn_rerank_similarities(q_g_dist, q_q_dist, g_g_dist, k1=k1, k2=k2, lamb=lamb,
+                                     scale=scale, offset=1.0)
+    scores -= 1.0  # back to the input's distance scale, in place
+    scores /= scale
+    return scores
 
 
 def to_numpy(x) -> np.ndarray:

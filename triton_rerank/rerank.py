@@ -114,34 +114,39 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
 _SIMILARITY_CHUNK_BYTES = 64 * 2**20
 
 
-def _float32_rows(matrix, start: int, stop: int, transform, name: str) -> np.ndarray:
+def _similarity_rows(matrix, start: int, stop: int, scale: float, offset: float,
+                     out: np.ndarray, name: str) -> np.ndarray:
+    """Rows ``start:stop`` of ``matrix`` as float32 similarities ``offset + scale * x``,
+    written into (a prefix of) the flat buffer ``out``."""
     rows = matrix[start:stop]
     if isinstance(rows, torch.Tensor):
         rows = rows.detach().cpu().numpy()
-    rows = np.asarray(rows, dtype=np.float32)
-    if transform is not None:
-        rows = np.asarray(transform(rows), dtype=np.float32)
-    if not np.isfinite(rows).all():
-        bad = start + int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+    block = out[: rows.size].reshape(rows.shape)
+    np.multiply(rows, scale, out=block, casting="unsafe")
+    block += np.float32(offset)
+    if not (np.isfinite(block.min()) and np.isfinite(block.max())):  # NaN propagates
+        bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
         raise ValueError(f"{name} contains NaN or inf (first in row {bad})")
-    return np.ascontiguousarray(rows)
+    return block
 
 
 def gnn_rerank_similarities(q_g, q_q, g_g, *, k1: int = 26, k2: int = 7, iterations: int = 2,
-                            lamb: float = 0.3, topk: int | None = None, transform=None):
+                            lamb: float = 0.3, topk: int | None = None, scale: float = 1.0,
+                            offset: float = 0.0):
     """GNN re-ranking from precomputed similarity matrices instead of features.
 
     Same algorithm as :func:`gnn_rerank`, with ``U @ U.T`` given as its three blocks.
-    The matrices are read one chunk of rows at a time, so a ``transform`` (for
-    example distances to cosine similarities) never makes a full-size copy.
+    The matrices are read one chunk of rows at a time and each entry ``x`` is used as
+    the similarity ``offset + scale * x``, so distances can be passed as they are
+    (squared euclidean between unit vectors: ``scale=-0.5, offset=1``; cosine distance:
+    ``scale=-1, offset=1``) without a full-size converted copy.
 
     Args:
         q_g: ``[q, g]`` query-gallery similarities (numpy or torch; types may be mixed).
         q_q: ``[q, q]`` query-query similarities.
         g_g: ``[g, g]`` gallery-gallery similarities.
         k1, k2, iterations, lamb, topk: as :func:`gnn_rerank`.
-        transform: optional function from a float32 ``[r, c]`` numpy block of the inputs
-            to the similarities of the same shape.
+        scale, offset: the affine map from the given entries to similarities.
 
     Returns:
         As :func:`gnn_rerank`, as numpy arrays, or as torch tensors on ``q_g``'s device
@@ -149,7 +154,7 @@ def gnn_rerank_similarities(q_g, q_q, g_g, *, k1: int = 26, k2: int = 7, iterati
 
     Raises:
         TypeError, ValueError: bad matrices (see ``check_similarity_blocks``), NaN/inf
-            after ``transform``, or bad hyper-parameters.
+            entries, or bad hyper-parameters.
     """
     n_query, n_gallery = check_similarity_blocks(q_g, q_q, g_g)
     n = n_query + n_gallery
@@ -159,15 +164,17 @@ def gnn_rerank_similarities(q_g, q_q, g_g, *, k1: int = 26, k2: int = 7, iterati
     lists = NeighbourLists(n, k1)
     base = torch.empty(n_query, n_gallery, dtype=torch.float32)
     rows = max(1, _SIMILARITY_CHUNK_BYTES // (4 * n))
+    chunk = np.empty(rows * n, dtype=np.float32)
     for start in range(0, n_query, rows):
         stop = min(n_query, start + rows)
-        lists.offer(_float32_rows(q_q, start, stop, transform, "q_q"), start, 0)
-        block = _float32_rows(q_g, start, stop, transform, "q_g")
+        lists.offer(_similarity_rows(q_q, start, stop, scale, offset, chunk, "q_q"), start, 0)
+        block = _similarity_rows(q_g, start, stop, scale, offset, chunk, "q_g")
         lists.offer(block, start, n_query, columns_from=0)  # gallery nodes get queries too
         base[start:stop] = torch.from_numpy(block)
     for start in range(0, n_gallery, rows):
         stop = min(n_gallery, start + rows)
-        lists.offer(_float32_rows(g_g, start, stop, transform, "g_g"), n_query + start, n_query)
+        block = _similarity_rows(g_g, start, stop, scale, offset, chunk, "g_g")
+        lists.offer(block, n_query + start, n_query)
     graph = propagate(lists.values, lists.indices, n_query=n_query, k2=k2,
                       iterations=iterations)
     result = rerank_scores(graph, None, None, lamb=lamb, topk=topk, base=base)

@@ -1,0 +1,51 @@
+"""Helpers shared by the benchmark scripts: child processes, peak RSS, machine facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+
+import numpy as np
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(script: str, args: list[str]) -> dict:
+    """Run ``script`` in a fresh Python process; its last stdout line is a JSON report."""
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def save_feature_set(path: str, data) -> None:
+    """Write a FeatureSet in the ``pytorch_result`` layout as ``.npz``."""
+    np.savez(path, query_f=data.query_features, gallery_f=data.gallery_features,
+             query_label=data.query_pids, gallery_label=data.gallery_pids,
+             query_cam=data.query_camids, gallery_cam=data.gallery_camids)
+
+
+def top_agreement(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Fraction of rows whose first ``k`` entries are identical (order included)."""
+    return float((a[:, :k] == b[:, :k]).all(axis=1).mean())
+
+
+def machine() -> dict:
+    import numba
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "numba": numba.__version__, "numpy": np.__version__}
