@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -49,3 +50,22 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "numba": numba.__version__, "numpy": np.__version__}
+
+
+def benchmark_parser(description: str, methods) -> argparse.ArgumentParser:
+    """The options every benchmark script takes: ``--quick``, plus hidden child-process ones."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small shape, for a smoke test")
+    parser.add_argument("--child", choices=methods, help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    return parser
+
+
+def median_report(reports: list[dict]) -> dict:
+    """One report for repeated runs: median time (all kept), worst peak RSS."""
+    seconds = [r["seconds"] for r in reports]
+    return dict(reports[0], all_seconds=seconds, seconds=float(np.median(seconds)),
+                peak_rss_mb=max(r["peak_rss_mb"] for r in reports))

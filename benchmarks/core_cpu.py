@@ -24,7 +24,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import machine, peak_rss_mb, run_child, save_feature_set, top_agreement
+from common import (
+    benchmark_parser,
+    machine,
+    median_report,
+    peak_rss_mb,
+    run_child,
+    save_feature_set,
+    top_agreement,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("ours", "reference", "k-reciprocal")
@@ -84,11 +92,7 @@ def spawn(method: str, data_path: str, topk: int | None, workdir: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small shape, for a smoke test")
-    parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser = benchmark_parser(__doc__.splitlines()[0], METHODS)
     parser.add_argument("--topk", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -113,11 +117,8 @@ def main() -> None:
         for method in METHODS:
             print(f"running {method} on the Market-1501 shape ...", file=sys.stderr, flush=True)
             rows[method] = spawn(method, paths["market"], None, workdir)
-        repeats = [rows["ours"]] + [spawn("ours", paths["market"], None, workdir)
-                                    for _ in range(OURS_REPEATS - 1)]
-        rows["ours"] = dict(rows["ours"], all_seconds=[r["seconds"] for r in repeats],
-                            seconds=float(np.median([r["seconds"] for r in repeats])),
-                            peak_rss_mb=max(r["peak_rss_mb"] for r in repeats))
+        rows["ours"] = median_report([rows["ours"]] + [
+            spawn("ours", paths["market"], None, workdir) for _ in range(OURS_REPEATS - 1)])
         print("running ours on the MSMT17 shape (topk=100) ...", file=sys.stderr, flush=True)
         msmt_row = spawn("ours", paths["msmt"], 100, workdir)
         ours_top, reference_top = (np.load(rows[m]["top_path"]) for m in ("ours", "reference"))

@@ -16,7 +16,6 @@ Run from the repository root (writes benchmarks/results/torchreid_rerank.{md,jso
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,7 +24,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import machine, peak_rss_mb, run_child, save_feature_set, top_agreement
+from common import (
+    benchmark_parser,
+    machine,
+    median_report,
+    peak_rss_mb,
+    run_child,
+    save_feature_set,
+    top_agreement,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("torchreid k-reciprocal", "gnn drop-in", "gnn_rerank on features")
@@ -70,12 +77,7 @@ def run_method(method: str, data_path: str, out_path: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small shape, for a smoke test")
-    parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = benchmark_parser(__doc__.splitlines()[0], METHODS).parse_args()
     if args.child:
         print(json.dumps(run_method(args.child, args.data, args.out)))
         return
@@ -91,11 +93,9 @@ def main() -> None:
             print(f"running {method} ...", file=sys.stderr, flush=True)
             out_path = os.path.join(workdir, f"{method.replace(' ', '_')}.npy")
             repeats = 1 if method.startswith("torchreid") else REPEATS
-            reports = [run_child(__file__, ["--child", method, "--data", data_path,
-                                            "--out", out_path]) for _ in range(repeats)]
-            rows[method] = dict(reports[0], all_seconds=[r["seconds"] for r in reports],
-                                seconds=float(np.median([r["seconds"] for r in reports])),
-                                peak_rss_mb=max(r["peak_rss_mb"] for r in reports))
+            rows[method] = median_report([
+                run_child(__file__, ["--child", method, "--data", data_path, "--out", out_path])
+                for _ in range(repeats)])
             tops[method] = np.load(out_path)
     agreement = {k: top_agreement(tops["gnn drop-in"], tops["gnn_rerank on features"], k)
                  for k in (1, 10, 100)}
