@@ -31,16 +31,6 @@ class FeaturePair:
     array_type: str
     device: torch.device
 
-    @property
-    def query(self) -> torch.Tensor:
-        """``[q, d]`` view of :attr:`nodes`."""
-        return self.nodes[: self.n_query]
-
-    @property
-    def gallery(self) -> torch.Tensor:
-        """``[g, d]`` view of :attr:`nodes`."""
-        return self.nodes[self.n_query:]
-
 
 def _as_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):

@@ -46,12 +46,6 @@ class SparseRows:
         ids = np.arange(n, dtype=np.int64)[:, None]
         return cls.from_dense_rows(ids, np.ones((n, 1), np.float32), n)
 
-    @classmethod
-    def from_scipy(cls, matrix) -> SparseRows:
-        m = sp.csr_array(matrix)
-        return cls(m.indptr.astype(np.int64), m.indices.astype(np.int64),
-                   m.data.astype(np.float32, copy=False), m.shape[1])
-
     def to_scipy(self) -> sp.csr_array:
         return sp.csr_array((self.values, self.indices, self.indptr),
                             shape=(self.n_rows, self.n_cols))
