@@ -63,7 +63,7 @@ def rerank_scores(graph: PropagatedGraph, query: torch.Tensor | None,
         score_block(graph, 0, n_query, lamb, scores.numpy())
         return scores
     rows_per_block = int(max(1, min(n_query, block_bytes // (4 * n_gallery))))
-    buffer = torch.empty(rows_per_block * n_gallery, dtype=torch.float32)
+    buffer = None if base is not None else torch.empty(rows_per_block * n_gallery)
     top_values = torch.empty(n_query, topk, dtype=torch.float32)
     top_indices = torch.empty(n_query, topk, dtype=torch.int64)
     for start in range(0, n_query, rows_per_block):
