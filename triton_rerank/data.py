@@ -129,14 +129,67 @@ def load_digits_split(queries_per_class: int = 20, seed: int = 0) -> FeatureSet:
     from sklearn.datasets import load_digits
 
     pixels, digit = load_digits(return_X_y=True)
+    return _class_split(pixels.astype(np.float32), digit.astype(np.int64), queries_per_class,
+                        seed)
+
+
+# Where Debian's package `dataset-fashion-mnist` puts the gzipped IDX files.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """Read a gzipped IDX file (the MNIST format): big-endian header, then uint8 data."""
+    import gzip
+
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape} but holds {data.size} bytes")
+    return data.reshape(shape)
+
+
+def load_fashion_mnist_split(directory: str | os.PathLike = FASHION_MNIST_DIR,
+                             queries_per_class: int = 50, seed: int = 0) -> FeatureSet:
+    """Fashion-MNIST's 10,000 real 28x28 test images as a retrieval task.
+
+    Needs Debian's package ``dataset-fashion-mnist`` (or the same four ``*.gz`` IDX files
+    in ``directory``). Class = identity; ``queries_per_class`` images of each class are
+    the queries (camera 0), the rest the gallery (camera 1). Features are the 784 raw
+    pixel intensities.
+
+    Raises:
+        FileNotFoundError: the files are missing (the message names the package).
+    """
+    directory = os.fspath(directory)
+    images_path = os.path.join(directory, "t10k-images-idx3-ubyte.gz")
+    labels_path = os.path.join(directory, "t10k-labels-idx1-ubyte.gz")
+    for path in (images_path, labels_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"Fashion-MNIST not found: {path} is missing; install Debian's package "
+                f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+    images = _read_idx(images_path)
+    labels = _read_idx(labels_path).astype(np.int64)
+    return _class_split(images.reshape(len(images), -1).astype(np.float32), labels,
+                        queries_per_class, seed)
+
+
+def _class_split(features: np.ndarray, classes: np.ndarray, queries_per_class: int,
+                 seed: int) -> FeatureSet:
+    """``queries_per_class`` random items of each class as queries (camera 0), the rest as
+    the gallery (camera 1)."""
     rng = np.random.default_rng(seed)
     query_idx = np.sort(np.concatenate([
-        rng.choice(np.flatnonzero(digit == c), queries_per_class, replace=False)
-        for c in range(10)]))
-    gallery_idx = np.setdiff1d(np.arange(len(digit)), query_idx)
-    features = pixels.astype(np.float32)
+        rng.choice(np.flatnonzero(classes == c), queries_per_class, replace=False)
+        for c in np.unique(classes)]))
+    gallery_idx = np.setdiff1d(np.arange(len(classes)), query_idx)
     return FeatureSet(
         features[query_idx], features[gallery_idx],
-        digit[query_idx].astype(np.int64), digit[gallery_idx].astype(np.int64),
+        classes[query_idx].astype(np.int64), classes[gallery_idx].astype(np.int64),
         np.zeros(len(query_idx), np.int64), np.ones(len(gallery_idx), np.int64),
     )

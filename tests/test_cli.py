@@ -1,0 +1,101 @@
+"""The `triton-rerank` command, run as a real subprocess on small real files."""
+
+import gzip
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from triton_rerank.visual import picture_size
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "triton_rerank", *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def test_demo_prints_the_table_and_draws_the_picture(tmp_path):
+    picture = tmp_path / "demo.png"
+    result = run("demo", "--picture", str(picture))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "200 queries, 1597 gallery images" in out
+    plain = float(out.split("no re-ranking (cosine)")[1].split("%")[0])
+    gnn = float(out.split("GNN re-ranking (k1=26, k2=7)")[1].split("%")[0])
+    assert gnn > plain + 10  # measured: 65.0% -> 81.5%
+    assert "k-reciprocal (torchreid)" in out
+    with Image.open(picture) as image:
+        assert image.format == "PNG" and image.size == picture_size(4, 10)
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_demo_reads_fashion_mnist_idx_files(tmp_path):
+    # real images in the package's format: digits upscaled to 28x28, 3 per class as queries
+    from sklearn.datasets import load_digits
+
+    pixels, digits = load_digits(return_X_y=True)
+    images = np.stack([np.kron(p.reshape(8, 8), np.ones((3, 3)))[:28, :28] for p in pixels[:300]])
+    images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[:, :28, :28] * 15
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", digits[:300])
+    result = run("demo", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path),
+                 "--queries-per-class", "3", "--picture", "")
+    assert result.returncode == 0, result.stderr
+    assert "30 queries, 270 gallery images" in result.stdout
+
+
+def test_demo_names_the_debian_package_when_fashion_mnist_is_missing(tmp_path):
+    result = run("demo", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "install Debian's package dataset-fashion-mnist" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_table_and_json(pku_path):
+    table = run("evaluate", str(pku_path), "--k1", "20", "--k2", "5")
+    assert table.returncode == 0, table.stderr
+    assert "50 queries, 100 gallery" in table.stdout and "not run (--k-reciprocal)" in table.stdout
+    result = run("evaluate", str(pku_path), "--json", "--k-reciprocal")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["queries"] == 50 and report["gallery"] == 100
+    methods = [r["method"] for r in report["results"]]
+    assert methods == ["no re-ranking (cosine)", "GNN re-ranking (k1=26, k2=7)",
+                       "k-reciprocal (torchreid)"]
+    assert all(0 <= r["mAP"] <= 1 for r in report["results"])
+
+
+@pytest.mark.parametrize("make_file, args, message", [
+    (None, [], "no such feature file"),
+    (lambda p: np.savez(p, query_f=np.ones((2, 3))), [], "missing gallery_f"),
+    (lambda p: np.savez(p, query_f=np.ones((2, 3)), gallery_f=np.ones((4, 3))), [],
+     "no labels; evaluate needs query_label"),
+    ("pku", ["--k1", "0"], "k1 must be >= 1, got 0"),
+    ("pku", ["--lamb", "2"], r"lamb must be in [0, 1], got 2.0"),
+], ids=["missing", "layout", "labels", "k1", "lamb"])
+def test_evaluate_errors_exit_2_with_one_line(tmp_path, pku_path, make_file, args, message):
+    path = tmp_path / "features.npz"
+    if make_file == "pku":
+        path = pku_path
+    elif make_file is not None:
+        make_file(path)
+    result = run("evaluate", str(path), *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("triton-rerank: error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_and_usage_errors():
+    result = run("--help")
+    assert result.returncode == 0 and "demo" in result.stdout and "evaluate" in result.stdout
+    evaluate_help = run("evaluate", "--help").stdout
+    assert "GNN re-ranking:" in evaluate_help and "--k-reciprocal" in evaluate_help
+    assert run("frobnicate").returncode == 2
