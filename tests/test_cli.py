@@ -99,3 +99,37 @@ def test_help_and_usage_errors():
     evaluate_help = run("evaluate", "--help").stdout
     assert "GNN re-ranking:" in evaluate_help and "--k-reciprocal" in evaluate_help
     assert run("frobnicate").returncode == 2
+
+
+def test_tune_reports_held_out_map_and_draws_the_heatmap(tmp_path, pku_path):
+    from triton_rerank.visual import heatmap_size
+
+    heatmap = tmp_path / "heat.png"
+    result = run("tune", str(pku_path), "--k1", "10,26", "--k2", "1,3,7", "--lamb", "0,0.3",
+                 "--heatmap", str(heatmap))
+    assert result.returncode == 0, result.stderr
+    assert "chose on 25 queries, measured on the other 25" in result.stdout
+    for line in ("best: k1=", "held-out mAP, no re-ranking", "held-out mAP, defaults",
+                 "held-out mAP, best"):
+        assert line in result.stdout
+    with Image.open(heatmap) as image:
+        assert image.format == "PNG" and image.size == heatmap_size(2, 3)
+    report = json.loads(run("tune", str(pku_path), "--k1", "10", "--k2", "3", "--json",
+                            "--heatmap", "").stdout)
+    assert set(report) == {"best", "held_out_mAP", "grid"} and len(report["grid"]) == 4 * 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--k1", "0"], "--k1 values must be >= 1, got 0"),
+    (["--lamb", "0.3,2"], "--lamb values must be in [0, 1]"),
+    (["--k1", "5", "--k2", "7"], "no valid setting in the grid"),
+], ids=["k1", "lamb", "empty-grid"])
+def test_tune_errors_exit_2(pku_path, args, message):
+    result = run("tune", str(pku_path), "--heatmap", "", *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tune_rejects_a_malformed_list(pku_path):
+    result = run("tune", str(pku_path), "--k1", "ten")
+    assert result.returncode == 2 and "expected a comma-separated list" in result.stderr

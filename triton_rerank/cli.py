@@ -4,6 +4,8 @@
                                            rerank_demo.png
     triton-rerank demo --dataset fashion-mnist
     triton-rerank evaluate FILE [--json]   the same table for a pytorch_result.mat / .npz
+    triton-rerank tune FILE                choose k1/k2/lamb/iterations on half the queries,
+                                           report mAP on the other half, draw a heat-map
 
 User errors (missing files, wrong layouts, missing labels, bad options) print one
 line ``triton-rerank: error: ...`` and exit with status 2.
@@ -179,6 +181,63 @@ def _evaluate(args) -> None:
         print(format_table(rows))
 
 
+def _number_list(kind):
+    """argparse type: a comma-separated list of ``kind``."""
+    def parse(text: str):
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError("expected at least one value")
+        return values
+    return parse
+
+
+def _tune(args) -> None:
+    from tqdm import tqdm
+
+    from .data import load_features
+    from .tuning import tune
+    from .visual import heatmap_picture
+
+    data = load_features(args.file)
+    if not data.has_labels:
+        raise ValueError(f"{args.file}: no labels; tune needs query_label, gallery_label, "
+                         "query_cam and gallery_cam")
+    for name, values, low in (("k1", args.k1, 1), ("k2", args.k2, 1), ("iterations",
+                                                                        args.iterations, 0)):
+        if min(values) < low:
+            raise ValueError(f"--{name} values must be >= {low}, got {min(values)}")
+    if not all(0 <= v <= 1 for v in args.lamb):
+        raise ValueError(f"--lamb values must be in [0, 1], got {args.lamb}")
+    result = tune(data, k1s=args.k1, k2s=args.k2, lambs=args.lamb,
+                  iterations_list=args.iterations, seed=args.seed,
+                  progress=lambda it: tqdm(it, desc="settings", unit="setting", disable=None,
+                                           file=sys.stderr))
+    if args.heatmap:
+        best = result.best
+        heatmap_picture(result.heatmap, [f"k1={v}" for v in args.k1],
+                        [f"k2={v}" for v in args.k2],
+                        f"tune-half mAP (%), lamb={best['lamb']}, "
+                        f"iterations={best['iterations']}", args.heatmap)
+    if args.json:
+        print(json.dumps({"best": result.best, "held_out_mAP": result.held_out,
+                          "grid": result.grid}, indent=2))
+        return
+    best = result.best
+    print(f"{args.file}: chose on {len(data.query_features) // 2} queries, measured on the "
+          f"other {len(data.query_features) - len(data.query_features) // 2}")
+    print(f"best: k1={best['k1']} k2={best['k2']} lamb={best['lamb']} "
+          f"iterations={best['iterations']}")
+    for name, value in result.held_out.items():
+        shown = "n/a (k1=26 exceeds the images)" if value is None else f"{100 * value:.1f}%"
+        print(f"held-out mAP, {name:<14} {shown}")
+    if args.heatmap:
+        print(f"heat-map: {args.heatmap}")
+
+
 def _add_gnn_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("GNN re-ranking")
     group.add_argument("--k1", type=int, default=26, help="kNN graph size (default 26)")
@@ -227,6 +286,26 @@ def build_parser() -> argparse.ArgumentParser:
                                "galleries)")
     _add_gnn_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
+
+    tune = commands.add_parser(
+        "tune", help="grid-search k1, k2, lamb, iterations on a labelled feature file",
+        description="Choose GNN settings on one random half of the queries and report mAP "
+                    "on the other half (so the gain is not over-fitted), with a heat-map of "
+                    "mAP over k1 x k2.")
+    tune.add_argument("file", metavar="FILE", help="feature file (.mat or .npz) with labels")
+    tune.add_argument("--k1", type=_number_list(int), default=[10, 15, 20, 26, 40, 60],
+                      metavar="LIST", help="k1 values (default 10,15,20,26,40,60)")
+    tune.add_argument("--k2", type=_number_list(int), default=[1, 3, 5, 7, 10],
+                      metavar="LIST", help="k2 values (default 1,3,5,7,10)")
+    tune.add_argument("--lamb", type=_number_list(float), default=[0.0, 0.1, 0.3, 0.5],
+                      metavar="LIST", help="lamb values (default 0,0.1,0.3,0.5)")
+    tune.add_argument("--iterations", type=_number_list(int), default=[1, 2],
+                      metavar="LIST", help="iterations values (default 1,2)")
+    tune.add_argument("--seed", type=int, default=0, help="query split seed (default 0)")
+    tune.add_argument("--heatmap", default="tune_heatmap.png", metavar="PNG",
+                      help="where to draw the heat-map ('' for none; default tune_heatmap.png)")
+    tune.add_argument("--json", action="store_true", help="print JSON instead of text")
+    tune.set_defaults(run=_tune)
     return parser
 
 

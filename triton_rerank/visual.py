@@ -63,3 +63,44 @@ def ranking_picture(query_images: np.ndarray, gallery_images: np.ndarray,
                 left = LABEL_WIDTH + (rank + 1) * (TILE + GAP)
                 canvas.paste(_tile(gallery_images[j], colour), (left, top))
     canvas.save(path, format="PNG")
+
+
+HEAT_CELL = (56, 28)  # width, height of one heat-map cell
+HEAT_MARGIN = (60, 40)  # left (row labels), top (title and column labels)
+
+
+def heatmap_size(n_rows: int, n_cols: int) -> tuple[int, int]:
+    """``(width, height)`` in pixels of :func:`heatmap_picture` for a grid of that shape."""
+    return (HEAT_MARGIN[0] + n_cols * HEAT_CELL[0] + 8,
+            HEAT_MARGIN[1] + n_rows * HEAT_CELL[1] + 8)
+
+
+def heatmap_picture(values: np.ndarray, row_labels, col_labels, title: str, path: str) -> None:
+    """Save a heat-map of ``values [r, c]`` (NaN cells left blank) with each value printed.
+
+    Colours run from pale yellow (lowest) to dark red (highest value).
+    """
+    n_rows, n_cols = values.shape
+    canvas = Image.new("RGB", heatmap_size(n_rows, n_cols), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), title, fill=(0, 0, 0))
+    finite = values[np.isfinite(values)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    for c, label in enumerate(col_labels):
+        draw.text((HEAT_MARGIN[0] + c * HEAT_CELL[0] + 4, HEAT_MARGIN[1] - 14), str(label),
+                  fill=(0, 0, 0))
+    for r, label in enumerate(row_labels):
+        top = HEAT_MARGIN[1] + r * HEAT_CELL[1]
+        draw.text((4, top + 8), str(label), fill=(0, 0, 0))
+        for c in range(n_cols):
+            value = values[r, c]
+            if not np.isfinite(value):
+                continue
+            t = (value - low) / (high - low) if high > low else 1.0
+            colour = (255 - int(80 * t), int(240 - 200 * t), int(160 - 150 * t))
+            left = HEAT_MARGIN[0] + c * HEAT_CELL[0]
+            draw.rectangle([left, top, left + HEAT_CELL[0] - 2, top + HEAT_CELL[1] - 2],
+                           fill=colour)
+            draw.text((left + 6, top + 8), f"{100 * value:.1f}",
+                      fill=(255, 255, 255) if t > 0.6 else (0, 0, 0))
+    canvas.save(path, format="PNG")
