@@ -133,3 +133,29 @@ def test_tune_errors_exit_2(pku_path, args, message):
 def test_tune_rejects_a_malformed_list(pku_path):
     result = run("tune", str(pku_path), "--k1", "ten")
     assert result.returncode == 2 and "expected a comma-separated list" in result.stderr
+
+
+def test_bench_table_json_and_plot(tmp_path):
+    from triton_rerank.visual import PLOT_SIZE
+
+    plot = tmp_path / "bench.png"
+    result = run("bench", "--sizes", "150,300", "--dim", "16", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[1:] if line[:1] == " "]
+    assert {(r[0], r[1]) for r in rows} == {(n, m) for n in ("150", "300")
+                                            for m in ("ours", "reference", "k-reciprocal")}
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.size == (2 * PLOT_SIZE[0], PLOT_SIZE[1])
+    report = json.loads(run("bench", "--sizes", "100", "--dim", "8", "--methods", "ours",
+                            "--json", "--plot", "").stdout)
+    assert [(r["method"], r["n"]) for r in report] == [("ours", 100)]
+    assert report[0]["seconds"] > 0 and report[0]["peak_rss_mb"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "ours,faiss"], "--methods must be among ours, reference, k-reciprocal"),
+    (["--sizes", "1"], "--sizes must be >= 2, got 1"),
+], ids=["method", "size"])
+def test_bench_errors_exit_2(args, message):
+    result = run("bench", "--plot", "", *args)
+    assert result.returncode == 2 and message in result.stderr

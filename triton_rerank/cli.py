@@ -6,6 +6,8 @@
     triton-rerank evaluate FILE [--json]   the same table for a pytorch_result.mat / .npz
     triton-rerank tune FILE                choose k1/k2/lamb/iterations on half the queries,
                                            report mAP on the other half, draw a heat-map
+    triton-rerank bench                    time ours vs dense reference vs k-reciprocal
+                                           over N, plot time and memory (log-log)
 
 User errors (missing files, wrong layouts, missing labels, bad options) print one
 line ``triton-rerank: error: ...`` and exit with status 2.
@@ -238,6 +240,47 @@ def _tune(args) -> None:
         print(f"heat-map: {args.heatmap}")
 
 
+def _bench(args) -> None:
+    from tqdm import tqdm
+
+    from .benchmarking import measure
+    from .visual import loglog_picture
+
+    if min(args.sizes) < 2:
+        raise ValueError(f"--sizes must be >= 2, got {min(args.sizes)}")
+    if not set(args.methods) <= {"ours", "reference", "k-reciprocal"}:
+        raise ValueError(f"--methods must be among ours, reference, k-reciprocal; got "
+                         f"{','.join(args.methods)}")
+    if "k-reciprocal" in args.methods:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                import torchreid  # noqa: F401
+        except ImportError:
+            print("k-reciprocal skipped: torchreid is not installed", file=sys.stderr)
+            args.methods = [m for m in args.methods if m != "k-reciprocal"]
+    runs = [(m, n) for n in sorted(args.sizes) for m in args.methods
+            if m == "ours" or n <= args.max_baseline]
+    results = [measure(m, n, args.dim) for m, n in tqdm(runs, desc="runs", unit="run",
+                                                           disable=None, file=sys.stderr)]
+    if args.json:
+        print(json.dumps([vars(r) for r in results], indent=2))
+    else:
+        print(f"{'N':>8}  {'method':<14}{'time (s)':>10}{'peak RSS (MB)':>15}")
+        for r in results:
+            print(f"{r.n:>8}  {r.method:<14}{r.seconds:>10.3f}{r.peak_rss_mb:>15.0f}")
+    if args.plot:
+        by_method = {m: [r for r in results if r.method == m] for m in args.methods}
+        time_series = {m: ([r.n for r in rs], [r.seconds for r in rs])
+                       for m, rs in by_method.items() if rs}
+        memory_series = {m: ([r.n for r in rs], [r.peak_rss_mb for r in rs])
+                         for m, rs in by_method.items() if rs}
+        loglog_picture([(time_series, "N (query + gallery)", "time (s)"),
+                        (memory_series, "N (query + gallery)", "peak RSS (MB)")], args.plot)
+        if not args.json:
+            print(f"plot: {args.plot}")
+
+
 def _add_gnn_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("GNN re-ranking")
     group.add_argument("--k1", type=int, default=26, help="kNN graph size (default 26)")
@@ -306,6 +349,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to draw the heat-map ('' for none; default tune_heatmap.png)")
     tune.add_argument("--json", action="store_true", help="print JSON instead of text")
     tune.set_defaults(run=_tune)
+
+    bench = commands.add_parser(
+        "bench", help="time ours vs the dense reference vs k-reciprocal over a range of N",
+        description="Market-1501-shaped synthetic features at each N; every (method, N) runs "
+                    "in its own process; prints time and peak RSS and plots both against N "
+                    "(log-log).")
+    bench.add_argument("--sizes", type=_number_list(int), default=[1000, 2000, 4000, 8000],
+                       metavar="LIST", help="N values (default 1000,2000,4000,8000)")
+    bench.add_argument("--methods", type=_number_list(str),
+                       default=["ours", "reference", "k-reciprocal"], metavar="LIST",
+                       help="among ours, reference, k-reciprocal (default all)")
+    bench.add_argument("--dim", type=int, default=256, help="feature dimension (default 256)")
+    bench.add_argument("--max-baseline", type=int, default=8000, metavar="N",
+                       help="largest N for the dense reference and k-reciprocal (default 8000)")
+    bench.add_argument("--plot", default="rerank_bench.png", metavar="PNG",
+                       help="where to draw the plot ('' for none; default rerank_bench.png)")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.set_defaults(run=_bench)
     return parser
 
 

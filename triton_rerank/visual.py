@@ -104,3 +104,62 @@ def heatmap_picture(values: np.ndarray, row_labels, col_labels, title: str, path
             draw.text((left + 6, top + 8), f"{100 * value:.1f}",
                       fill=(255, 255, 255) if t > 0.6 else (0, 0, 0))
     canvas.save(path, format="PNG")
+
+
+PLOT_SIZE = (420, 300)  # one log-log panel
+PLOT_MARGIN = (64, 30, 16, 44)  # left, top, right, bottom
+SERIES_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189))
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    first, last = int(np.floor(np.log10(low))), int(np.ceil(np.log10(high)))
+    return [10.0 ** e for e in range(first, last + 1)]
+
+
+def _loglog_panel(series: dict, xlabel: str, ylabel: str) -> Image.Image:
+    """One panel: each series ``name -> (xs, ys)`` as a polyline on log-log axes."""
+    panel = Image.new("RGB", PLOT_SIZE, (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    left, top, right, bottom = PLOT_MARGIN
+    width, height = PLOT_SIZE[0] - left - right, PLOT_SIZE[1] - top - bottom
+    xs = [x for xs_, _ in series.values() for x in xs_]
+    ys = [y for _, ys_ in series.values() for y in ys_]
+    x_ticks, y_ticks = _log_ticks(min(xs), max(xs)), _log_ticks(min(ys), max(ys))
+    x_lo, x_hi = np.log10(x_ticks[0]), np.log10(x_ticks[-1]) + 1e-9
+    y_lo, y_hi = np.log10(y_ticks[0]), np.log10(y_ticks[-1]) + 1e-9
+
+    def point(x, y):
+        return (left + width * (np.log10(x) - x_lo) / (x_hi - x_lo),
+                top + height * (1 - (np.log10(y) - y_lo) / (y_hi - y_lo)))
+
+    draw.rectangle([left, top, left + width, top + height], outline=(0, 0, 0))
+    for tick in x_ticks:
+        px, _ = point(tick, y_ticks[0])
+        draw.line([px, top, px, top + height], fill=(225, 225, 225))
+        draw.text((min(px - 12, PLOT_SIZE[0] - 40), top + height + 4), f"{tick:g}",
+                  fill=(0, 0, 0))
+    for tick in y_ticks:
+        _, py = point(x_ticks[0], tick)
+        draw.line([left, py, left + width, py], fill=(225, 225, 225))
+        draw.text((4, py - 6), f"{tick:g}", fill=(0, 0, 0))
+    draw.text((left + width // 2 - 30, PLOT_SIZE[1] - 16), xlabel, fill=(0, 0, 0))
+    draw.text((4, 8), ylabel, fill=(0, 0, 0))
+    for i, (name, (sx, sy)) in enumerate(series.items()):
+        colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+        points = [point(x, y) for x, y in zip(sx, sy, strict=True)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for px, py in points:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+        draw.text((left + 8, top + 6 + 14 * i), name, fill=colour)
+    return panel
+
+
+def loglog_picture(panels: list[tuple[dict, str, str]], path: str) -> None:
+    """Save log-log panels side by side; each is ``(series, xlabel, ylabel)`` with
+    ``series = {name: (xs, ys)}`` (positive values)."""
+    images = [_loglog_panel(*panel) for panel in panels]
+    canvas = Image.new("RGB", (PLOT_SIZE[0] * len(images), PLOT_SIZE[1]), (255, 255, 255))
+    for i, image in enumerate(images):
+        canvas.paste(image, (i * PLOT_SIZE[0], 0))
+    canvas.save(path, format="PNG")

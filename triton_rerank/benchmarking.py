@@ -1,0 +1,86 @@
+"""Time GNN re-ranking against the dense reference and k-reciprocal over a range of N.
+
+Each (method, N) runs in a fresh Python process (``python -m triton_rerank.benchmarking``)
+so that its peak RSS is its own; the parent collects one JSON line per run. Data are
+Market-1501-shaped synthetic features (``triton_rerank.synthetic``) with the query
+fraction of Market-1501 (3,368 of 23,100).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+METHODS = ("ours", "reference", "k-reciprocal")
+MARKET_QUERY_FRACTION = 3368 / 23100
+
+
+@dataclass
+class Measurement:
+    method: str
+    n: int
+    seconds: float
+    peak_rss_mb: float
+
+
+def _shape(n: int, dim: int):
+    from .synthetic import ReidShape
+
+    n_query = max(1, round(MARKET_QUERY_FRACTION * n))
+    return ReidShape(n_query=n_query, n_gallery=n - n_query, dim=dim,
+                     n_ids=max(2, n // 30), n_cams=6, distractor_fraction=1 / 8)
+
+
+def measure_here(method: str, n: int, dim: int, seed: int = 0) -> Measurement:
+    """Run one method once in this process (call it in a fresh process for a clean RSS)."""
+    import torch
+
+    from .rerank import gnn_rerank
+    from .synthetic import reid_like_features
+
+    data = reid_like_features(_shape(n, dim), seed=seed)
+    xq, xg = data.query_features, data.gallery_features
+    if method == "ours":
+        gnn_rerank(xq[:2], xg[:30], k1=5, k2=2)  # compile the kernels outside the timing
+        start = time.perf_counter()
+        gnn_rerank(xq, xg)
+    elif method == "reference":
+        from .reference import gnn_rerank_reference
+
+        start = time.perf_counter()
+        gnn_rerank_reference(xq, xg, dtype=torch.float32)
+    elif method == "k-reciprocal":
+        from .integrations.torchreid import torchreid_module
+
+        distance = torchreid_module("metrics").compute_distance_matrix
+        re_ranking = torchreid_module("utils.rerank").re_ranking
+        tq, tg = torch.from_numpy(xq), torch.from_numpy(xg)
+        start = time.perf_counter()
+        re_ranking(distance(tq, tg).numpy(), distance(tq, tq).numpy(), distance(tg, tg).numpy())
+    else:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    seconds = time.perf_counter() - start
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return Measurement(method, n, seconds, peak_rss_mb)
+
+
+def measure(method: str, n: int, dim: int, seed: int = 0) -> Measurement:
+    """:func:`measure_here` in a fresh process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "triton_rerank.benchmarking", method, str(n), str(dim), str(seed)],
+        capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method} at N={n} failed:\n{proc.stderr[-2000:]}")
+    return Measurement(**json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Cython evaluation")
+    method, n, dim, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    print(json.dumps(asdict(measure_here(method, n, dim, seed))))
