@@ -63,6 +63,16 @@ def _row(method: str, scores: np.ndarray, seconds: float, labels) -> Row:
                m.mINP)
 
 
+def _torchreid_available() -> bool:
+    try:
+        with warnings.catch_warnings():  # torchreid warns that its Cython evaluator is absent
+            warnings.simplefilter("ignore")
+            import torchreid  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _k_reciprocal_scores(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     """torchreid's k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) as similarities."""
     import torch
@@ -83,6 +93,8 @@ def compare_methods(data, *, k1: int, k2: int, lamb: float, iterations: int, bac
     Returns:
         The table rows, and the ``[q, g]`` scores by method name (for pictures).
     """
+    from tqdm import tqdm
+
     from .metrics import evaluate
     from .rerank import gnn_rerank
 
@@ -92,25 +104,28 @@ def compare_methods(data, *, k1: int, k2: int, lamb: float, iterations: int, bac
     evaluate(query[:2] @ gallery.T, labels[0][:2], labels[1], labels[2][:2], labels[3])
     gnn_rerank(query[:2], gallery[: min(len(gallery), 30)], k1=2, k2=1)
 
-    scores = {}
-    scores["plain"], seconds = _timed(lambda: query @ gallery.T)
-    rows = [_row("no re-ranking (cosine)", scores["plain"], seconds, labels)]
-    scores["gnn"], seconds = _timed(lambda: gnn_rerank(
-        query, gallery, k1=k1, k2=k2, lamb=lamb, iterations=iterations, backend=backend))
-    rows.append(_row(f"GNN re-ranking (k1={k1}, k2={k2})", scores["gnn"], seconds, labels))
-    name = "k-reciprocal (torchreid)"
+    gnn_name = f"GNN re-ranking (k1={k1}, k2={k2})"
+    k_reciprocal_name = "k-reciprocal (torchreid)"
+    methods = {
+        "plain": ("no re-ranking (cosine)", lambda: query @ gallery.T),
+        "gnn": (gnn_name, lambda: gnn_rerank(query, gallery, k1=k1, k2=k2, lamb=lamb,
+                                             iterations=iterations, backend=backend)),
+    }
+    skipped = None
     if not k_reciprocal:
-        rows.append(Row(name, None, note="not run (--k-reciprocal)"))
+        skipped = "not run (--k-reciprocal)"
+    elif not _torchreid_available():
+        skipped = "skipped: torchreid is not installed"
     else:
-        try:
-            with warnings.catch_warnings():  # torchreid warns that its Cython evaluator is absent
-                warnings.simplefilter("ignore")
-                import torchreid  # noqa: F401
-        except ImportError:
-            rows.append(Row(name, None, note="skipped: torchreid is not installed"))
-        else:
-            scores["k-reciprocal"], seconds = _timed(lambda: _k_reciprocal_scores(query, gallery))
-            rows.append(_row(name, scores["k-reciprocal"], seconds, labels))
+        methods["k-reciprocal"] = (k_reciprocal_name, lambda: _k_reciprocal_scores(query, gallery))
+    rows, scores = [], {}
+    # a bar per method (off when stderr is not a terminal): k-reciprocal can take minutes
+    for key, (name, run) in tqdm(methods.items(), desc="methods", unit="method", disable=None,
+                                 file=sys.stderr, leave=False):
+        scores[key], seconds = _timed(run)
+        rows.append(_row(name, scores[key], seconds, labels))
+    if skipped:
+        rows.append(Row(k_reciprocal_name, None, note=skipped))
     return rows, scores
 
 
@@ -163,13 +178,19 @@ def _demo(args) -> None:
         print(f"picture: {args.picture} (top-10 before/after for the 4 queries GNN helped most)")
 
 
-def _evaluate(args) -> None:
+def _load_labelled(path: str, command: str):
+    """A feature file that has identity and camera labels (else a one-line error)."""
     from .data import load_features
 
-    data = load_features(args.file)
+    data = load_features(path)
     if not data.has_labels:
-        raise ValueError(f"{args.file}: no labels; evaluate needs query_label, gallery_label, "
+        raise ValueError(f"{path}: no labels; {command} needs query_label, gallery_label, "
                          "query_cam and gallery_cam")
+    return data
+
+
+def _evaluate(args) -> None:
+    data = _load_labelled(args.file, "evaluate")
     rows, _ = compare_methods(data, k1=args.k1, k2=args.k2, lamb=args.lamb,
                               iterations=args.iterations, backend=args.backend,
                               k_reciprocal=args.k_reciprocal)
@@ -200,14 +221,10 @@ def _number_list(kind):
 def _tune(args) -> None:
     from tqdm import tqdm
 
-    from .data import load_features
     from .tuning import tune
     from .visual import heatmap_picture
 
-    data = load_features(args.file)
-    if not data.has_labels:
-        raise ValueError(f"{args.file}: no labels; tune needs query_label, gallery_label, "
-                         "query_cam and gallery_cam")
+    data = _load_labelled(args.file, "tune")
     for name, values, low in (("k1", args.k1, 1), ("k2", args.k2, 1), ("iterations",
                                                                         args.iterations, 0)):
         if min(values) < low:
@@ -251,14 +268,9 @@ def _bench(args) -> None:
     if not set(args.methods) <= {"ours", "reference", "k-reciprocal"}:
         raise ValueError(f"--methods must be among ours, reference, k-reciprocal; got "
                          f"{','.join(args.methods)}")
-    if "k-reciprocal" in args.methods:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                import torchreid  # noqa: F401
-        except ImportError:
-            print("k-reciprocal skipped: torchreid is not installed", file=sys.stderr)
-            args.methods = [m for m in args.methods if m != "k-reciprocal"]
+    if "k-reciprocal" in args.methods and not _torchreid_available():
+        print("k-reciprocal skipped: torchreid is not installed", file=sys.stderr)
+        args.methods = [m for m in args.methods if m != "k-reciprocal"]
     runs = [(m, n) for n in sorted(args.sizes) for m in args.methods
             if m == "ours" or n <= args.max_baseline]
     results = [measure(m, n, args.dim) for m, n in tqdm(runs, desc="runs", unit="run",
