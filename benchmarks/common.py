@@ -9,6 +9,7 @@ import platform
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -69,3 +70,17 @@ def median_report(reports: list[dict]) -> dict:
     seconds = [r["seconds"] for r in reports]
     return dict(reports[0], all_seconds=seconds, seconds=float(np.median(seconds)),
                 peak_rss_mb=max(r["peak_rss_mb"] for r in reports))
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def publish(name: str, table: str, payload: dict, *, save: bool) -> None:
+    """Print ``table``; when ``save``, write it to results/NAME.md and ``payload`` (plus
+    the machine facts) to results/NAME.json."""
+    print(table)
+    if save:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{name}.md").write_text(table)
+        payload = {"machine": machine(), **payload}
+        (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")

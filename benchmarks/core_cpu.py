@@ -21,7 +21,6 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 from common import (
@@ -29,12 +28,12 @@ from common import (
     machine,
     median_report,
     peak_rss_mb,
+    publish,
     run_child,
     save_feature_set,
     top_agreement,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("ours", "reference", "k-reciprocal")
 # ours takes seconds, so it is run this many times (each in a fresh process) and the
 # median is reported: this machine's timings vary by +-15% from run to run
@@ -161,14 +160,9 @@ def main() -> None:
         f"topk=100: {msmt_row['seconds']:.1f} s, peak RSS {msmt_row['peak_rss_mb']:.0f} MB "
         "(the dense reference would hold several 93,820^2 fp32 matrices: > 100 GB).",
     ]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "core_cpu.md").write_text(table)
-        payload = {"machine": machine(), "market": rows, "msmt17_topk100": msmt_row,
-                   "plain_mAP": plain.mAP, "top_agreement_vs_reference": agreement}
-        (RESULTS / "core_cpu.json").write_text(json.dumps(payload, indent=2) + "\n")
+    publish("core_cpu", "\n".join(lines) + "\n",
+            {"market": rows, "msmt17_topk100": msmt_row, "plain_mAP": plain.mAP,
+             "top_agreement_vs_reference": agreement}, save=not args.quick)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 from common import (
@@ -29,12 +28,12 @@ from common import (
     machine,
     median_report,
     peak_rss_mb,
+    publish,
     run_child,
     save_feature_set,
     top_agreement,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("torchreid k-reciprocal", "gnn drop-in", "gnn_rerank on features")
 GNN = dict(k1=26, k2=7, lamb=0.3)
 REPEATS = 3  # the GNN runs take seconds: median of this many fresh processes
@@ -131,13 +130,8 @@ def main() -> None:
         "GNN times: " + "; ".join(f"{m}: " + ", ".join(f"{t:.2f}" for t in rows[m]["all_seconds"])
                                   for m in METHODS[1:]) + " s.",
     ]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "torchreid_rerank.md").write_text(table)
-        payload = {"machine": machine(), "rows": rows, "top_agreement": agreement}
-        (RESULTS / "torchreid_rerank.json").write_text(json.dumps(payload, indent=2) + "\n")
+    publish("torchreid_rerank", "\n".join(lines) + "\n",
+            {"rows": rows, "top_agreement": agreement}, save=not args.quick)
 
 
 if __name__ == "__main__":
