@@ -75,3 +75,13 @@ def test_digits_split():
     assert data.query_features.shape == (30, 64) and data.gallery_features.shape == (1767, 64)
     assert np.bincount(data.query_pids).tolist() == [3] * 10
     assert set(data.query_camids) == {0} and set(data.gallery_camids) == {1}
+
+
+def test_unit_rows_scales_and_rejects_zero_rows():
+    from triton_rerank.data import unit_rows
+
+    x = unit_rows(np.array([[3.0, 4.0], [0.0, 2.0]]))
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(x, [[0.6, 0.8], [0.0, 1.0]], rtol=1e-6)
+    with pytest.raises(ValueError, match="the query features have rows of norm 0"):
+        unit_rows(np.zeros((2, 3)), "the query features")

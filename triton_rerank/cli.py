@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import FASHION_MNIST_DIR
+from .data import FASHION_MNIST_DIR, unit_rows
 
 EXIT_USAGE = 2
 
@@ -40,13 +40,6 @@ class Row:
     rank5: float | None = None
     mINP: float | None = None
     note: str = ""
-
-
-def _normalised(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        raise ValueError("the features have rows of norm 0, which cannot be compared by cosine")
-    return (x / norms).astype(np.float32)
 
 
 def _timed(function):
@@ -99,7 +92,8 @@ def compare_methods(data, *, k1: int, k2: int, lamb: float, iterations: int, bac
     from .rerank import gnn_rerank
 
     labels = data.labels()
-    query, gallery = _normalised(data.query_features), _normalised(data.gallery_features)
+    query = unit_rows(data.query_features, "the query features")
+    gallery = unit_rows(data.gallery_features, "the gallery features")
     # compile the CPU kernels outside the timings
     evaluate(query[:2] @ gallery.T, labels[0][:2], labels[1], labels[2][:2], labels[3])
     warm_q, warm_g = query[:2], gallery[:30]

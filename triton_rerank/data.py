@@ -48,6 +48,18 @@ class FeatureSet:
         return self.query_pids, self.gallery_pids, self.query_camids, self.gallery_camids
 
 
+def unit_rows(features: np.ndarray, name: str = "features") -> np.ndarray:
+    """``[n, d]`` features with every row scaled to L2 norm 1, as float32.
+
+    Raises:
+        ValueError: a row of norm 0 (it has no direction to compare by cosine).
+    """
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise ValueError(f"{name} have rows of norm 0, which cannot be compared by cosine")
+    return (features / norms).astype(np.float32)
+
+
 def _read_mat(path: str) -> dict:
     import scipy.io
 

@@ -17,7 +17,7 @@ from itertools import product
 
 import numpy as np
 
-from .data import FeatureSet
+from .data import FeatureSet, unit_rows
 from .metrics import evaluate
 from .rerank import gnn_rerank
 
@@ -43,10 +43,6 @@ class TuneResult:
     heatmap: np.ndarray | None = None
 
 
-def _normalised(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 def tune(data: FeatureSet, *, k1s, k2s, lambs, iterations_list, seed: int = 0,
          progress=None) -> TuneResult:
     """Grid-search GNN settings on half the queries, report mAP on the other half.
@@ -68,7 +64,8 @@ def tune(data: FeatureSet, *, k1s, k2s, lambs, iterations_list, seed: int = 0,
         raise ValueError("tune needs at least 2 queries (they are split into two halves)")
     order = np.random.default_rng(seed).permutation(n_query)
     halves = {"tune": np.sort(order[: n_query // 2]), "held_out": np.sort(order[n_query // 2:])}
-    query, gallery = _normalised(data.query_features), _normalised(data.gallery_features)
+    query = unit_rows(data.query_features, "the query features")
+    gallery = unit_rows(data.gallery_features, "the gallery features")
     cosine = query @ gallery.T
 
     def mean_ap(scores, half):
