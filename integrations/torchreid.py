@@ -34,6 +34,8 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from triton_rerank.checks import as_numpy
+
 # Squared euclidean distances between unit vectors lie in [0, 4]; above this (with
 # a little room for rounding) the features cannot have been L2-normalised.
 _UNIT_SQUARED_DISTANCE_MAX = 4.0 * (1 + 1e-4)
@@ -63,6 +65,11 @@ def torchreid_module(name: str) -> ModuleType:
             if err.name is None or not candidate.startswith(err.name):
                 raise
     raise ImportError(f"torchreid has no module {name!r} under torchreid.reid or torchreid")
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
 class UnnormalisedFeaturesWarning(UserWarning):
@@ -107,9 +114,8 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 26, k2: int = 7, lamb: fl
     """
     from triton_rerank.rerank import gnn_rerank_similarities
 
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    q_g_dist = to_numpy(q_g_dist)
+    _check_metric(metric)
+    q_g_dist = as_numpy(q_g_dist)
     if metric == "euclidean" and q_g_dist.size:
         # unnormalised features show in every block; the query-gallery one is checked
         largest = float(q_g_dist.max())
@@ -121,10 +127,6 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 26, k2: int = 7, lamb: fl
     scores -= 1.0  # back to the input's distance scale, in place
     scores /= scale
     return scores
-
-
-def to_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 # --- making torchreid's Engine use it ------------------------------------------------
@@ -148,8 +150,7 @@ def enable_gnn_reranking(k1: int = 26, k2: int = 7, lamb: float = 0.3,
     global _patched
     if _patched is not None:
         raise RuntimeError("GNN re-ranking is already enabled in torchreid; disable it first")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    _check_metric(metric)
     engine_module = torchreid_module(_ENGINE_MODULE)
 
     def gnn_re_ranking(q_g_dist, q_q_dist, g_g_dist, *args, **kwargs):
@@ -219,10 +220,9 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, *, rerank: str = "gnn",
 
     if rerank not in RERANK_MODES:
         raise ValueError(f"rerank must be one of {RERANK_MODES}, got {rerank!r}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    qf = torch.as_tensor(to_numpy(qf), dtype=torch.float32)
-    gf = torch.as_tensor(to_numpy(gf), dtype=torch.float32)
+    _check_metric(metric)
+    qf = torch.as_tensor(as_numpy(qf), dtype=torch.float32)
+    gf = torch.as_tensor(as_numpy(gf), dtype=torch.float32)
     if normalize_feature:
         qf = torch.nn.functional.normalize(qf, p=2, dim=1)
         gf = torch.nn.functional.normalize(gf, p=2, dim=1)

@@ -32,6 +32,13 @@ class FeaturePair:
     device: torch.device
 
 
+def as_numpy(x) -> np.ndarray:
+    """A numpy view of ``x`` (a tensor on any device, an array, or array-like)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
 def _as_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         if x.dtype not in FLOAT_DTYPES_TORCH:

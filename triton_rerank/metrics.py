@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
+from .checks import as_numpy
 from .cpu.ranking_stats import match_ranks
 
 # Work on this many (query, gallery) pairs at a time.
@@ -37,12 +37,6 @@ class RankingMetrics(NamedTuple):
     num_valid_queries: int
 
 
-def _as_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def evaluate(scores, q_pids, g_pids, q_camids, g_camids, *, max_rank: int = 50) -> RankingMetrics:
     """mAP, CMC and mINP of a ``[q, g]`` similarity matrix.
 
@@ -64,14 +58,14 @@ def evaluate(scores, q_pids, g_pids, q_camids, g_camids, *, max_rank: int = 50) 
         >>> m.mAP, m.cmc[0]
         (1.0, 1.0)
     """
-    scores = _as_numpy(scores)
+    scores = as_numpy(scores)
     if scores.ndim != 2:
         raise ValueError(f"scores must be 2-D [q, g], got shape {scores.shape}")
     n_query, n_gallery = scores.shape
     labels = {}
     for name, x, n in (("q_pids", q_pids, n_query), ("g_pids", g_pids, n_gallery),
                        ("q_camids", q_camids, n_query), ("g_camids", g_camids, n_gallery)):
-        x = _as_numpy(x)
+        x = as_numpy(x)
         if x.ndim == 2 and 1 in x.shape:  # MATLAB-style 1 x n label rows
             x = x.reshape(-1)
         if x.ndim != 1 or x.shape[0] != n:
