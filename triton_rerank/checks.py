@@ -116,30 +116,65 @@ def check_features(query, gallery, *, normalize: bool) -> FeaturePair:
     n_query = xq.shape[0]
     nodes = torch.empty(n_query + xg.shape[0], xq.shape[1], dtype=torch.float32,
                         device=xq.device)
-    for name, t, out in (("query", xq, nodes[:n_query]), ("gallery", xg, nodes[n_query:])):
-        t = t.to(torch.float32)
-        bad = ~torch.isfinite(t).all(dim=1)
-        if bool(bad.any()):
-            rows = torch.nonzero(bad).flatten()
-            raise ValueError(
-                f"{name} contains NaN or inf in {rows.numel()} row(s), first at row "
-                f"{int(rows[0])}"
-            )
-        if normalize:
-            norms = torch.linalg.vector_norm(t, dim=1)
-            zero = norms == 0
-            if bool(zero.any()):
-                rows = torch.nonzero(zero).flatten()
-                raise ValueError(
-                    f"{name} has {rows.numel()} zero-norm row(s) (first at row "
-                    f"{int(rows[0])}), which cannot be L2-normalised; remove them or "
-                    f"pass normalize=False"
-                )
-            torch.div(t, norms[:, None], out=out)
-        else:
-            out.copy_(t)
+    _copy_rows(xq, "query", nodes[:n_query], normalize)
+    _copy_rows(xg, "gallery", nodes[n_query:], normalize)
     device = query.device if array_type == "torch" else torch.device("cpu")
     return FeaturePair(nodes, n_query, array_type, device)
+
+
+def _copy_rows(t: torch.Tensor, name: str, out: torch.Tensor, normalize: bool) -> None:
+    """Copy ``t`` into the float32 ``out``, L2-normalised when ``normalize``, after
+    rejecting NaN/inf rows (and zero rows when normalising)."""
+    t = t.to(torch.float32)
+    bad = ~torch.isfinite(t).all(dim=1)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten()
+        raise ValueError(
+            f"{name} contains NaN or inf in {rows.numel()} row(s), first at row "
+            f"{int(rows[0])}"
+        )
+    if not normalize:
+        out.copy_(t)
+        return
+    norms = torch.linalg.vector_norm(t, dim=1)
+    zero = norms == 0
+    if bool(zero.any()):
+        rows = torch.nonzero(zero).flatten()
+        raise ValueError(
+            f"{name} has {rows.numel()} zero-norm row(s) (first at row {int(rows[0])}), "
+            f"which cannot be L2-normalised; remove them or pass normalize=False"
+        )
+    torch.div(t, norms[:, None], out=out)
+
+
+def check_unit_rows(x, name: str, dim: int) -> tuple[np.ndarray, str, torch.device]:
+    """Validate ``[n, dim]`` vectors (numpy or torch) and L2-normalise them.
+
+    Returns:
+        ``(rows [n, dim] float32 numpy array of unit rows, array type, device)``, the
+        last two as in :class:`FeaturePair`.
+
+    Raises:
+        TypeError: not numpy/torch, or a non-floating dtype.
+        ValueError: wrong ndim, no rows, a dimension other than ``dim``, NaN/inf, zero rows.
+    """
+    if not isinstance(x, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"{name} must be a numpy.ndarray or a torch.Tensor, got "
+                        f"{type(x).__name__}")
+    t = _as_tensor(x, name)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, d], got {t.ndim}-D with shape "
+                         f"{tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(t.shape)} has no rows")
+    if t.shape[1] != dim:
+        raise ValueError(f"{name} has dimension {t.shape[1]} but the index has "
+                         f"dimension {dim}")
+    rows = torch.empty(t.shape, dtype=torch.float32)
+    _copy_rows(t.cpu(), name, rows, normalize=True)
+    if isinstance(x, torch.Tensor):
+        return rows.numpy(), "torch", x.device
+    return rows.numpy(), "numpy", torch.device("cpu")
 
 
 def check_int(value, name: str, *, minimum: int, maximum: int | None = None,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .cpu.knn_select import update_from_columns, update_from_rows
+from .topk import sort_by_value_then_index
 
 # Size of one similarity strip; the kNN step's memory is this plus the [N, k] result.
 DEFAULT_STRIP_BYTES = 128 * 2**20
@@ -90,20 +91,63 @@ def knn_graph(nodes: torch.Tensor, k: int, *, strip_bytes: int = DEFAULT_STRIP_B
     """
     n = nodes.shape[0]
     lists = NeighbourLists(n, k)
-    rows_per_strip = int(max(1, min(n, strip_bytes // (4 * n))))
+    strip_rows = min(n, rows_per_strip(n, strip_bytes))
     if not keep_query_gallery:
-        _offer_full_strips(nodes, 0, rows_per_strip, lists)
+        _offer_full_strips(nodes, 0, strip_rows, lists)
         return lists.values, lists.indices, None
 
     # gallery strips first, borrowing the [q, g] output as their buffer when it is
-    # large enough; then query strips: query columns in a small buffer, gallery
-    # columns in place
+    # large enough; then query strips, whose gallery columns are written in place
     query_gallery = torch.empty(n_query, n - n_query, dtype=torch.float32)
-    _offer_full_strips(nodes, n_query, rows_per_strip, lists, buffer=query_gallery.view(-1))
+    _offer_full_strips(nodes, n_query, strip_rows, lists, buffer=query_gallery.view(-1))
+    offer_query_strips(nodes, n_query, lists, strip_rows, query_gallery)
+    return lists.values, lists.indices, query_gallery
+
+
+def offer_query_strips(nodes: torch.Tensor, n_query: int, lists: NeighbourLists,
+                       rows_per_strip: int, query_gallery: torch.Tensor | None = None) -> None:
+    """Offer every similarity that involves a query (rows ``:n_query`` of ``U @ U.T``)
+    to both of its nodes.
+
+    Args:
+        nodes: ``[N, d]`` float32, the queries first.
+        n_query: q.
+        lists: the neighbour lists of all N nodes.
+        rows_per_strip: query rows per matrix product.
+        query_gallery: optional ``[q, N - q]`` float32 output that keeps the
+            query-gallery similarities; without it one strip's worth is allocated.
+    """
+    n = nodes.shape[0]
+    buffer = None
     for start, stop in _strips(0, n_query, rows_per_strip):
         left = torch.matmul(nodes[start:stop], nodes[start:n_query].T)
         lists.offer(left, start, start, columns_from=stop - start)
-        right = query_gallery[start:stop]
+        if query_gallery is not None:
+            right = query_gallery[start:stop]
+        else:
+            if buffer is None:
+                buffer = torch.empty(rows_per_strip * (n - n_query), dtype=torch.float32)
+            right = buffer[: (stop - start) * (n - n_query)].view(stop - start, n - n_query)
         torch.matmul(nodes[start:stop], nodes[n_query:].T, out=right)
         lists.offer(right, start, n_query, columns_from=0)
-    return lists.values, lists.indices, query_gallery
+
+
+def rows_per_strip(n_columns: int, strip_bytes: int = DEFAULT_STRIP_BYTES) -> int:
+    """Rows of a float32 strip of ``n_columns`` columns that fit in ``strip_bytes``."""
+    return int(max(1, strip_bytes // (4 * n_columns)))
+
+
+def sorted_neighbour_lists(values: np.ndarray, indices: np.ndarray):
+    """Search results reordered by the project's tie rule.
+
+    Args:
+        values: ``[g, k]`` similarities (e.g. FAISS inner products), ``-inf`` = none.
+        indices: ``[g, k]`` int64 positions, -1 = none.
+
+    Returns:
+        ``(values [g, k] float32, indices [g, k] int64)`` by descending similarity,
+        equal similarities by smaller position.
+    """
+    v, i = sort_by_value_then_index(torch.from_numpy(np.asarray(values, np.float32)),
+                                    torch.from_numpy(np.asarray(indices, np.int64)))
+    return v.numpy(), i.numpy()

@@ -1,0 +1,439 @@
+"""FAISS adapter: ``RerankedIndex`` re-ranks a FAISS index's search results.
+
+Wrap a populated index (flat, IVF, HNSW, PQ, GPU, ``IndexShards``, ``IndexIDMap``...)
+and call ``search`` as on the index itself::
+
+    index = faiss.IndexFlatIP(d); index.add(xb)
+    reranked = RerankedIndex(index, k1=26, k2=7)
+    D, I = reranked.search(xq, 10)            # like index.search(xq, 10)
+
+Conventions (FAISS's): ``D`` float32 ``[n, k]`` and ``I`` int64 ``[n, k]``, the ids
+of the index (``IndexIDMap`` ids are preserved), -1 where fewer than k results exist
+(``D`` is then ``-inf`` for inner-product indexes, ``+inf`` for L2 ones). numpy in,
+numpy out; torch in, torch out on the input's device (like
+``faiss.contrib.torch_utils``).
+
+Similarity: GNN re-ranking works on cosine similarities. Query and database
+vectors are L2-normalised (unnormalised vectors are normalised, zero vectors are an
+error). For an inner-product index ``D`` is the re-ranked score (higher is better);
+for an L2 index ``D`` is ``2 - 2 * score`` (lower is better), which is the squared
+L2 distance between unit vectors when ``lamb=1``.
+
+Modes:
+
+* ``mode="exact"``: each search batch joins the database graph transductively,
+  so ``search(xq, k)`` equals ``gnn_rerank(xq, xb, topk=k)`` on the index's
+  vectors (read back with ``reconstruct``). The database's own kNN lists are
+  computed once with FAISS's exact k-NN and cached; they are rebuilt after
+  ``add``/``add_with_ids``/``remove_ids``/``reset`` through this wrapper, or when
+  ``ntotal`` changes (call :meth:`RerankedIndex.invalidate` after changing the
+  wrapped index in place in a way that keeps ``ntotal``).
+* ``mode="inductive"``: for large databases. The database graph is built once
+  (:meth:`RerankedIndex.build_graph`, with any FAISS index, approximate allowed),
+  can be saved and loaded, and each query is re-ranked against its shortlist
+  (``shortlist`` candidates from the index, default ``max(10 * k, k1)``) using only
+  its own neighbourhood: the cost per query does not grow with the database. See
+  :mod:`triton_rerank.inductive` for the approximation. The shortlist (and, by
+  default, the graph's neighbour lists) come from the index's own search, so store
+  unit vectors (``faiss.normalize_L2``) to make its neighbours the cosine ones;
+  building the graph over other vectors warns (``UnnormalisedVectorsWarning``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+try:
+    import faiss
+except ImportError as error:  # pragma: no cover - exercised only without faiss
+    raise ImportError("triton_rerank.integrations.faiss needs FAISS: pip install "
+                      "'triton-rerank[faiss]' (or faiss-gpu on CUDA machines)") from error
+
+from triton_rerank.checks import (
+    check_int,
+    check_rerank_params,
+    check_unit_interval,
+    check_unit_rows,
+)
+from triton_rerank.graph import sorted_neighbour_lists
+from triton_rerank.inductive import InductiveGraph
+from triton_rerank.topk import topk_rows
+from triton_rerank.transductive import rerank_against_database
+
+MODES = ("exact", "inductive")
+METRICS = {faiss.METRIC_INNER_PRODUCT: "inner product", faiss.METRIC_L2: "L2"}
+
+# Database rows searched at a time while building the inductive graph.
+GRAPH_SEARCH_BATCH = 16384
+
+# Extra neighbours fetched from FAISS so that ties at the k-th place can be settled.
+_TIE_MARGIN = 8
+
+
+class UnnormalisedVectorsWarning(UserWarning):
+    """The index stores vectors that are not unit-norm, so its own search (the
+    inductive mode's shortlist) does not rank by cosine similarity."""
+
+
+def _concrete(index):
+    """The index as its most derived FAISS class (``IndexIDMap``, ``IndexShards``...)."""
+    return faiss.downcast_index(index)
+
+
+def _is_gpu_index(index) -> bool:
+    return type(index).__name__.startswith("Gpu")
+
+
+def _children(index):
+    """Sub-indexes of an ``IndexShards`` (all) or ``IndexReplicas`` (one copy)."""
+    if isinstance(index, faiss.IndexShards):
+        return [_concrete(index.at(i)) for i in range(index.count())]
+    return [_concrete(index.at(0))]
+
+
+def _ivf_list_ids(index) -> np.ndarray:
+    """The ids stored in an IVF index's inverted lists, list after list."""
+    invlists = index.invlists
+    parts = []
+    for list_no in range(index.nlist):
+        size = invlists.list_size(list_no)
+        if size:
+            pointer = invlists.get_ids(list_no)
+            parts.append(faiss.rev_swig_ptr(pointer, size).astype(np.int64))
+            invlists.release_ids(list_no, pointer)
+    return np.concatenate([np.zeros(0, np.int64)] + parts)
+
+
+def database_ids(index) -> np.ndarray:
+    """``[ntotal]`` int64: the id ``search`` returns for each stored vector, in the
+    order of :func:`database_vectors`."""
+    index = _concrete(index)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    if isinstance(index, faiss.IndexShards):
+        parts, offset = [], 0
+        for shard in _children(index):
+            ids = database_ids(shard)
+            parts.append(ids + offset if index.successive_ids else ids)
+            offset += shard.ntotal
+        return np.concatenate(parts)
+    if isinstance(index, faiss.IndexReplicas):
+        return database_ids(_children(index)[0])
+    if isinstance(index, faiss.IndexIVF):   # ids given to add_with_ids live in the lists
+        ids = _ivf_list_ids(index)
+        if not np.array_equal(np.sort(ids), np.arange(ids.shape[0])):
+            return ids
+    return np.arange(index.ntotal, dtype=np.int64)
+
+
+def database_vectors(index) -> np.ndarray:
+    """``[ntotal, d]`` float32: every stored vector, read back from the index.
+
+    Raises:
+        ValueError: the index cannot return its vectors (e.g. an IVF index holding its
+            own ids without a direct map, or an index type without ``reconstruct``).
+    """
+    index = _concrete(index)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return database_vectors(index.index)
+    if isinstance(index, (faiss.IndexShards, faiss.IndexReplicas)):
+        return np.concatenate([database_vectors(child) for child in _children(index)])
+    if _is_gpu_index(index):
+        return database_vectors(faiss.index_gpu_to_cpu(index))
+    try:
+        if isinstance(index, faiss.IndexIVF):
+            ids = database_ids(index)
+            if not np.array_equal(ids, np.arange(index.ntotal)):
+                # reconstruct_n would read ids 0 .. ntotal-1, which are not all there
+                return index.reconstruct_batch(ids)
+        return index.reconstruct_n(0, index.ntotal)
+    except RuntimeError as error:
+        hint = ""
+        if isinstance(index, faiss.IndexIVF):
+            hint = ("; an IVF index holding its own ids needs a direct map: call "
+                    "index.set_direct_map_type(faiss.DirectMap.Hashtable) before adding")
+        reason = str(error).strip().splitlines()[-1]
+        raise ValueError(f"{type(index).__name__} cannot return its stored vectors, which "
+                         f"re-ranking needs ({reason}){hint}") from None
+
+
+class _IdsToPositions:
+    """Maps the ids a search returns to database positions (rows of the vectors)."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = ids
+        self.identity = bool(np.array_equal(ids, np.arange(ids.shape[0])))
+        if not self.identity:
+            self.order = np.argsort(ids, kind="stable")
+            self.sorted_ids = ids[self.order]
+
+    def __call__(self, labels: np.ndarray) -> np.ndarray:
+        """``[n, k]`` ids (-1 = none) -> positions (-1 = none or unknown id)."""
+        if self.identity:
+            return labels.astype(np.int64)
+        slot = np.clip(np.searchsorted(self.sorted_ids, labels), 0, self.ids.shape[0] - 1)
+        found = (labels >= 0) & (self.sorted_ids[slot] == labels)
+        return np.where(found, self.order[slot], -1)
+
+
+def _database_knn(vectors: np.ndarray, k: int):
+    """Exact top-``k`` lists of the database rows among themselves, by the tie rule.
+
+    FAISS's exact k-NN (on the GPU when faiss-gpu sees one) finds ``k + 8`` candidates
+    per row. FAISS does not choose among equal similarities by smaller id, so a row
+    whose k-th similarity is still tied at the last candidate is recomputed here
+    (one matrix product and an exact top-k per such row).
+
+    Returns:
+        ``(values [g, k] float32, indices [g, k] int64)`` sorted by the tie rule.
+    """
+    n = vectors.shape[0]
+    fetch = min(n, k + _TIE_MARGIN)
+    if hasattr(faiss, "knn_gpu") and faiss.get_num_gpus() > 0:
+        found = faiss.knn_gpu(faiss.StandardGpuResources(), vectors, vectors, fetch,
+                              metric=faiss.METRIC_INNER_PRODUCT)
+    else:
+        found = faiss.knn(vectors, vectors, fetch, metric=faiss.METRIC_INNER_PRODUCT)
+    values, indices = (np.ascontiguousarray(a[:, :k]) for a in sorted_neighbour_lists(*found))
+    unsettled = np.flatnonzero(found[0].min(axis=1) == values[:, -1]) if fetch < n else []
+    x = torch.from_numpy(vectors)
+    for start in range(0, len(unsettled), 1024):
+        rows = unsettled[start:start + 1024]
+        top_values, top_indices = topk_rows(x[rows] @ x.T, k)
+        values[rows], indices[rows] = top_values.numpy(), top_indices.numpy()
+    return values, indices
+
+
+class RerankedIndex:
+    """A FAISS index whose ``search`` results are GNN re-ranked (see the module doc).
+
+    Args:
+        index: a populated FAISS index with inner-product or L2 metric.
+        k1, k2, iterations, lamb: as :func:`triton_rerank.gnn_rerank`.
+        mode: ``"exact"`` or ``"inductive"``.
+        shortlist: inductive mode's candidates per query (default ``max(10 * k, k1)``,
+            at most ``ntotal``).
+        backend: ``"auto"`` or ``"torch"``: the adapter runs the CPU path (CUDA tensors
+            are computed on the CPU and returned on their device).
+    """
+
+    def __init__(self, index, *, k1: int = 26, k2: int = 7, iterations: int = 2,
+                 lamb: float = 0.3, mode: str = "exact", shortlist: int | None = None,
+                 backend: str = "auto"):
+        if not isinstance(index, faiss.Index):
+            raise TypeError(f"index must be a FAISS index, got {type(index).__name__}")
+        if index.metric_type not in METRICS:
+            raise ValueError("RerankedIndex needs an inner-product or L2 index, got "
+                             f"metric_type {index.metric_type}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if backend not in ("auto", "torch"):
+            raise ValueError(f"RerankedIndex runs on the CPU path: backend must be 'auto' or "
+                             f"'torch', got {backend!r}")
+        self.k1 = check_int(k1, "k1", minimum=1)
+        self.k2 = check_int(k2, "k2", minimum=1, maximum=self.k1,
+                            maximum_reason="k2 must not exceed k1")
+        self.iterations = check_int(iterations, "iterations", minimum=0)
+        self.lamb = check_unit_interval(lamb, "lamb")
+        self.shortlist = None if shortlist is None else check_int(shortlist, "shortlist",
+                                                                  minimum=1)
+        self.index = index
+        self.mode = mode
+        self.backend = backend
+        self._database = None   # exact mode: (unit vectors, ids, knn values, knn indices)
+        self._graph = None      # inductive mode: InductiveGraph
+        self._cached_ntotal = None
+
+    # -- the wrapped index ---------------------------------------------------------------
+
+    @property
+    def d(self) -> int:
+        return self.index.d
+
+    @property
+    def ntotal(self) -> int:
+        return self.index.ntotal
+
+    @property
+    def metric_type(self) -> int:
+        return self.index.metric_type
+
+    def add(self, x) -> None:
+        """``index.add(x)``, then forget the cached database graph."""
+        self.index.add(x)
+        self.invalidate()
+
+    def add_with_ids(self, x, ids) -> None:
+        """``index.add_with_ids(x, ids)``, then forget the cached database graph."""
+        self.index.add_with_ids(x, ids)
+        self.invalidate()
+
+    def remove_ids(self, selector) -> int:
+        """``index.remove_ids(selector)``, then forget the cached database graph."""
+        removed = self.index.remove_ids(selector)
+        self.invalidate()
+        return removed
+
+    def reset(self) -> None:
+        """``index.reset()``, then forget the cached database graph."""
+        self.index.reset()
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        """Forget the cached database graph; the next search rebuilds it."""
+        self._database = None
+        self._graph = None
+        self._cached_ntotal = None
+
+    def _check_populated(self) -> None:
+        if self.ntotal == 0:
+            raise ValueError("the index is empty (ntotal = 0): add vectors before searching")
+        if self._cached_ntotal is not None and self._cached_ntotal != self.ntotal:
+            self.invalidate()
+
+    def _unit_database(self, *, warn_unnormalised: bool = False) -> np.ndarray:
+        vectors = np.ascontiguousarray(database_vectors(self.index), dtype=np.float32)
+        unit = check_unit_rows(vectors, "the index's stored vectors", self.d)[0]
+        if warn_unnormalised:
+            norms = np.linalg.norm(vectors, axis=1)
+            if np.abs(norms - 1).max() > 1e-3:
+                warnings.warn(
+                    f"the index stores vectors that are not unit-norm (norms "
+                    f"{norms.min():.3g} to {norms.max():.3g}): its {METRICS[self.metric_type]} "
+                    f"search does not rank by cosine similarity, so the inductive shortlists "
+                    f"miss cosine neighbours; add faiss.normalize_L2-ed vectors instead",
+                    UnnormalisedVectorsWarning, stacklevel=3)
+        return unit
+
+    # -- exact mode ----------------------------------------------------------------------
+
+    def _exact_database(self):
+        if self._database is None:
+            vectors = self._unit_database()
+            self._database = (torch.from_numpy(vectors), database_ids(self.index),
+                              *_database_knn(vectors, min(self.k1, vectors.shape[0])))
+            self._cached_ntotal = self.ntotal
+        return self._database
+
+    def _search_exact(self, queries: np.ndarray, k: int):
+        vectors, ids, knn_values, knn_indices = self._exact_database()
+        n_query, n_db = queries.shape[0], vectors.shape[0]
+        k1, k2, iterations, lamb, k = check_rerank_params(
+            k1=self.k1, k2=self.k2, iterations=self.iterations, lamb=self.lamb, topk=k,
+            n_nodes=n_query + n_db, n_gallery=n_db)
+        scores, positions = rerank_against_database(
+            torch.from_numpy(queries), vectors, knn_values, knn_indices, k1=k1, k2=k2,
+            iterations=iterations, lamb=lamb, topk=k)
+        return scores.numpy(), positions.numpy(), ids
+
+    # -- inductive mode ------------------------------------------------------------------
+
+    def build_graph(self, graph_index=None) -> InductiveGraph:
+        """Build (and keep) the inductive mode's database graph.
+
+        Args:
+            graph_index: the FAISS index that finds each database vector's ``k1``
+                neighbours (approximate allowed, e.g. HNSW or IVF); it must hold the same
+                vectors under the same ids. Default: the wrapped index.
+
+        Returns:
+            The :class:`~triton_rerank.inductive.InductiveGraph` (also used by ``search``).
+        """
+        self._check_populated()
+        search_index = self.index if graph_index is None else graph_index
+        if search_index.ntotal != self.ntotal:
+            raise ValueError(f"graph_index holds {search_index.ntotal} vectors but the index "
+                             f"holds {self.ntotal}: they must hold the same database")
+        check_int(self.k1, "k1", minimum=1, maximum=self.ntotal,
+                  maximum_reason=f"the index holds {self.ntotal} vectors")
+        vectors = self._unit_database(warn_unnormalised=True)
+        ids = database_ids(self.index)
+        to_positions = _IdsToPositions(ids)
+        neighbours = np.empty((vectors.shape[0], self.k1), dtype=np.int64)
+        for start in range(0, vectors.shape[0], GRAPH_SEARCH_BATCH):
+            stop = min(vectors.shape[0], start + GRAPH_SEARCH_BATCH)
+            _, labels = search_index.search(vectors[start:stop], self.k1)
+            neighbours[start:stop] = to_positions(labels)
+        self._graph = InductiveGraph.build(vectors, neighbours, k2=self.k2,
+                                           iterations=self.iterations, ids=ids)
+        self._cached_ntotal = self.ntotal
+        return self._graph
+
+    def save_graph(self, path) -> None:
+        """Save the inductive graph (built first if needed) to ``path``."""
+        self._check_populated()
+        if self._graph is None:
+            self.build_graph()
+        self._graph.save(path)
+
+    def load_graph(self, path) -> None:
+        """Load an inductive graph saved by :meth:`save_graph` for this database.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not a graph file, built with other ``k1``/``k2``/``iterations``,
+                or for another database (size or ids differ).
+        """
+        graph = InductiveGraph.load(path)
+        built = (graph.k1, graph.k2, graph.iterations)
+        if built != (self.k1, self.k2, self.iterations):
+            raise ValueError(f"{path} was built with (k1, k2, iterations) = {built}, but this "
+                             f"RerankedIndex uses {(self.k1, self.k2, self.iterations)}")
+        if graph.size != self.ntotal or not np.array_equal(graph.ids, database_ids(self.index)):
+            raise ValueError(f"{path} was built for another database ({graph.size} vectors; "
+                             f"the index holds {self.ntotal} or different ids)")
+        self._graph = graph
+        self._cached_ntotal = self.ntotal
+
+    def _search_inductive(self, queries: np.ndarray, k: int):
+        if self._graph is None:
+            self.build_graph()
+        graph = self._graph
+        shortlist = self.shortlist if self.shortlist is not None else max(10 * k, self.k1)
+        shortlist = min(shortlist, self.ntotal)
+        if shortlist < k:
+            raise ValueError(f"shortlist={shortlist} is smaller than k={k}: the re-ranked "
+                             f"results come from the shortlist")
+        _, labels = self.index.search(queries, shortlist)
+        scores, positions = graph.rerank(queries, _IdsToPositions(graph.ids)(labels), k,
+                                         self.lamb)
+        return scores, positions, graph.ids
+
+    # -- search --------------------------------------------------------------------------
+
+    def search(self, x, k: int):
+        """The ``k`` best database items for each query, after re-ranking.
+
+        Args:
+            x: ``[n, d]`` queries (numpy array or torch tensor of floats).
+            k: results per query, ``1 <= k <= ntotal``.
+
+        Returns:
+            ``(D [n, k] float32, I [n, k] int64)`` with FAISS's conventions (see the
+            module doc); torch tensors on ``x``'s device for torch input.
+
+        Raises:
+            TypeError, ValueError: bad queries (type, shape, dimension, NaN/inf, zero
+                rows), an empty index, ``k`` out of range, an index that cannot return
+                its vectors.
+        """
+        self._check_populated()
+        queries, array_type, device = check_unit_rows(x, "queries", self.d)
+        k = check_int(k, "k", minimum=1, maximum=self.ntotal,
+                      maximum_reason=f"the index holds {self.ntotal} vectors")
+        if self.mode == "exact":
+            scores, positions, ids = self._search_exact(queries, k)
+        else:
+            scores, positions, ids = self._search_inductive(queries, k)
+        found = positions >= 0
+        labels = np.where(found, ids[np.maximum(positions, 0)], -1)
+        if self.metric_type == faiss.METRIC_L2:
+            distances = np.where(found, 2.0 - 2.0 * scores, np.inf).astype(np.float32)
+        else:
+            distances = np.where(found, scores, -np.inf).astype(np.float32)
+        if array_type == "torch":
+            return torch.from_numpy(distances).to(device), torch.from_numpy(labels).to(device)
+        return distances, labels

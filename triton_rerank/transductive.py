@@ -1,0 +1,53 @@
+"""Exact GNN re-ranking of query batches against a database whose kNN lists are cached.
+
+``gnn_rerank(xq, xb)`` makes queries and database items nodes of one graph. The
+database-to-database part of that graph's kNN step does not depend on the queries,
+so it can be computed once (e.g. with FAISS) and reused: a new batch only adds
+its query-query and query-database similarities to copies of the cached lists
+(the tie rule is a total order, so the result does not depend on that order).
+Propagation and scoring then run as in :func:`triton_rerank.gnn_rerank`, and the
+results are the same.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .graph import NeighbourLists, offer_query_strips, rows_per_strip
+from .propagate import propagate
+from .rerank import BASE_KEEP_BYTES
+from .scoring import rerank_scores
+
+
+def rerank_against_database(query: torch.Tensor, database: torch.Tensor,
+                            database_values: np.ndarray, database_indices: np.ndarray, *,
+                            k1: int, k2: int, iterations: int, lamb: float, topk: int | None):
+    """``gnn_rerank(query, database, ...)`` with the database's own kNN lists given.
+
+    Args:
+        query: ``[q, d]`` float32 CPU tensor of unit rows.
+        database: ``[g, d]`` float32 CPU tensor of unit rows.
+        database_values: ``[g, k]`` float32, each database row's top-``k`` similarities
+            among the database (``k = min(k1, g)``), sorted by the tie rule.
+        database_indices: ``[g, k]`` int64 their database positions.
+        k1, k2, iterations, lamb, topk: as :func:`triton_rerank.gnn_rerank` (checked).
+
+    Returns:
+        As :func:`triton_rerank.gnn_rerank`, as CPU tensors.
+    """
+    n_query, n_gallery = query.shape[0], database.shape[0]
+    n = n_query + n_gallery
+    lists = NeighbourLists(n, k1)
+    k_cached = database_indices.shape[1]
+    lists.values[n_query:, :k_cached] = database_values
+    lists.indices[n_query:, :k_cached] = np.where(database_indices >= 0,
+                                                  database_indices + n_query, -1)
+    nodes = torch.cat([query, database])
+    keep_base = lamb > 0 and (topk is None or 4 * n_query * n_gallery <= BASE_KEEP_BYTES)
+    base = torch.empty(n_query, n_gallery, dtype=torch.float32) if keep_base else None
+    offer_query_strips(nodes, n_query, lists, min(n_query, rows_per_strip(n)), base)
+    graph = propagate(lists.values, lists.indices, n_query=n_query, k2=k2,
+                      iterations=iterations)
+    return rerank_scores(graph, nodes[:n_query], nodes[n_query:], lamb=lamb, topk=topk,
+                         base=base)
