@@ -1,4 +1,5 @@
-"""Shared fixtures. CPU by default; Triton kernel tests (later) run under TRITON_INTERPRET=1."""
+"""Shared fixtures. CPU by default; the Triton kernel tests (``-m interpreter``) run
+compiled on a CUDA GPU when there is one, else in the Triton interpreter."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+# Read when a kernel is decorated, so before any triton_rerank.kernels import. The
+# CPU-path tests are unaffected: backend="auto" keeps CPU tensors on the CPU path.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # torchreid warns at import when its Cython evaluator is not compiled; the Python one is used.
 warnings.filterwarnings("ignore", message="Cython evaluation")
@@ -37,6 +44,12 @@ def digits():
     from triton_rerank.data import load_digits_split
 
     return load_digits_split(queries_per_class=5)
+
+
+@pytest.fixture(scope="session")
+def kernel_device() -> torch.device:
+    """Where the Triton kernel tests run: the GPU, or the CPU (interpreter)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.fixture

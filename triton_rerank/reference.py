@@ -35,10 +35,10 @@ def knn(nodes: torch.Tensor, k: int):
 
 
 def propagated_rows(nodes: torch.Tensor, *, k1: int, k2: int, iterations: int) -> torch.Tensor:
-    """Steps 1-4: the final dense ``[N, N]`` rows A."""
+    """Steps 1-4: the final dense ``[N, N]`` rows A, on ``nodes``' device."""
     n = nodes.shape[0]
     values, indices = knn(nodes, k1)
-    a = torch.zeros(n, n, dtype=nodes.dtype)
+    a = torch.zeros(n, n, dtype=nodes.dtype, device=nodes.device)
     a.scatter_(1, indices, 1.0)
     if k2 == 1:
         return a

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,20 +18,43 @@ from .scoring import rerank_scores
 BACKENDS = ("auto", "torch", "triton")
 
 
-def resolve_backend(backend: str) -> str:
-    """The backend that will run: ``"torch"`` (the CPU path) for now.
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def resolve_backend(backend: str, device: torch.device | None = None) -> str:
+    """The backend that will run for features on ``device`` (default: the CPU).
+
+    ``"auto"`` picks ``"triton"`` (the kernels of ``triton_rerank.kernels``) for CUDA
+    tensors and ``"torch"`` (the CPU path) otherwise, also when ``TRITON_INTERPRET=1``
+    is set. ``"triton"`` runs the kernels on CUDA tensors, or on CPU tensors in the
+    Triton interpreter when ``TRITON_INTERPRET=1``. ``"torch"`` always runs on the CPU.
 
     Raises:
-        ValueError: an unknown name, or ``"triton"``, which this build does not ship.
+        ValueError: an unknown name, or ``"triton"`` where it cannot run (triton not
+            installed, or CPU tensors without ``TRITON_INTERPRET=1``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "triton":
-        raise ValueError(
-            "backend='triton' is not available in this build of triton-rerank: the Triton "
-            "kernels are not included yet; use backend='auto' or 'torch'"
-        )
-    return "torch"
+    on_cuda = device is not None and device.type == "cuda"
+    if backend == "torch":
+        return "torch"
+    if backend == "auto":
+        if on_cuda and not _triton_importable():
+            warnings.warn("triton is not installed: re-ranking CUDA tensors on the CPU path "
+                          "(pip install triton for the GPU kernels)", stacklevel=3)
+            return "torch"
+        return "triton" if on_cuda else "torch"
+    if not _triton_importable():
+        raise ValueError("backend='triton' needs the triton package, which is not "
+                         "installed; pip install triton, or use backend='auto' or 'torch'")
+    if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        where = "numpy arrays" if device is None else f"tensors on {device}"
+        raise ValueError(f"backend='triton' runs on CUDA tensors, got {where}; set "
+                         f"TRITON_INTERPRET=1 (before triton is imported) to run the "
+                         f"kernels in the Triton interpreter, or use backend='auto' or "
+                         f"'torch'")
+    return "triton"
 
 
 # Keep the query-gallery similarities from the kNN step (instead of recomputing them
@@ -76,8 +102,11 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
         lamb: weight of the original similarity in the final score, in [0, 1].
         topk: None for the full score matrix, or K (``1 <= K <= g``) for the top-K.
         normalize: L2-normalise rows first (rows of norm 0 are then an error).
-        backend: ``"auto"`` or ``"torch"`` (the CPU path; CUDA tensors are computed on
-            the CPU and returned on their device).
+        backend: ``"auto"`` (Triton kernels for CUDA tensors, the CPU path otherwise),
+            ``"torch"`` (the CPU path; CUDA tensors are computed on the CPU and returned
+            on their device) or ``"triton"`` (the kernels: on CUDA tensors, or on CPU
+            tensors and numpy arrays in the Triton interpreter when
+            ``TRITON_INTERPRET=1``). See :func:`resolve_backend`.
 
     Returns:
         With ``topk=None``: ``scores [q, g]`` float32, higher is better.
@@ -89,7 +118,7 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
         TypeError: non-array input, mixed numpy/torch, integer dtypes, non-integer k's.
         ValueError: bad shapes, empty input, NaN/inf, zero rows with ``normalize=True``,
             out-of-range ``k1``/``k2``/``iterations``/``lamb``/``topk``, mixed devices,
-            unknown or unavailable backend.
+            unknown backend, or ``"triton"`` where it cannot run.
 
     Example:
         >>> import numpy as np
@@ -105,8 +134,11 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
     k1, k2, iterations, lamb, topk = check_rerank_params(
         k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk,
         n_nodes=n_query + n_gallery, n_gallery=n_gallery)
-    resolve_backend(backend)
-    result = _run_cpu(features, k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk)
+    run = _run_cpu
+    if resolve_backend(backend, features.device if features.array_type == "torch"
+                       else None) == "triton":
+        from .gpu_pipeline import run_triton as run
+    result = run(features, k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk)
     return _to_caller(result, features.device if features.array_type == "torch" else None)
 
 

@@ -1,0 +1,263 @@
+"""GPU check of the Triton backend: compiled kernel tests, then end-to-end timings.
+
+On a CUDA machine, from the repository root (needs only torch, triton, numpy, scipy,
+pytest and pytest-benchmark; offline; about 3-4 minutes, capped by ``--budget-s``):
+
+    python benchmarks/gpu_check.py
+
+1. Runs the kernel tests (``pytest -m interpreter tests/test_triton_*.py``), which are
+   compiled for the GPU when CUDA is present; records pass/fail.
+2. Times, on Market-1501-shaped synthetic features (q=3,368, g=19,732; d=512 and
+   d=2048), features on the GPU to top-100 per query (k1=26, k2=7, lamb=0.3):
+   ``gnn_rerank(backend="triton")`` vs the dense reference semantics
+   (``triton_rerank.reference``, fp32, on the same GPU); CUDA events, warm-up, median
+   of ``--runs`` runs; peak GPU memory of each; agreement of the two top-100 lists.
+3. Times ours at the MSMT17 shape (N=93,820), where the dense reference does not fit.
+
+Results go to ``--out`` (default ``benchmarks/results/gpu_check_<device>.json``) after
+every step, and to ``$OUT/<same name>`` when ``$OUT`` is set. ``--tiny`` runs small
+shapes (and, without a GPU, the Triton interpreter): a smoke test of this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+K1, K2, LAMB, TOPK = 26, 7, 0.3, 100
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/"
+                                      "gpu_check_<device>.json)")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per method")
+    parser.add_argument("--budget-s", type=float, default=280.0,
+                        help="stop starting new steps after this many seconds")
+    parser.add_argument("--tests-timeout-s", type=float, default=150.0)
+    parser.add_argument("--skip-tests", action="store_true", help="timings only")
+    parser.add_argument("--tiny", action="store_true",
+                        help="small shapes; without a GPU, runs in the Triton interpreter")
+    return parser.parse_args()
+
+
+class Report:
+    """The JSON result, rewritten to every destination after each step."""
+
+    def __init__(self, paths: list[Path], facts: dict):
+        self.paths = paths
+        self.data = {**facts, "tests": None, "cases": []}
+
+    def save(self) -> None:
+        text = json.dumps(self.data, indent=2) + "\n"
+        for path in self.paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
+
+def run_kernel_tests(timeout_s: float) -> dict:
+    """The interpreter-marked tests in a child process (compiled when CUDA is present)."""
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "interpreter", "-p",
+               "no:cacheprovider", "tests/test_triton_kernels.py", "tests/test_triton_backend.py"]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired as error:
+        return {"passed": False, "summary": f"timed out after {timeout_s:.0f} s",
+                "output_tail": (error.stdout or b"")[-3000:].decode(errors="replace")
+                if isinstance(error.stdout, bytes) else (error.stdout or "")[-3000:]}
+    lines = proc.stdout.strip().splitlines()
+    return {"passed": proc.returncode == 0, "returncode": proc.returncode,
+            "summary": lines[-1] if lines else "", "seconds": time.perf_counter() - start,
+            "output_tail": (proc.stdout + proc.stderr)[-3000:]}
+
+
+class Timer:
+    """Milliseconds of a synchronised call: CUDA events on a GPU, wall clock otherwise."""
+
+    def __init__(self, device):
+        import torch
+
+        self.torch, self.cuda = torch, device.type == "cuda"
+
+    def __call__(self, fn) -> float:
+        torch = self.torch
+        if not self.cuda:
+            start = time.perf_counter()
+            fn()
+            return 1000 * (time.perf_counter() - start)
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        begin.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return begin.elapsed_time(end)
+
+
+def dense_reference_topk(xq, xg, topk: int):
+    """The dense reference semantics (DESIGN §1, ``reference.propagated_rows``) in fp32
+    on the features' device, to the top-``topk`` per query."""
+    import torch
+
+    from triton_rerank.reference import propagated_rows
+    from triton_rerank.topk import topk_rows
+
+    xq = torch.nn.functional.normalize(xq, dim=1)
+    xg = torch.nn.functional.normalize(xg, dim=1)
+    a = propagated_rows(torch.cat([xq, xg]), k1=K1, k2=K2, iterations=2)
+    n_query = xq.shape[0]
+    scores = (1 - LAMB) * (a[:n_query] @ a[n_query:].T) + LAMB * (xq @ xg.T)
+    return topk_rows(scores, topk)
+
+
+def time_method(fn, timer: Timer, runs: int, deadline: float) -> dict:
+    """Warm up (compiles), then time up to ``runs`` calls while before ``deadline``."""
+    import torch
+
+    cuda = timer.cuda
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    warm_ms = timer(fn)
+    times = []
+    while len(times) < runs and time.perf_counter() < deadline:
+        times.append(timer(fn))
+    result = {"median_ms": float(np.median(times)) if times else None, "runs": len(times),
+              "all_ms": [round(t, 3) for t in times], "warmup_ms": round(warm_ms, 3)}
+    if cuda:
+        result["peak_gpu_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return result
+
+
+def run_case(name: str, shape, *, with_reference: bool, skip_reason: str, device, timer,
+             runs: int, deadline: float) -> dict:
+    import torch
+
+    from triton_rerank import gnn_rerank
+    from triton_rerank.synthetic import reid_like_features
+
+    data = reid_like_features(shape, seed=0)
+    xq = torch.from_numpy(data.query_features).to(device)
+    xg = torch.from_numpy(data.gallery_features).to(device)
+    topk = min(TOPK, shape.n_gallery)
+    case = {"name": name, "n_query": shape.n_query, "n_gallery": shape.n_gallery,
+            "dim": shape.dim, "k1": K1, "k2": K2, "lamb": LAMB, "topk": topk,
+            "input_gpu_mb": (xq.numel() + xg.numel()) * 4 / 2**20}
+    ours_out = {}
+
+    def ours():
+        ours_out["top"] = gnn_rerank(xq, xg, k1=K1, k2=K2, lamb=LAMB, topk=topk,
+                                     backend="triton")
+
+    case["ours"] = time_method(ours, timer, runs, deadline)
+    if not with_reference:
+        case["reference"] = {"skipped": skip_reason}
+        return case
+    if time.perf_counter() > deadline:
+        case["reference"] = {"skipped": "time budget spent"}
+        return case
+    ref_out = {}
+
+    def reference():
+        ref_out["top"] = dense_reference_topk(xq, xg, topk)
+
+    try:
+        case["reference"] = time_method(reference, timer, runs, deadline)
+    except torch.OutOfMemoryError as error:
+        case["reference"] = {"skipped": f"out of memory: {error}"[:300]}
+        return case
+    ours_idx, ref_idx = ours_out["top"][1].cpu().numpy(), ref_out["top"][1].cpu().numpy()
+    case["top10_rows_identical"] = float((ours_idx[:, :10] == ref_idx[:, :10]).all(1).mean())
+    case["top100_overlap"] = float(np.mean([np.intersect1d(a, b).size / topk
+                                            for a, b in zip(ours_idx, ref_idx, strict=True)]))
+    ours_ms, ref_ms = case["ours"]["median_ms"], case["reference"]["median_ms"]
+    if ours_ms and ref_ms:
+        case["speedup_vs_reference"] = ref_ms / ours_ms
+    return case
+
+
+def main() -> None:
+    args = parse_args()
+    start = time.perf_counter()
+    deadline = start + args.budget_s
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        if not args.tiny:
+            sys.exit("gpu_check: no CUDA device; use --tiny for a smoke test in the "
+                     "Triton interpreter")
+        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported
+    import triton
+
+    from triton_rerank.synthetic import MARKET1501, MSMT17
+
+    device = torch.device("cuda" if cuda else "cpu")
+    device_name = torch.cuda.get_device_name(device) if cuda else "cpu-interpreter"
+    slug = re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")
+    name = f"gpu_check_{slug}.json" if not args.tiny else f"gpu_check_{slug}_tiny.json"
+    paths = [Path(args.out) if args.out else ROOT / "benchmarks" / "results" / name]
+    if os.environ.get("OUT"):
+        paths.append(Path(os.environ["OUT"]) / paths[0].name)
+    report = Report(paths, {
+        "device": device_name, "torch": torch.__version__, "triton": triton.__version__,
+        "cuda": torch.version.cuda, "python": platform.python_version(),
+        "numpy": np.__version__, "runs": args.runs, "budget_s": args.budget_s,
+        "tiny": args.tiny, "timing": "CUDA events, 1 warm-up, median" if cuda
+        else "wall clock (interpreter), median"})
+    report.save()
+
+    if not args.skip_tests:
+        report.data["tests"] = run_kernel_tests(args.tests_timeout_s)
+        report.save()
+        print("kernel tests:", report.data["tests"]["summary"], flush=True)
+
+    if args.tiny:
+        cases = [("tiny-d64", replace(MARKET1501, n_query=30, n_gallery=170, dim=64,
+                                      n_ids=20), True, ""),
+                 ("tiny-no-reference", replace(MSMT17, n_query=20, n_gallery=120, dim=32,
+                                               n_ids=15), False, "skipped (test of the skip)")]
+    else:
+        cases = [("market-d512", MARKET1501, True, ""),
+                 ("market-d2048", replace(MARKET1501, dim=2048), True, ""),
+                 ("msmt17-d128", MSMT17, False,
+                  "dense reference needs several N x N fp32 buffers (N = 93,820: 35 GB "
+                  "each); it does not fit, and the original CUDA code overflows int32")]
+    timer = Timer(device)
+    for case_name, shape, with_reference, reason in cases:
+        if time.perf_counter() > deadline:
+            report.data["cases"].append({"name": case_name, "skipped": "time budget spent"})
+            report.save()
+            continue
+        try:
+            case = run_case(case_name, shape, with_reference=with_reference,
+                            skip_reason=reason, device=device, timer=timer, runs=args.runs,
+                            deadline=deadline)
+        except Exception as error:  # record and go on: one shot on the GPU
+            case = {"name": case_name, "error": f"{type(error).__name__}: {error}"[:2000]}
+        report.data["cases"].append(case)
+        report.data["elapsed_s"] = time.perf_counter() - start
+        report.save()
+        print(json.dumps({k: v for k, v in case.items() if k != "all_ms"}, default=str)[:600],
+              flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
+    print(f"wrote {', '.join(map(str, paths))} in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

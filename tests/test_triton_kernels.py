@@ -1,0 +1,138 @@
+"""The Triton kernels one by one (``ref`` vs ``tri``): compiled on a GPU, else interpreted.
+
+Shapes are small (the interpreter is slow) but chosen to hit every code path: masked
+row/column/feature tails, several column tiles, k from 1 to 128.
+"""
+
+import numpy as np
+import pytest
+import torch
+from compare import assert_same_topk, four_halves_vectors
+
+pytestmark = pytest.mark.interpreter
+
+TOPK_CASES = [
+    # (n, m, d, k, dtype)
+    (37, 150, 20, 5, torch.float32),  # tails in rows, columns and features
+    (40, 200, 33, 26, torch.float16),  # Market's k1, several column tiles
+    (20, 130, 16, 1, torch.float32),  # k = 1
+    (17, 300, 8, 128, torch.bfloat16),  # k = 128: one running top-k per 128-column tile
+    (5, 64, 3, 64, torch.float32),  # k = m
+]
+
+
+def _features(rng, n, d, dtype, device):
+    return torch.from_numpy(rng.standard_normal((n, d), dtype=np.float32)).to(device, dtype)
+
+
+@pytest.mark.parametrize("n, m, d, k, dtype", TOPK_CASES,
+                         ids=[f"n{n}-m{m}-d{d}-k{k}-{str(t)[6:]}" for n, m, d, k, t in TOPK_CASES])
+def test_topk_similarity_matches_sorted_products(n, m, d, k, dtype, kernel_device):
+    from triton_rerank.kernels.topk_similarity import topk_similarity
+
+    rng = np.random.default_rng(n + m + d + k)
+    x, y = _features(rng, n, d, dtype, kernel_device), _features(rng, m, d, dtype, kernel_device)
+    tri_values, tri_indices = topk_similarity(x, y, k)
+    assert tri_values.device == x.device and tri_indices.dtype == torch.int64
+    ref = x.double() @ y.double().T  # low-precision inputs: the products are exact in fp32
+    assert_same_topk(tri_values, tri_indices, ref, k, atol=1e-5)
+
+
+def test_topk_similarity_of_a_matrix_with_itself_finds_every_row_first(kernel_device):
+    from triton_rerank.kernels.topk_similarity import topk_similarity
+
+    rng = np.random.default_rng(3)
+    x = torch.nn.functional.normalize(_features(rng, 90, 24, torch.float32, kernel_device))
+    values, indices = topk_similarity(x, x, 10)
+    assert torch.equal(indices[:, 0].cpu(), torch.arange(90))
+    assert_same_topk(values, indices, x.double() @ x.double().T, 10)
+
+
+def test_topk_similarity_tie_rule_equal_scores_by_smaller_column(kernel_device):
+    from triton_rerank.kernels.topk_similarity import topk_similarity
+
+    # +-0.5 rows: exact products, many equal scores, +0.0 and -0.0 among them
+    rng = np.random.default_rng(7)
+    x = torch.from_numpy(four_halves_vectors(rng, 33)).to(kernel_device)
+    y = torch.from_numpy(four_halves_vectors(rng, 140)).to(kernel_device)
+    y[70:] = y[:70].clone()  # every score appears at least twice
+    values, indices = topk_similarity(x, y, 40)
+    ref = torch.sort(x.cpu() @ y.cpu().T, dim=1, descending=True, stable=True)
+    assert torch.equal(indices.cpu(), ref.indices[:, :40])
+    assert torch.equal(values.cpu(), ref.values[:, :40])
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"k": 0}, r"k must be in \[1, min\(m, 256\)\] with m = 50, got 0"),
+    ({"k": 51}, r"got 51"),
+    ({"y_dtype": torch.float16}, r"share one dtype"),
+    ({"y_dim": 9}, r"must be \[n, d\] and \[m, d\], got \(10, 8\) and \(50, 9\)"),
+])
+def test_topk_similarity_rejects_bad_input(kwargs, pattern):
+    from triton_rerank.kernels.topk_similarity import topk_similarity
+
+    x = torch.ones(10, 8)
+    y = torch.ones(50, kwargs.get("y_dim", 8), dtype=kwargs.get("y_dtype", torch.float32))
+    with pytest.raises(ValueError, match=pattern):
+        topk_similarity(x, y, kwargs.get("k", 5))
+
+
+def _random_csr(rng, n_rows, n_cols, max_per_row, device, empty_rows=()):
+    """CsrRows with unique random columns per row, and their dense ``[n_rows, n_cols]``."""
+    from triton_rerank.kernels.aggregate import CsrRows
+
+    dense = np.zeros((n_rows, n_cols), dtype=np.float32)
+    for r in range(n_rows):
+        if r not in empty_rows:
+            cols = rng.choice(n_cols, rng.integers(1, max_per_row + 1), replace=False)
+            dense[r, cols] = rng.uniform(0.1, 1.0, cols.size)
+    rows, cols = np.nonzero(dense)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_rows))])
+    csr = CsrRows(torch.from_numpy(indptr).to(device), torch.from_numpy(cols).to(device),
+                  torch.from_numpy(dense[rows, cols]).to(device), n_cols)
+    return csr, torch.from_numpy(dense).double()
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_aggregate_rows_matches_dense_product(normalize, kernel_device):
+    from triton_rerank.kernels.aggregate import aggregate_rows
+
+    rng = np.random.default_rng(int(normalize))
+    # 40 weights per row (3 weight blocks), source rows up to 150 long (3 entry steps),
+    # 1,100 columns (2 sweep blocks); output row 5 has no weights and must stay 0
+    weights, w_dense = _random_csr(rng, 12, 60, 40, kernel_device, empty_rows=(5,))
+    source, s_dense = _random_csr(rng, 60, 1100, 150, kernel_device)
+    tri, tri_norms = aggregate_rows(weights, source, normalize=normalize)
+    ref = w_dense @ s_dense
+    ref_norms = torch.linalg.vector_norm(ref, dim=1)
+    if normalize:
+        torch.testing.assert_close(tri_norms.cpu().double(), ref_norms, rtol=1e-5, atol=0)
+        ref = ref / torch.clamp(ref_norms, min=1e-12)[:, None]
+    else:
+        assert tri_norms is None
+    torch.testing.assert_close(tri.cpu().double(), ref, rtol=1e-5, atol=1e-7)
+    assert torch.all(tri[5] == 0)
+
+
+@pytest.mark.parametrize("lamb", [0.0, 0.3, 1.0])
+def test_score_block_and_topk_block_match_the_two_hop_formula(lamb, kernel_device):
+    from triton_rerank.kernels.scoring import score_block, topk_block
+    from triton_rerank.kernels.tiles import TwoHopTerms
+
+    rng = np.random.default_rng(int(10 * lamb))
+    n_query, n_gallery, n_nodes, n_terms, d = 21, 150, 170, 5, 40
+    xq = _features(rng, n_query, d, torch.float32, kernel_device)
+    xg = _features(rng, n_gallery, d, torch.float32, kernel_device)
+    z = torch.from_numpy(rng.uniform(0, 1, (n_query, n_nodes)).astype(np.float32))
+    g_idx = torch.from_numpy(rng.integers(0, n_nodes, (n_gallery, n_terms)))
+    g_val = torch.from_numpy(rng.uniform(0, 1, (n_gallery, n_terms)).astype(np.float32))
+    g_inv_norm = torch.from_numpy(rng.uniform(0.5, 2, n_gallery).astype(np.float32))
+    terms = TwoHopTerms(*(t.to(kernel_device) for t in (z, g_idx, g_val, g_inv_norm)))
+    two_hop = (z.double()[:, g_idx] * g_val.double()).sum(dim=2) * g_inv_norm.double()
+    ref = (1 - lamb) * two_hop + lamb * (xq.cpu().double() @ xg.cpu().double().T)
+
+    tri = torch.full((n_query, n_gallery), float("nan"), device=kernel_device)
+    score_block(xq, xg, lamb=lamb, two_hop=terms, out=tri)
+    torch.testing.assert_close(tri.cpu().double(), ref, rtol=0, atol=2e-5)
+    values, indices = topk_block(xq, xg, lamb=lamb, two_hop=terms, k=17)
+    assert_same_topk(values, indices, ref, 17)

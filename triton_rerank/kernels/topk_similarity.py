@@ -1,0 +1,159 @@
+"""Fused top-k of inner products: ``topk(x @ y.T, k)`` per row without the ``[n, m]`` matrix.
+
+Each program owns ``BLOCK_M`` rows of x and streams over all of y in ``BLOCK_N``-column
+tiles: a tile of scores (``tl.dot``, fp32 accumulation) becomes packed int64 keys (see
+``tiles.py``), its own top ``K_PAD`` (``tl.topk``) is merged into the running top
+``K_PAD`` with one bitonic step, and only the final ``[n, k]`` values and int64
+indices are written. Ties: equal scores, smaller column first.
+
+The same kernel gives the final re-ranked top-K: its score tile can add the two-hop
+term of the propagated graph (``tiles.two_hop_tile``) to the mixed inner product.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .tiles import (
+    EMPTY_KEY,
+    TwoHopTerms,
+    bitonic_merge,
+    input_precision,
+    merge_topk,
+    pack_keys,
+    score_tile,
+    unpack_keys,
+)
+
+# Largest k of the streaming kernel (its running top-k lives in registers).
+MAX_STREAMING_K = 256
+FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _streaming_topk_kernel(x_ptr, y_ptr, z_ptr, g_idx_ptr, g_val_ptr, g_inv_norm_ptr,
+                           out_val_ptr, out_idx_ptr, n_rows, n_cols, dim, n_terms, k,
+                           stride_x, stride_y, stride_z, keep, mix,
+                           HAS_DOT: tl.constexpr, HAS_TWO_HOP: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_D: tl.constexpr, K_PAD: tl.constexpr,
+                           LOG_M: tl.constexpr, LOG_N: tl.constexpr, LOG_K: tl.constexpr,
+                           INPUT_PRECISION: tl.constexpr):
+    i_m = tl.program_id(0)
+    o_rows = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_rows = o_rows < n_rows
+    b_top = tl.full([BLOCK_M, K_PAD], EMPTY_KEY, tl.int64)
+    for col_start in range(0, n_cols, BLOCK_N):
+        o_cols = col_start + tl.arange(0, BLOCK_N)
+        m_cols = o_cols < n_cols
+        b_scores = score_tile(x_ptr, y_ptr, z_ptr, g_idx_ptr, g_val_ptr, g_inv_norm_ptr,
+                              o_rows, m_rows, o_cols, m_cols, dim, n_terms, stride_x, stride_y,
+                              stride_z, keep, mix, HAS_DOT, HAS_TWO_HOP, BLOCK_M, BLOCK_N,
+                              BLOCK_D, INPUT_PRECISION)
+        b_keys = tl.where(m_cols[None, :], pack_keys(b_scores, o_cols), EMPTY_KEY)
+        b_top = merge_topk(b_top, b_keys, LOG_M, LOG_N, LOG_K)
+    b_top = bitonic_merge(b_top, LOG_M, LOG_K, 1)
+    b_values, b_cols = unpack_keys(b_top)
+    o_k = tl.arange(0, K_PAD)
+    o_out = o_rows.to(tl.int64)[:, None] * k + o_k[None, :]
+    m_out = m_rows[:, None] & (o_k < k)[None, :]
+    tl.store(out_val_ptr + o_out, b_values, mask=m_out)
+    tl.store(out_idx_ptr + o_out, b_cols, mask=m_out)
+
+
+def _log2(power_of_two: int) -> int:
+    return power_of_two.bit_length() - 1
+
+
+def _config(k_pad: int, device: torch.device) -> dict:
+    """Block sizes: wide column tiles for the running top-k (``BLOCK_N >= K_PAD``),
+    fewer rows per program as k grows (registers). Fixed, not autotuned, so that the
+    interpreter (where ``@triton.autotune`` does not run) uses the same code."""
+    if device.type != "cuda":  # interpreter: fewer, larger numpy steps
+        return dict(BLOCK_M=64, BLOCK_N=max(64, k_pad), BLOCK_D=64, num_warps=4)
+    block_m = 64 if k_pad <= 64 else 32 if k_pad <= 128 else 16
+    return dict(BLOCK_M=block_m, BLOCK_N=max(64, k_pad), BLOCK_D=32,
+                num_warps=4 if k_pad <= 128 else 8)
+
+
+def streaming_topk(k: int, n_rows: int, n_cols: int, *, x: torch.Tensor, y: torch.Tensor,
+                   mix: float = 1.0, keep: float = 0.0, two_hop: TwoHopTerms | None = None):
+    """Top-``k`` per row of ``mix * x @ y.T + keep * two_hop`` (checked inputs only).
+
+    Args:
+        k: ``1 <= k <= min(n_cols, MAX_STREAMING_K)``.
+        n_rows, n_cols: the score matrix is ``[n_rows, n_cols]``.
+        x: ``[n_rows, d]`` contiguous features (fp32/fp16/bf16).
+        y: ``[n_cols, d]`` contiguous features of x's dtype.
+        mix: weight of the inner product; 0 leaves it out (x and y are then not read).
+        keep: weight of the two-hop term.
+        two_hop: the propagated graph's terms, or None for plain inner products.
+
+    Returns:
+        ``(values [n_rows, k] float32, indices [n_rows, k] int64)`` on x's device,
+        by descending score, equal scores by smaller column.
+    """
+    if x.dtype == torch.bfloat16 and x.device.type != "cuda":
+        # the interpreter (numpy) has no bfloat16 dot; bf16 -> fp32 is exact, and so
+        # are the products, as on the GPU
+        x, y = x.float(), y.float()
+    k_pad = max(2, triton.next_power_of_2(k))
+    config = _config(k_pad, x.device)
+    values = torch.empty(n_rows, k, dtype=torch.float32, device=x.device)
+    indices = torch.empty(n_rows, k, dtype=torch.int64, device=x.device)
+    terms = two_hop.contiguous() if two_hop else TwoHopTerms(x, x, x, x)  # x: never read
+    grid = (triton.cdiv(n_rows, config["BLOCK_M"]),)
+    _streaming_topk_kernel[grid](
+        x, y, terms.z, terms.g_idx, terms.g_val, terms.g_inv_norm, values, indices,
+        n_rows, n_cols, x.shape[1], terms.g_idx.shape[1] if two_hop else 0, k,
+        x.stride(0), y.stride(0), terms.z.stride(0), keep, mix,
+        HAS_DOT=mix != 0, HAS_TWO_HOP=two_hop is not None, K_PAD=k_pad,
+        LOG_M=_log2(config["BLOCK_M"]), LOG_N=_log2(config["BLOCK_N"]), LOG_K=_log2(k_pad),
+        INPUT_PRECISION=input_precision(x.dtype), **config)
+    return values, indices
+
+
+def check_feature_pair(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise ValueError unless ``x [n, d]`` and ``y [m, d]`` are non-empty 2-D feature
+    tensors of one supported dtype on one device."""
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must be [n, d] and [m, d], got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    if x.dtype != y.dtype or x.dtype not in FEATURE_DTYPES:
+        raise ValueError(f"x and y must share one dtype of {FEATURE_DTYPES}, got {x.dtype} "
+                         f"and {y.dtype}")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on one device, got {x.device} and {y.device}")
+    if min(x.shape[0], y.shape[0], x.shape[1]) == 0:
+        raise ValueError(f"empty input: x {tuple(x.shape)}, y {tuple(y.shape)}")
+    if y.shape[0] >= 2**32:
+        raise ValueError(f"y has {y.shape[0]} rows; at most 2**32 - 1 per call")
+
+
+def topk_similarity(x: torch.Tensor, y: torch.Tensor, k: int):
+    """The ``k`` largest inner products of each row of x with the rows of y.
+
+    Args:
+        x: ``[n, d]`` float32, float16 or bfloat16 (products accumulate in fp32; fp32
+            products are exact IEEE, not TF32).
+        y: ``[m, d]`` same dtype and device (may be x itself).
+        k: ``1 <= k <= min(m, MAX_STREAMING_K)``.
+
+    Returns:
+        ``(values [n, k] float32, indices [n, k] int64)``, each row by descending
+        value, equal values by smaller column index.
+
+    Raises:
+        ValueError: mismatched shapes, dtypes or devices, empty input, or k out of range.
+
+    Example:
+        >>> x = torch.randn(1000, 64, device="cuda")
+        >>> values, indices = topk_similarity(x, x, 26)  # kNN, self included
+    """
+    check_feature_pair(x, y)
+    if not 1 <= k <= min(y.shape[0], MAX_STREAMING_K):
+        raise ValueError(f"k must be in [1, min(m, {MAX_STREAMING_K})] with m = {y.shape[0]}, "
+                         f"got {k}")
+    return streaming_topk(k, x.shape[0], y.shape[0], x=x.contiguous(), y=y.contiguous())
