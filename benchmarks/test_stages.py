@@ -1,4 +1,5 @@
-"""pytest-benchmark suites, grouped by stage: knn, propagate, scoring, end-to-end, torchreid.
+"""pytest-benchmark suites, grouped by stage: knn, propagate, scoring, end-to-end, torchreid,
+faiss.
 
 Each benchmark also asserts something about its result, so a disabled (single) run
 in CI still checks it.
@@ -66,3 +67,42 @@ def test_torchreid_drop_in(benchmark, features):
     matrices = (distance(qf, gf).numpy(), distance(qf, qf), distance(gf, gf))
     dist = benchmark(re_ranking, *matrices, k1=K1, k2=K2)
     assert dist.shape == matrices[0].shape and dist.dtype == np.float32
+
+
+@pytest.fixture(scope="module")
+def flat_index(features):
+    faiss = pytest.importorskip("faiss")
+    index = faiss.IndexFlatIP(features.gallery_features.shape[1])
+    index.add(features.gallery_features)
+    return index
+
+
+@pytest.mark.benchmark(group="faiss")
+def test_faiss_exact_search(benchmark, features, flat_index):
+    """One query batch against a database whose kNN graph is cached."""
+    from triton_rerank.integrations.faiss import RerankedIndex
+
+    reranked = RerankedIndex(flat_index, k1=K1, k2=K2)
+    reranked.search(features.query_features[:2], 10)          # builds the cache
+    distances, labels = benchmark(reranked.search, features.query_features, 100)
+    expected = gnn_rerank(features.query_features, features.gallery_features, k1=K1, k2=K2,
+                          topk=100)[1]
+    assert (labels == expected).mean() > 0.99
+
+
+@pytest.mark.benchmark(group="faiss")
+def test_faiss_inductive_build(benchmark, flat_index):
+    from triton_rerank.integrations.faiss import RerankedIndex
+
+    graph = benchmark(RerankedIndex(flat_index, k1=K1, k2=K2, mode="inductive").build_graph)
+    assert graph.size == flat_index.ntotal
+
+
+@pytest.mark.benchmark(group="faiss")
+def test_faiss_inductive_search(benchmark, features, flat_index):
+    from triton_rerank.integrations.faiss import RerankedIndex
+
+    reranked = RerankedIndex(flat_index, k1=K1, k2=K2, mode="inductive")
+    reranked.build_graph()
+    distances, labels = benchmark(reranked.search, features.query_features, 100)
+    assert np.all(labels >= 0) and np.all(np.diff(distances, axis=1) <= 0)

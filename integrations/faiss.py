@@ -31,9 +31,10 @@ Modes:
 * ``mode="inductive"``: for large databases. The database graph is built once
   (:meth:`RerankedIndex.build_graph`, with any FAISS index, approximate allowed),
   can be saved and loaded, and each query is re-ranked against its shortlist
-  (``shortlist`` candidates from the index, default ``max(10 * k, k1)``) using only
-  its own neighbourhood: the cost per query does not grow with the database. See
-  :mod:`triton_rerank.inductive` for the approximation. The shortlist (and, by
+  (``shortlist`` candidates from the index, default ``max(10 * k, k1)``, plus the
+  kNN lists of the query's nearest candidates) using only its own neighbourhood: the
+  cost per query does not grow with the database. See :mod:`triton_rerank.inductive`
+  for the approximation. The shortlist (and, by
   default, the graph's neighbour lists) come from the index's own search, so store
   unit vectors (``faiss.normalize_L2``) to make its neighbours the cosine ones;
   building the graph over other vectors warns (``UnnormalisedVectorsWarning``).
@@ -59,7 +60,7 @@ from triton_rerank.checks import (
     check_unit_rows,
 )
 from triton_rerank.graph import sorted_neighbour_lists
-from triton_rerank.inductive import InductiveGraph
+from triton_rerank.inductive import DEFAULT_ROW_BUDGET, InductiveGraph
 from triton_rerank.topk import topk_rows
 from triton_rerank.transductive import rerank_against_database
 
@@ -331,13 +332,17 @@ class RerankedIndex:
 
     # -- inductive mode ------------------------------------------------------------------
 
-    def build_graph(self, graph_index=None) -> InductiveGraph:
+    def build_graph(self, graph_index=None, *,
+                    row_budget: int = DEFAULT_ROW_BUDGET) -> InductiveGraph:
         """Build (and keep) the inductive mode's database graph.
 
         Args:
             graph_index: the FAISS index that finds each database vector's ``k1``
                 neighbours (approximate allowed, e.g. HNSW or IVF); it must hold the same
                 vectors under the same ids. Default: the wrapped index.
+            row_budget: entries kept per propagated row; bounds the graph's rows to
+                ``16 * ntotal * (k1 + (iterations - 1) * row_budget)`` bytes (plus a copy
+                of the unit vectors) and the work per query.
 
         Returns:
             The :class:`~triton_rerank.inductive.InductiveGraph` (also used by ``search``).
@@ -357,8 +362,10 @@ class RerankedIndex:
             stop = min(vectors.shape[0], start + GRAPH_SEARCH_BATCH)
             _, labels = search_index.search(vectors[start:stop], self.k1)
             neighbours[start:stop] = to_positions(labels)
+        row_budget = check_int(row_budget, "row_budget", minimum=1)
         self._graph = InductiveGraph.build(vectors, neighbours, k2=self.k2,
-                                           iterations=self.iterations, ids=ids)
+                                           iterations=self.iterations, row_budget=row_budget,
+                                           ids=ids)
         self._cached_ntotal = self.ntotal
         return self._graph
 

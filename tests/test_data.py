@@ -85,3 +85,22 @@ def test_unit_rows_scales_and_rejects_zero_rows():
     np.testing.assert_allclose(x, [[0.6, 0.8], [0.0, 1.0]], rtol=1e-6)
     with pytest.raises(ValueError, match="the query features have rows of norm 0"):
         unit_rows(np.zeros((2, 3)), "the query features")
+
+
+def test_load_fashion_mnist_reads_train_then_test(tmp_path):
+    from tests.test_cli import write_idx
+    from triton_rerank.data import load_fashion_mnist
+
+    rng = np.random.default_rng(0)
+    parts = {"train": (rng.integers(0, 256, (6, 28, 28)), np.arange(6) % 10),
+             "t10k": (rng.integers(0, 256, (4, 28, 28)), np.arange(4) + 3)}
+    for prefix, (images, labels) in parts.items():
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    images, labels = load_fashion_mnist(tmp_path)
+    assert images.shape == (10, 784) and images.dtype == np.float32
+    np.testing.assert_array_equal(images[6:], parts["t10k"][0].reshape(4, -1))
+    np.testing.assert_array_equal(labels, np.concatenate([parts["train"][1], parts["t10k"][1]]))
+    (tmp_path / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path)

@@ -95,3 +95,18 @@ def test_errors(args, pattern):
 def test_max_rank_must_be_positive():
     with pytest.raises(ValueError, match=r"max_rank must be a positive integer, got 0"):
         evaluate(np.zeros((1, 2)), [1], [1, 2], [0], [1, 1], max_rank=0)
+
+
+def test_map_at_k_by_hand():
+    from triton_rerank.metrics import map_at_k
+
+    database_labels = np.array([0, 0, 1, 1, 1, 2])
+    retrieved = np.array([[0, 2, 1],      # hits at ranks 1 and 3: (1 + 2/3) / min(2, 3)
+                          [5, 2, 3],      # ranks 2 and 3 of 3 relevant: (1/2 + 2/3) / 3
+                          [2, -1, -1],    # label 2 at rank... none: 0
+                          [0, 1, -1]])    # label 3 has no relevant item: 0
+    query_labels = np.array([0, 1, 2, 3])
+    expected = [(1 + 2 / 3) / 2, (1 / 2 + 2 / 3) / 3, 0.0, 0.0]
+    assert map_at_k(retrieved, query_labels, database_labels) == pytest.approx(np.mean(expected))
+    with pytest.raises(ValueError, match=r"retrieved must be \[q, k\]"):
+        map_at_k(retrieved[0], query_labels, database_labels)

@@ -165,6 +165,35 @@ def _read_idx(path: str) -> np.ndarray:
     return data.reshape(shape)
 
 
+def _fashion_mnist_part(directory: str | os.PathLike, prefix: str):
+    """``(images [n, 784] float32, labels [n] int64)`` of the ``prefix`` ("train"/"t10k")
+    files, with a clear error naming the Debian package when they are missing."""
+    directory = os.fspath(directory)
+    images_path = os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz")
+    labels_path = os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz")
+    for path in (images_path, labels_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"Fashion-MNIST not found: {path} is missing; install Debian's package "
+                f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+    images = _read_idx(images_path)
+    return images.reshape(len(images), -1).astype(np.float32), \
+        _read_idx(labels_path).astype(np.int64)
+
+
+def load_fashion_mnist(directory: str | os.PathLike = FASHION_MNIST_DIR):
+    """All 70,000 Fashion-MNIST images (training set, then test set).
+
+    Returns:
+        ``(images [70000, 784] float32 raw pixel intensities, labels [70000] int64)``.
+
+    Raises:
+        FileNotFoundError: the files are missing (the message names the package).
+    """
+    parts = [_fashion_mnist_part(directory, prefix) for prefix in ("train", "t10k")]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def load_fashion_mnist_split(directory: str | os.PathLike = FASHION_MNIST_DIR,
                              queries_per_class: int = 50, seed: int = 0) -> FeatureSet:
     """Fashion-MNIST's 10,000 real 28x28 test images as a retrieval task.
@@ -177,18 +206,8 @@ def load_fashion_mnist_split(directory: str | os.PathLike = FASHION_MNIST_DIR,
     Raises:
         FileNotFoundError: the files are missing (the message names the package).
     """
-    directory = os.fspath(directory)
-    images_path = os.path.join(directory, "t10k-images-idx3-ubyte.gz")
-    labels_path = os.path.join(directory, "t10k-labels-idx1-ubyte.gz")
-    for path in (images_path, labels_path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"Fashion-MNIST not found: {path} is missing; install Debian's package "
-                f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
-    images = _read_idx(images_path)
-    labels = _read_idx(labels_path).astype(np.int64)
-    return _class_split(images.reshape(len(images), -1).astype(np.float32), labels,
-                        queries_per_class, seed)
+    images, labels = _fashion_mnist_part(directory, "t10k")
+    return _class_split(images, labels, queries_per_class, seed)
 
 
 def _class_split(features: np.ndarray, classes: np.ndarray, queries_per_class: int,

@@ -105,3 +105,35 @@ def evaluate(scores, q_pids, g_pids, q_camids, g_camids, *, max_rank: int = 50) 
     return RankingMetrics(mAP=float(ap.mean()), cmc=cmc,
                           mINP=float((n_match[valid] / (last_rank + 1.0)).mean()),
                           num_valid_queries=n_valid)
+
+
+def map_at_k(retrieved, query_labels, database_labels) -> float:
+    """Mean average precision of top-k retrieval lists (mAP@k, the usual retrieval metric
+    for search results such as FAISS's).
+
+    ``AP@k = sum_i P(i) * rel(i) / min(R, k)`` over the ``k`` listed positions, where R is
+    the number of database items sharing the query's label (queries with R = 0 count as 0).
+
+    Args:
+        retrieved: ``[q, k]`` int database positions, best first (-1 = no result).
+        query_labels: ``[q]`` labels of the queries.
+        database_labels: ``[g]`` labels of the database items.
+
+    Returns:
+        mAP@k in [0, 1].
+    """
+    retrieved = as_numpy(retrieved)
+    query_labels, database_labels = as_numpy(query_labels), as_numpy(database_labels)
+    if retrieved.ndim != 2 or retrieved.shape[0] != query_labels.shape[0]:
+        raise ValueError(f"retrieved must be [q, k] with q = {query_labels.shape[0]} queries, "
+                         f"got shape {retrieved.shape}")
+    k = retrieved.shape[1]
+    relevant = (retrieved >= 0) & (
+        database_labels[np.maximum(retrieved, 0)] == query_labels[:, None])
+    hits = np.cumsum(relevant, axis=1)
+    precision_at_hits = np.where(relevant, hits / np.arange(1, k + 1), 0.0)
+    labels, counts = np.unique(database_labels, return_counts=True)
+    slot = np.clip(np.searchsorted(labels, query_labels), 0, len(labels) - 1)
+    n_relevant = np.where(labels[slot] == query_labels, counts[slot], 0)
+    ap = precision_at_hits.sum(axis=1) / np.maximum(np.minimum(n_relevant, k), 1)
+    return float(ap.mean())

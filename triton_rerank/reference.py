@@ -79,3 +79,74 @@ def gnn_rerank_reference(query, gallery, *, k1: int = 26, k2: int = 7, iteration
 def ranking(scores: torch.Tensor) -> torch.Tensor:
     """Gallery indices per query by descending score, ties by smaller index. ``[q, g]`` int64."""
     return torch.sort(scores, dim=1, descending=True, stable=True).indices
+
+
+def inductive_scores_reference(database, knn_values, knn_indices, query, *, k2: int,
+                               iterations: int, lamb: float) -> np.ndarray:
+    """Dense oracle of inductive re-ranking (``triton_rerank.inductive``): the scores of
+    every database item for one query, all of them candidates, nothing pruned.
+
+    The database graph is propagated alone (dense ``[g, g]`` matrices); the query is an
+    extra node whose row, column and ``M_r[q]`` follow the rules in
+    ``cpu/inductive_scores.py``, with the database rows frozen.
+
+    Args:
+        database: ``[g, d]`` unit rows.
+        knn_values, knn_indices: ``[g, k1]`` the database's own kNN lists (self first,
+            sorted by the tie rule; -1 / ``-inf`` where short).
+        query: ``[d]`` unit row.
+        k2, iterations, lamb: as :func:`triton_rerank.gnn_rerank`.
+
+    Returns:
+        ``[g]`` float64 scores.
+    """
+    x_db = np.asarray(database, np.float64)
+    values, indices = np.asarray(knn_values, np.float64), np.asarray(knn_indices)
+    g, k1 = indices.shape
+    sims = x_db @ np.asarray(query, np.float64)
+    rows, cols = np.nonzero(indices >= 0)
+    a = np.zeros((g, g))
+    a[rows, indices[rows, cols]] = 1.0
+    w = np.zeros((g, g))
+    top = indices[:, :k2] >= 0
+    w_rows, w_cols = np.nonzero(top)
+    w[w_rows, indices[w_rows, w_cols]] = values[w_rows, w_cols] ** 2
+    # the query's neighbours: by similarity, equal similarities by smaller position
+    neighbours = np.argsort(-sims, kind="stable")[: k1 - 1]
+    row = np.zeros(g + 1)
+    row[g] = 1.0
+    row[neighbours] = 1.0
+    lists_query = sims >= values[:, -1]       # the items whose lists would take q
+    if k2 == 1 or iterations == 0:
+        own = a.copy()
+        displaced = lists_query & (indices[:, -1] >= 0)     # q displaces the k1-th
+        own[displaced, indices[displaced, -1]] = 0.0
+        scores = own @ row[:g] + lists_query * row[g]
+        return (1 - lamb) * scores + lamb * sims
+    m_q = np.concatenate([row[:g] + lists_query, [2 * row[g]]])
+    query_weights = [(g, 1.0)] + [(n, sims[n] ** 2) for n in neighbours[: k2 - 1]]
+    inv_norm = []
+    for _ in range(iterations):
+        m = a + a.T
+        a = w @ m
+        norms = np.maximum(np.linalg.norm(a, axis=1), NORM_EPS)
+        a /= norms[:, None]
+        inv_norm.append(1 / norms)
+        new_row = np.zeros(g + 1)
+        for n, weight in query_weights:
+            new_row += weight * (m_q if n == g else np.concatenate([m[n], [m_q[n]]]))
+        new_row /= max(np.linalg.norm(new_row), NORM_EPS)
+        if len(inv_norm) < iterations:
+            column = inv_norm[-1] * (w @ m_q[:g])
+            m_q = np.concatenate([new_row[:g] + column, [2 * new_row[g]]])
+        row = new_row
+    # A_R[j] = inv_j * sum_t w_jt M[n_jt] (+ q's entry); q enters the top-k2 of the
+    # items it is closer to than their k2-th neighbour, in place of that neighbour
+    takes_query = sims >= values[:, k2 - 1]
+    w_final = w.copy()
+    displaced = takes_query & (indices[:, k2 - 1] >= 0)
+    w_final[displaced, indices[displaced, k2 - 1]] = 0.0
+    m_ext = np.concatenate([m, m_q[:g, None]], axis=1)          # rows n: M[n] and M[n, q]
+    scores = w_final @ (m_ext @ row) + takes_query * sims ** 2 * (row @ m_q)
+    scores *= inv_norm[-1]
+    return (1 - lamb) * scores + lamb * sims

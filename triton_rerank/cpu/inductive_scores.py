@@ -14,8 +14,9 @@ while the database's own rows stay as they were computed without it. For query
   weight 1), and the column ``A_{r+1}[j, q] = inv_norm_r[j] * sum_t w_jt M_r[q, n_jt]``
   for the database rows j whose top-k2 touch ``M_r[q]`` (found by the reverse lists);
 * scores, for candidates only:
-  ``<A_R[q], A_R[j]> = inv_norm_{R-1}[j] * sum_t w_jt (<A_R[q], M_{R-1}[n_jt]> +
-  A_R[q, q] * M_{R-1}[q, n_jt])``, the dot products cached per node ``n``.
+  ``<A_R[q], A_R[j]> = inv_norm_{R-1}[j] * sum_t w_jt (z[n_jt] + A_R[q, q] * M_{R-1}[q, n_jt])``
+  with ``z = M_{R-1} @ A_R[q]`` (M is symmetric), scattered from the query row's
+  few hundred non-zeros.
 
 Each query touches its candidates, their neighbours and a few hundred reverse
 edges: the cost does not grow with the database size.
@@ -44,25 +45,58 @@ def _get(col, acc, stamp_of, stamp):
     return acc[col] if stamp_of[col] == stamp else np.float32(0.0)
 
 
+@nb.njit(cache=True, fastmath=True)
+def _similarities(query, vectors, positions):
+    """``[len(positions)]`` float32 inner products of ``query`` with those database rows."""
+    sims = np.empty(positions.shape[0], np.float32)
+    for c in range(positions.shape[0]):
+        s = np.float32(0.0)
+        for e in range(query.shape[0]):
+            s += query[e] * vectors[positions[c], e]
+        sims[c] = s
+    return sims
+
+
+@nb.njit(cache=True)
+def _top_by_value(values, keys, m):
+    """Indices of the ``m`` largest ``values`` (all when fewer), by descending value,
+    equal values by smaller key: a partition, then a sort of the survivors only."""
+    n = values.shape[0]
+    if m >= n:
+        chosen = np.arange(n)
+    else:
+        cutoff = -np.partition(-values, m - 1)[m - 1]
+        chosen = np.flatnonzero(values >= cutoff)
+    chosen = chosen[np.argsort(keys[chosen], kind="mergesort")]
+    chosen = chosen[np.argsort(-values[chosen], kind="mergesort")]
+    return chosen[:m]
+
+
 @nb.njit(parallel=True, cache=True)
-def rerank_shortlists(queries, cand_pos, vectors, knn_idx, w_idx, w_val, kth_value,
-                      m_indptr, m_indices, m_values, inv_norm, rev_indptr, rev_rows, rev_w,
-                      n_rounds, lamb, eps, n_tasks, out_val, out_pos):
-    """Top-k re-ranked candidates of each query.
+def rerank_shortlists(queries, cand_pos, tie_keys, vectors, knn_idx, w_idx, w_val, kth_value,
+                      k2th_value, m_indptr, m_indices, m_values, inv_norm, rev_indptr, rev_rows,
+                      rev_w, n_rounds, row_budget, lamb, eps, n_tasks, out_val, out_pos):
+    """Top-k re-ranked candidates of each query (its shortlist, plus the kNN lists of
+    the shortlisted items most similar to it).
 
     Args:
         queries: ``[b, d]`` float32 unit rows.
-        cand_pos: ``[b, L]`` int64 database positions of the shortlist (-1 = none).
+        cand_pos: ``[b, L]`` int64 database nodes of the shortlist (-1 = none).
+        tie_keys: ``[g]`` int64 distinct keys: equal similarities and scores rank the
+            node with the smaller key first.
         vectors: ``[g, d]`` float32 unit database rows.
         knn_idx: ``[g, k1]`` int64 database kNN lists, -1 where short (used when R = 0).
         w_idx: ``[g, k2]`` int64 top-k2 neighbours; w_val ``[g, k2]`` float32 weights.
         kth_value: ``[g]`` float32 the k1-th similarity of each list (-inf if short).
-        m_indptr: ``[R, g + 1]`` int64 absolute offsets of the rows of ``M_0 .. M_{R-1}``
-            into ``m_indices`` (int64) / ``m_values`` (float32).
+        k2th_value: ``[g]`` float32 the k2-th similarity of each list (-inf if short).
+        m_indptr: ``[R, 2g + 1]`` int64 absolute offsets into ``m_indices`` (int32) /
+            ``m_values`` (float32) of the rows of ``A_r`` (rows ``0 .. g-1``) and ``A_r.T``
+            (rows ``g .. 2g-1``), ``r < R``: ``M_r[n]`` is rows ``n`` and ``g + n``.
         inv_norm: ``[R, g]`` float32, row r: ``1 / max(|A_{r+1}[j]|, eps)``.
         rev_indptr, rev_rows, rev_w: CSR of ``W.T``: the rows j (and weights) that list
             node n among their top-k2.
         n_rounds: R; 0 means no propagation (binary kNN rows, k1 = knn_idx width).
+        row_budget: the query's last row enters ``z`` with its largest entries only.
         lamb: weight of the cosine similarity in the final score.
         eps: the norm floor.
         n_tasks: parallel tasks (each owns scratch rows of g + 1 entries).
@@ -78,7 +112,7 @@ def rerank_shortlists(queries, cand_pos, vectors, knn_idx, w_idx, w_val, kth_val
     n_tasks = min(n_batch, n_tasks)
     for task in nb.prange(n_tasks):
         # sparse accumulators over the database nodes plus the query (id g):
-        # x = the query's current row, y = its column, mq = M_r[q], dots = cache
+        # x = the query's current row, y = its column, mq = M_r[q], z = M_{R-1} @ x
         x_acc = np.zeros(n_db + 1, np.float32)
         x_stamp = np.full(n_db + 1, -1, np.int64)
         x_cols = np.empty(n_db + 1, np.int64)
@@ -88,21 +122,34 @@ def rerank_shortlists(queries, cand_pos, vectors, knn_idx, w_idx, w_val, kth_val
         mq_acc = np.zeros(n_db + 1, np.float32)
         mq_stamp = np.full(n_db + 1, -1, np.int64)
         mq_cols = np.empty(n_db + 1, np.int64)
-        dot_acc = np.zeros(n_db + 1, np.float32)
-        dot_stamp = np.full(n_db + 1, -1, np.int64)
+        z_acc = np.zeros(n_db + 1, np.float32)
+        z_stamp = np.full(n_db + 1, -1, np.int64)
+        seen = np.full(n_db, -1, np.int64)
         stamp = 0
         for i in range(task * n_batch // n_tasks, (task + 1) * n_batch // n_tasks):
-            pos = np.sort(cand_pos[i][cand_pos[i] >= 0])
+            # candidates: the shortlist, plus the kNN lists of its k1 - 1 items most
+            # similar to the query (they reach relevant items that the shortlist missed)
+            stamp += 1
+            shortlist = cand_pos[i][cand_pos[i] >= 0]
+            for c in range(shortlist.shape[0]):
+                seen[shortlist[c]] = stamp
+            sims = _similarities(queries[i], vectors, shortlist)
+            nearest = _top_by_value(sims, tie_keys[shortlist], k1 - 1)
+            extra = np.empty(nearest.shape[0] * k1, np.int64)
+            n_extra = 0
+            for t in range(nearest.shape[0]):
+                for u in knn_idx[shortlist[nearest[t]]]:
+                    if u >= 0 and seen[u] != stamp:
+                        seen[u] = stamp
+                        extra[n_extra] = u
+                        n_extra += 1
+            pos = np.concatenate((shortlist, extra[:n_extra]))
+            sims = np.concatenate((sims, _similarities(queries[i], vectors, extra[:n_extra])))
+            keys = tie_keys[pos]
             n_valid = pos.shape[0]
-            sims = np.empty(n_valid, np.float32)
-            for c in range(n_valid):
-                s = np.float32(0.0)
-                for e in range(dim):
-                    s += queries[i, e] * vectors[pos[c], e]
-                sims[c] = s
-            # by similarity, equal similarities by smaller position (pos is ascending)
-            order = np.argsort(-sims, kind="mergesort")
-            n_nbr = min(k1 - 1, n_valid)
+            # the query's own neighbours: by similarity, equal similarities by smaller key
+            order = _top_by_value(sims, keys, k1 - 1)
+            n_nbr = order.shape[0]
 
             # round 0: mq = A0[q] + A0[:, q]; x holds A0[q]
             stamp += 1
@@ -142,9 +189,10 @@ def rerank_shortlists(queries, cand_pos, vectors, knn_idx, w_idx, w_val, kth_val
                         c = order[t]
                         n = pos[c]
                         w = sims[c] * sims[c]
-                        for s in range(base[n], base[n + 1]):
-                            n_x = _add(m_indices[s], w * m_values[s], x_acc, x_stamp, stamp,
-                                       x_cols, n_x)
+                        for half in (n, n + n_db):       # A_r[n] and A_r.T[n]
+                            for s in range(base[half], base[half + 1]):
+                                n_x = _add(m_indices[s], w * m_values[s], x_acc, x_stamp,
+                                           stamp, x_cols, n_x)
                         n_x = _add(self_id, w * _get(n, mq_acc, mq_stamp, stamp - 1), x_acc,
                                    x_stamp, stamp, x_cols, n_x)
                     square_sum = np.float32(0.0)
@@ -175,26 +223,45 @@ def rerank_shortlists(queries, cand_pos, vectors, knn_idx, w_idx, w_val, kth_val
                         j = y_cols[p]
                         n_mq = _add(j, inv_norm[r, j] * y_acc[j], mq_acc, mq_stamp, stamp,
                                     mq_cols, n_mq)
-                # mq (stamp - 1 after the last round's stamp) is M_{R-1}[q]; x is A_R[q]
+                # mq (stamp - 1 after the last round's stamp) is M_{R-1}[q]; x is A_R[q].
+                # z = M_{R-1} @ x over the database (M is symmetric, so z[n] is the dot
+                # product of x with row n), scattered from x's few hundred non-zeros
                 last = n_rounds - 1
                 base = m_indptr[last]
+                floor = -np.inf
+                if n_x > row_budget:
+                    floor = np.sort(x_acc[x_cols[:n_x]])[n_x - row_budget]
+                for p in range(n_x):
+                    e = x_cols[p]
+                    if e == self_id or x_acc[e] < floor:
+                        continue
+                    x_e = x_acc[e]
+                    for half in (e, e + n_db):
+                        for s in range(base[half], base[half + 1]):
+                            n = m_indices[s]
+                            if z_stamp[n] != stamp:
+                                z_stamp[n] = stamp
+                                z_acc[n] = 0.0
+                            z_acc[n] += x_e * m_values[s]
                 self_value = _get(self_id, x_acc, x_stamp, stamp)
+                # <A_R[q], M_{R-1}[q]>: the term of the candidates that take q into
+                # their own top-k2 (in place of their k2-th neighbour)
+                x_dot_mq = np.float32(0.0)
+                for p in range(n_x):
+                    e = x_cols[p]
+                    x_dot_mq += x_acc[e] * _get(e, mq_acc, mq_stamp, stamp - 1)
                 for c in range(n_valid):
                     j = pos[c]
-                    total = np.float32(0.0)
-                    for t in range(k2):
+                    takes_query = sims[c] >= k2th_value[j]
+                    total = sims[c] * sims[c] * x_dot_mq if takes_query else np.float32(0.0)
+                    for t in range(k2 - 1 if takes_query else k2):
                         n = w_idx[j, t]
-                        if dot_stamp[n] != stamp:
-                            d = self_value * _get(n, mq_acc, mq_stamp, stamp - 1)
-                            for s in range(base[n], base[n + 1]):
-                                d += m_values[s] * _get(m_indices[s], x_acc, x_stamp, stamp)
-                            dot_stamp[n] = stamp
-                            dot_acc[n] = d
-                        total += w_val[j, t] * dot_acc[n]
+                        total += w_val[j, t] * (_get(n, z_acc, z_stamp, stamp) + self_value
+                                                * _get(n, mq_acc, mq_stamp, stamp - 1))
                     scores[c] = inv_norm[last, j] * total
             for c in range(n_valid):
                 scores[c] = (np.float32(1.0) - lamb) * scores[c] + lamb * sims[c]
-            ranked = np.argsort(-scores, kind="mergesort")
-            for t in range(min(top, n_valid)):
+            ranked = _top_by_value(scores, keys, top)
+            for t in range(ranked.shape[0]):
                 out_val[i, t] = scores[ranked[t]]
                 out_pos[i, t] = pos[ranked[t]]

@@ -1,0 +1,241 @@
+"""FAISS adapter benchmark: inductive re-ranking at 1M vectors, accuracy against exact mode.
+
+Three parts, each in its own process (so each peak RSS is its own):
+
+* ``large``: a synthetic clustered database of 1,000,000 x 128 float32 unit vectors
+  (10,000 clusters, ``triton_rerank.synthetic.clustered_vectors``) in an
+  ``IVF4096,Flat`` inner-product index. Offline: the inductive graph is built with
+  that index (nprobe 8). Online: 10,000 queries, queries per second of plain
+  ``index.search(xq, 100)`` vs ``RerankedIndex.search(xq, 100)`` (mode "inductive",
+  1,000-candidate shortlist, nprobe 16 for both), and mAP@100 by cluster label.
+* ``subset``: the first 100,000 vectors and 1,000 queries: exact mode (flat index)
+  vs inductive mode (``IVF1024,Flat``, nprobe 16, shortlist 1,000) vs plain IVF
+  search: recall of exact mode's top-100, and mAP@100.
+* ``fashion``: Fashion-MNIST (Debian package ``dataset-fashion-mnist``), all 70,000
+  real images as raw pixels: 1,000 queries (100 per class), 69,000 in the database,
+  flat inner-product index: mAP@100 of plain search, exact mode and inductive mode.
+
+mAP@100 is ``triton_rerank.metrics.map_at_k`` (AP over the 100 results, normalised by
+``min(#relevant, 100)``). GNN parameters: k1=26, k2=7, lamb=0.3, 2 iterations.
+
+Run from the repository root (writes benchmarks/results/faiss_rerank.{md,json}):
+
+    .venv/bin/python benchmarks/faiss_rerank.py
+
+``--quick`` runs every part at a small size (a smoke test of the script itself).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from common import benchmark_parser, peak_rss_mb, publish, run_child
+
+PARTS = ("large", "subset", "fashion")
+SIZES = {  # part -> (database, queries) full / quick
+    "large": ((1_000_000, 10_000), (40_000, 500)),
+    "subset": ((100_000, 1_000), (20_000, 200)),
+    "fashion": ((69_000, 1_000), (9_000, 200)),
+}
+K = 100
+SHORTLIST = 1000
+CLUSTERS_PER_VECTOR = 1 / 100   # about 100 vectors per cluster
+SPREAD = 1.6                    # noise scale around a cluster centre (see synthetic.py)
+
+
+def clustered_split(n_database: int, n_queries: int):
+    """``(xb, xq, database labels, query labels)`` of one clustered draw."""
+    from triton_rerank.synthetic import clustered_vectors
+
+    x, labels = clustered_vectors(n_database + n_queries, 128,
+                                  max(10, round(n_database * CLUSTERS_PER_VECTOR)),
+                                  spread=SPREAD, seed=0)
+    return x[n_queries:], x[:n_queries], labels[n_queries:], labels[:n_queries]
+
+
+def ivf_index(xb: np.ndarray, n_lists: int):
+    import faiss
+
+    quantizer = faiss.IndexFlatIP(xb.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, xb.shape[1], n_lists, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(1).choice(len(xb), min(len(xb), 40 * n_lists), replace=False)
+    index.train(xb[np.sort(sample)])
+    index.add(xb)
+    return index, quantizer
+
+
+def recall(found: np.ndarray, wanted: np.ndarray) -> float:
+    """Mean fraction of each row of ``wanted`` found in the same row of ``found``."""
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, wanted,
+                                                                          strict=True)]))
+
+
+def timed(call):
+    start = time.perf_counter()
+    result = call()
+    return result, time.perf_counter() - start
+
+
+def run_large(quick: bool) -> dict:
+    from triton_rerank.integrations.faiss import RerankedIndex
+
+    from triton_rerank.metrics import map_at_k
+
+    n_database, n_queries = SIZES["large"][quick]
+    xb, xq, db_labels, q_labels = clustered_split(n_database, n_queries)
+    (index, _quantizer), index_seconds = timed(lambda: ivf_index(xb, 4096 if not quick else 256))
+    reranked = RerankedIndex(index, mode="inductive", shortlist=SHORTLIST)
+    index.nprobe = 8
+    _, build_seconds = timed(reranked.build_graph)
+    build_rss = peak_rss_mb()
+    index.nprobe = 16
+    reranked.search(xq[:50], K)                      # warm-up (numba compile / caches)
+    index.search(xq[:50], K)
+    (_, plain), plain_seconds = timed(lambda: index.search(xq, K))
+    (_, ours), ours_seconds = timed(lambda: reranked.search(xq, K))
+    _, shortlist_seconds = timed(lambda: index.search(xq, SHORTLIST))
+    return {
+        "n_database": n_database, "n_queries": n_queries, "index_seconds": index_seconds,
+        "build_seconds": build_seconds, "build_peak_rss_mb": build_rss,
+        "plain_qps": n_queries / plain_seconds, "reranked_qps": n_queries / ours_seconds,
+        "shortlist_search_seconds": shortlist_seconds,
+        "rerank_seconds": ours_seconds - shortlist_seconds,
+        "plain_map": map_at_k(plain, q_labels, db_labels),
+        "reranked_map": map_at_k(ours, q_labels, db_labels),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def run_subset(quick: bool) -> dict:
+    import faiss
+    from triton_rerank.integrations.faiss import RerankedIndex
+
+    from triton_rerank.metrics import map_at_k
+
+    n_database, n_queries = SIZES["subset"][quick]
+    xb, xq, db_labels, q_labels = clustered_split(SIZES["large"][quick][0], n_queries)
+    xb, db_labels = np.ascontiguousarray(xb[:n_database]), db_labels[:n_database]
+    flat = faiss.IndexFlatIP(xb.shape[1])
+    flat.add(xb)
+    (_, exact), exact_seconds = timed(lambda: RerankedIndex(flat).search(xq, K))
+    index, _quantizer = ivf_index(xb, 1024 if not quick else 128)
+    index.nprobe = 16
+    _, plain = index.search(xq, K)
+    reranked = RerankedIndex(index, mode="inductive", shortlist=SHORTLIST)
+    _, build_seconds = timed(reranked.build_graph)
+    (_, inductive), inductive_seconds = timed(lambda: reranked.search(xq, K))
+    return {
+        "n_database": n_database, "n_queries": n_queries, "exact_seconds": exact_seconds,
+        "inductive_build_seconds": build_seconds, "inductive_seconds": inductive_seconds,
+        "plain_recall_of_exact": recall(plain, exact),
+        "inductive_recall_of_exact": recall(inductive, exact),
+        "plain_map": map_at_k(plain, q_labels, db_labels),
+        "exact_map": map_at_k(exact, q_labels, db_labels),
+        "inductive_map": map_at_k(inductive, q_labels, db_labels),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def run_fashion(quick: bool) -> dict:
+    import faiss
+    from triton_rerank.integrations.faiss import RerankedIndex
+
+    from triton_rerank.data import load_fashion_mnist, unit_rows
+    from triton_rerank.metrics import map_at_k
+
+    images, labels = load_fashion_mnist()
+    n_database, n_queries = SIZES["fashion"][quick]
+    rng = np.random.default_rng(0)
+    query_idx = np.sort(np.concatenate([
+        rng.choice(np.flatnonzero(labels == c), n_queries // 10, replace=False)
+        for c in range(10)]))
+    database_idx = np.setdiff1d(np.arange(len(labels)), query_idx)[:n_database]
+    xq, xb = unit_rows(images[query_idx]), unit_rows(images[database_idx])
+    index = faiss.IndexFlatIP(xb.shape[1])
+    index.add(xb)
+    (_, plain), plain_seconds = timed(lambda: index.search(xq, K))
+    (_, exact), exact_seconds = timed(lambda: RerankedIndex(index).search(xq, K))
+    reranked = RerankedIndex(index, mode="inductive", shortlist=SHORTLIST)
+    _, build_seconds = timed(reranked.build_graph)
+    (_, inductive), inductive_seconds = timed(lambda: reranked.search(xq, K))
+    q_labels, db_labels = labels[query_idx], labels[database_idx]
+    return {
+        "n_database": len(database_idx), "n_queries": len(query_idx),
+        "plain_seconds": plain_seconds, "exact_seconds": exact_seconds,
+        "inductive_build_seconds": build_seconds, "inductive_seconds": inductive_seconds,
+        "plain_map": map_at_k(plain, q_labels, db_labels),
+        "exact_map": map_at_k(exact, q_labels, db_labels),
+        "inductive_map": map_at_k(inductive, q_labels, db_labels),
+        "inductive_recall_of_exact": recall(inductive, exact),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def table(large: dict, subset: dict, fashion: dict, command: str) -> str:
+    ratio = large["reranked_qps"] / large["plain_qps"]
+    return "\n".join([
+        "# FAISS adapter benchmark", "",
+        f"Command: `{command}`", "",
+        "GNN parameters k1=26, k2=7, lamb=0.3, 2 iterations; top-100 results; mAP@100 "
+        "(`triton_rerank.metrics.map_at_k`). Each part ran in its own process.", "",
+        f"## {large['n_database']:,} x 128 clustered database, {large['n_queries']:,} queries",
+        "",
+        "IVF4096,Flat inner-product index; inductive graph built with it at nprobe 8; "
+        f"online at nprobe 16, shortlist {SHORTLIST:,}.", "",
+        "| offline | value |", "|---|---:|",
+        f"| index train + add | {large['index_seconds']:.1f} s |",
+        f"| inductive graph build | {large['build_seconds']:.1f} s |",
+        f"| peak RSS after the build (whole process) | {large['build_peak_rss_mb']:,.0f} MB |",
+        "",
+        "| online (k=100) | queries/s | mAP@100 |", "|---|---:|---:|",
+        f"| plain `index.search` | {large['plain_qps']:,.0f} | {large['plain_map']:.1%} |",
+        f"| `RerankedIndex.search` (inductive) | {large['reranked_qps']:,.0f} | "
+        f"{large['reranked_map']:.1%} |", "",
+        f"Re-ranked throughput = {ratio:.0%} of plain search's (target >= 20%). Of the "
+        f"re-ranked time, the {SHORTLIST:,}-candidate FAISS search took "
+        f"{large['shortlist_search_seconds']:.2f} s and re-ranking "
+        f"{large['rerank_seconds']:.2f} s.", "",
+        f"## Accuracy against exact mode: first {subset['n_database']:,} vectors, "
+        f"{subset['n_queries']:,} queries", "",
+        "| method | recall of exact mode's top-100 | mAP@100 | time (s) |",
+        "|---|---:|---:|---:|",
+        f"| plain IVF1024 search (nprobe 16) | {subset['plain_recall_of_exact']:.1%} | "
+        f"{subset['plain_map']:.1%} | - |",
+        f"| exact mode (flat index) | 100% | {subset['exact_map']:.1%} | "
+        f"{subset['exact_seconds']:.1f} |",
+        f"| inductive mode (IVF1024, shortlist {SHORTLIST:,}) | "
+        f"{subset['inductive_recall_of_exact']:.1%} | {subset['inductive_map']:.1%} | "
+        f"{subset['inductive_seconds']:.1f} (+ {subset['inductive_build_seconds']:.1f} build) |",
+        "",
+        f"## Fashion-MNIST (real): {fashion['n_queries']:,} queries, "
+        f"{fashion['n_database']:,} database images, raw pixels, flat index", "",
+        "| method | mAP@100 | time (s) |", "|---|---:|---:|",
+        f"| plain search | {fashion['plain_map']:.1%} | {fashion['plain_seconds']:.1f} |",
+        f"| exact mode | {fashion['exact_map']:.1%} | {fashion['exact_seconds']:.1f} |",
+        f"| inductive mode (shortlist {SHORTLIST:,}) | {fashion['inductive_map']:.1%} | "
+        f"{fashion['inductive_seconds']:.1f} (+ {fashion['inductive_build_seconds']:.1f} "
+        f"build) |", "",
+        f"Inductive mode recalls {fashion['inductive_recall_of_exact']:.1%} of exact mode's "
+        "top-100 on Fashion-MNIST.", "",
+    ])
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__.splitlines()[0], PARTS)
+    args = parser.parse_args()
+    if args.child:
+        run = {"large": run_large, "subset": run_subset, "fashion": run_fashion}[args.child]
+        print(json.dumps(run(args.quick)))
+        return
+    flags = ["--quick"] if args.quick else []
+    reports = {part: run_child(__file__, ["--child", part, *flags]) for part in PARTS}
+    command = ".venv/bin/python benchmarks/faiss_rerank.py" + (" --quick" if args.quick else "")
+    publish("faiss_rerank", table(reports["large"], reports["subset"], reports["fashion"],
+                                  command),
+            {"command": command, **reports}, save=not args.quick)
+
+
+if __name__ == "__main__":
+    main()

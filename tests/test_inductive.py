@@ -1,0 +1,91 @@
+"""Inductive re-ranking (frozen database graph, one query at a time) against its dense
+oracle ``reference.inductive_scores_reference``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.compare import assert_same_topk
+from triton_rerank.graph import knn_graph
+from triton_rerank.inductive import InductiveGraph, scored_neighbour_lists
+from triton_rerank.reference import inductive_scores_reference
+from triton_rerank.synthetic import clustered_vectors
+
+
+@pytest.fixture(scope="module")
+def database():
+    x, _ = clustered_vectors(260, 12, 8, spread=0.8, seed=4)
+    return x[:10], np.ascontiguousarray(x[10:])
+
+
+def exact_lists(x, k1):
+    values, indices, _ = knn_graph(torch.from_numpy(x), k1)
+    return values, indices
+
+
+@pytest.mark.parametrize("k1,k2,iterations,lamb", [(10, 4, 2, 0.3), (8, 3, 1, 0.0),
+                                                   (12, 5, 3, 0.5), (9, 1, 2, 0.2)])
+def test_inductive_scores_match_the_dense_oracle(database, k1, k2, iterations, lamb):
+    queries, xb = database
+    values, indices = exact_lists(xb, k1)
+    graph = InductiveGraph.build(xb, indices, k2=k2, iterations=iterations,
+                                 row_budget=len(xb))
+    everything = np.tile(np.arange(len(xb)), (len(queries), 1))
+    scores, positions = graph.rerank(queries, everything, 40, lamb)
+    oracle = np.stack([inductive_scores_reference(xb, values, indices, q, k2=k2,
+                                                  iterations=iterations, lamb=lamb)
+                       for q in queries])
+    assert_same_topk(scores, positions, oracle, 40)
+
+
+def test_row_budget_keeps_the_largest_entries(database):
+    queries, xb = database
+    values, indices = exact_lists(xb, 10)
+    full = InductiveGraph.build(xb, indices, k2=4, iterations=2, row_budget=len(xb))
+    small = InductiveGraph.build(xb, indices, k2=4, iterations=2, row_budget=8)
+    last_a = slice(full.m_indptr[1, 0], full.m_indptr[1, len(xb)])
+    assert full.m_indptr[1, len(xb)] - full.m_indptr[1, 0] > 8 * len(xb)
+    assert small.m_indptr[1, len(xb)] - small.m_indptr[1, 0] == 8 * len(xb)
+    kept = slice(small.m_indptr[1, 0], small.m_indptr[1, len(xb)])
+    # each pruned row keeps the 8 largest of the full row's values
+    for node in range(0, len(xb), 37):
+        f0, f1 = full.m_indptr[1, node], full.m_indptr[1, node + 1]
+        s0, s1 = small.m_indptr[1, node], small.m_indptr[1, node + 1]
+        np.testing.assert_allclose(np.sort(small.m_values[s0:s1]),
+                                   np.sort(full.m_values[f0:f1])[-8:], rtol=1e-6)
+    assert full.m_values[last_a].size > small.m_values[kept].size
+    everything = np.tile(np.arange(len(xb)), (len(queries), 1))
+    a = full.rerank(queries, everything, 10, 0.3)[1]
+    b = small.rerank(queries, everything, 10, 0.3)[1]
+    assert np.mean([len(set(r) & set(s)) for r, s in zip(a, b, strict=True)]) >= 8
+
+
+def test_candidates_are_the_shortlist_and_its_nearest_lists(database):
+    queries, xb = database
+    _, indices = exact_lists(xb, 6)
+    graph = InductiveGraph.build(xb, indices, k2=3, iterations=2)
+    sims = queries @ xb.T
+    shortlist = np.argsort(-sims, axis=1)[:, :20]
+    scores, positions = graph.rerank(queries, shortlist, 60, 0.3)
+    for q in range(len(queries)):
+        nearest = shortlist[q][:5]                       # k1 - 1 = 5
+        allowed = set(shortlist[q]) | set(indices[nearest].ravel())
+        found = positions[q][positions[q] >= 0]
+        assert set(found) <= allowed and len(found) == len(allowed)
+        assert np.all(np.isneginf(scores[q][positions[q] < 0]))
+
+
+def test_neighbour_lists_from_an_approximate_search_are_repaired():
+    x, _ = clustered_vectors(50, 8, 4, seed=1)
+    found = np.tile(np.arange(5, dtype=np.int64), (50, 1))     # a poor "search"
+    found[:, 4] = -1
+    values, indices = scored_neighbour_lists(x, found)
+    for node in range(50):
+        assert node in indices[node]                            # self added
+        valid = indices[node] >= 0
+        np.testing.assert_allclose(values[node][valid], x[indices[node][valid]] @ x[node],
+                                   rtol=0, atol=1e-6)
+        assert np.all(np.diff(values[node][valid]) <= 0)
+        assert np.all(np.isneginf(values[node][~valid]))
