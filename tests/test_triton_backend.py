@@ -41,16 +41,21 @@ def test_matches_reference(lamb, k2, iterations, make_data, kernel_device):
     assert_same_topk(values, indices, ref, 8)
 
 
+def assert_scores_and_topk_match_reference(xq, xg, kwargs, *, topk):
+    """backend="triton" agrees with the dense reference: full scores and the top-k."""
+    ref = gnn_rerank_reference(xq, xg, **kwargs)
+    assert_same_ranking(gnn_rerank(xq, xg, backend="triton", **kwargs), ref)
+    values, indices = gnn_rerank(xq, xg, topk=topk, backend="triton", **kwargs)
+    assert_same_topk(values, indices, ref, topk)
+
+
 @pytest.mark.interpreter
 def test_exactly_tied_data_matches_reference(kernel_device):
     # 16 distinct rows: exact kNN ties, duplicate nodes, lamb = 0 tie blocks
     rng = np.random.default_rng(5)
     xq, xg = _on(kernel_device, half_unit_vectors(rng, 10), half_unit_vectors(rng, 50))
     kwargs = dict(k1=12, k2=7, lamb=0.0)
-    ref = gnn_rerank_reference(xq, xg, **kwargs)
-    assert_same_ranking(gnn_rerank(xq, xg, backend="triton", **kwargs), ref)
-    values, indices = gnn_rerank(xq, xg, topk=50, backend="triton", **kwargs)
-    assert_same_topk(values, indices, ref, 50)
+    assert_scores_and_topk_match_reference(xq, xg, kwargs, topk=50)
 
 
 @pytest.mark.interpreter
@@ -64,10 +69,7 @@ def test_blocked_and_fallback_paths(monkeypatch, kernel_device):
     rng = np.random.default_rng(21)
     xq, xg = _on(kernel_device, *gaussian(rng, 7, 50))
     kwargs = dict(k1=10, k2=4, lamb=0.3)
-    ref = gnn_rerank_reference(xq, xg, **kwargs)
-    assert_same_ranking(gnn_rerank(xq, xg, backend="triton", **kwargs), ref)
-    values, indices = gnn_rerank(xq, xg, topk=9, backend="triton", **kwargs)
-    assert_same_topk(values, indices, ref, 9)
+    assert_scores_and_topk_match_reference(xq, xg, kwargs, topk=9)
 
 
 @pytest.mark.interpreter

@@ -129,15 +129,8 @@ def aggregate_norms(weights: CsrRows, source: CsrRows) -> torch.Tensor:
 
 def propagate(knn_values: torch.Tensor, knn_indices: torch.Tensor, *, n_query: int, k2: int,
               iterations: int) -> GpuGraph:
-    """Steps 2-4 (as ``propagate.propagate``) on the kNN lists' device.
-
-    Args:
-        knn_values: ``[N, k1]`` float32 similarities, descending per row.
-        knn_indices: ``[N, k1]`` int64 neighbour ids (queries are nodes ``0 .. q-1``).
-        n_query: q.
-        k2: neighbours aggregated per round; ``k2 == 1`` skips propagation.
-        iterations: propagation rounds; 0 skips propagation.
-    """
+    """Steps 2-4 on the kNN lists' device; arguments as ``propagate.propagate``
+    (``[N, k1]`` tensors here)."""
     n, k1 = knn_indices.shape
     ones = torch.ones(n, k1, dtype=torch.float32, device=knn_indices.device)
     adjacency = CsrRows.from_fixed_width(knn_indices, ones, n)
