@@ -246,6 +246,7 @@ class RerankedIndex:
         self.backend = backend
         self._database = None   # exact mode: (unit vectors, ids, knn values, knn indices)
         self._graph = None      # inductive mode: InductiveGraph
+        self._graph_positions = None  # and the map from its ids to its positions
         self._cached_ntotal = None
 
     # -- the wrapped index ---------------------------------------------------------------
@@ -287,6 +288,7 @@ class RerankedIndex:
         """Forget the cached database graph; the next search rebuilds it."""
         self._database = None
         self._graph = None
+        self._graph_positions = None
         self._cached_ntotal = None
 
     def _check_populated(self) -> None:
@@ -366,6 +368,7 @@ class RerankedIndex:
         self._graph = InductiveGraph.build(vectors, neighbours, k2=self.k2,
                                            iterations=self.iterations, row_budget=row_budget,
                                            ids=ids)
+        self._graph_positions = to_positions
         self._cached_ntotal = self.ntotal
         return self._graph
 
@@ -393,6 +396,7 @@ class RerankedIndex:
             raise ValueError(f"{path} was built for another database ({graph.size} vectors; "
                              f"the index holds {self.ntotal} or different ids)")
         self._graph = graph
+        self._graph_positions = _IdsToPositions(graph.ids)
         self._cached_ntotal = self.ntotal
 
     def _search_inductive(self, queries: np.ndarray, k: int):
@@ -405,8 +409,7 @@ class RerankedIndex:
             raise ValueError(f"shortlist={shortlist} is smaller than k={k}: the re-ranked "
                              f"results come from the shortlist")
         _, labels = self.index.search(queries, shortlist)
-        scores, positions = graph.rerank(queries, _IdsToPositions(graph.ids)(labels), k,
-                                         self.lamb)
+        scores, positions = graph.rerank(queries, self._graph_positions(labels), k, self.lamb)
         return scores, positions, graph.ids
 
     # -- search --------------------------------------------------------------------------

@@ -278,8 +278,7 @@ class InductiveGraph:
         scores = np.full((n_batch, k), -np.inf, dtype=np.float32)
         nodes = np.full((n_batch, k), -1, dtype=np.int64)
         w_idx, w_val = self._top_k2
-        kth_value = np.ascontiguousarray(self.knn_values[:, -1])
-        k2th_value = np.ascontiguousarray(self.knn_values[:, self.k2 - 1])
+        kth_value, k2th_value = self._kth_values
         candidates = np.asarray(candidates, dtype=np.int64)
         candidate_nodes = np.where(candidates >= 0,
                                    self._internal_id[np.maximum(candidates, 0)], -1)
@@ -295,6 +294,12 @@ class InductiveGraph:
     @cached_property
     def _top_k2(self):
         return top_k2_weights(self.knn_values, self.knn_indices, self.k2)
+
+    @cached_property
+    def _kth_values(self):
+        """The k1-th and k2-th similarity of each list (``[g]`` float32 each)."""
+        return (np.ascontiguousarray(self.knn_values[:, -1]),
+                np.ascontiguousarray(self.knn_values[:, self.k2 - 1]))
 
     @cached_property
     def _internal_id(self) -> np.ndarray:
