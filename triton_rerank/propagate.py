@@ -89,7 +89,7 @@ def symmetrise(a: SparseRows) -> SparseRows:
 
 
 def aggregate(rows: np.ndarray, nbr_idx: np.ndarray, nbr_w: np.ndarray, s: SparseRows,
-              *, normalize: bool = True, return_norms: bool = False):
+              *, normalize: bool = True) -> SparseRows:
     """Rows ``rows`` of ``W @ S``, each L2-normalised when ``normalize``.
 
     Args:
@@ -99,8 +99,7 @@ def aggregate(rows: np.ndarray, nbr_idx: np.ndarray, nbr_w: np.ndarray, s: Spars
         s: ``[N, N]`` sparse rows.
 
     Returns:
-        ``[r, N]`` sparse rows; with ``return_norms`` also their ``[r]`` float32 norms
-        before normalisation.
+        ``[r, N]`` sparse rows.
     """
     counts = count_row_nnz(unsigned(rows), unsigned(nbr_idx), unsigned(s.indptr),
                            unsigned(s.indices), s.n_cols)
@@ -112,8 +111,7 @@ def aggregate(rows: np.ndarray, nbr_idx: np.ndarray, nbr_w: np.ndarray, s: Spars
     fill_rows(unsigned(rows), unsigned(nbr_idx), nbr_w, unsigned(s.indptr), unsigned(s.indices),
               s.values, s.n_cols, indptr, unsigned(indices), values, norms, normalize,
               np.float32(NORM_EPS))
-    result = SparseRows(indptr, indices, values, s.n_cols)
-    return (result, norms) if return_norms else result
+    return SparseRows(indptr, indices, values, s.n_cols)
 
 
 def locality_order(knn_indices: np.ndarray) -> np.ndarray:
