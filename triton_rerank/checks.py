@@ -55,6 +55,16 @@ def _as_tensor(x, name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
+def _as_matrix(x, name: str) -> torch.Tensor:
+    """``x`` as a float tensor after checking it is 2-D with at least one row."""
+    t = _as_tensor(x, name)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, d], got {t.ndim}-D with shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(t.shape)} has no rows")
+    return t
+
+
 def check_features(query, gallery, *, normalize: bool) -> FeaturePair:
     """Validate a query/gallery feature pair and convert it to float32 tensors.
 
@@ -96,13 +106,7 @@ def check_features(query, gallery, *, normalize: bool) -> FeaturePair:
 
     tensors = []
     for name, x in (("query", query), ("gallery", gallery)):
-        t = _as_tensor(x, name)
-        if t.ndim != 2:
-            raise ValueError(
-                f"{name} must be 2-D [n, d], got {t.ndim}-D with shape {tuple(t.shape)}"
-            )
-        if t.shape[0] == 0:
-            raise ValueError(f"{name} is empty: shape {tuple(t.shape)} has no rows")
+        t = _as_matrix(x, name)
         if t.shape[1] == 0:
             raise ValueError(f"{name} has feature dimension 0: shape {tuple(t.shape)}")
         tensors.append(t)
@@ -161,12 +165,7 @@ def check_unit_rows(x, name: str, dim: int) -> tuple[np.ndarray, str, torch.devi
     if not isinstance(x, (np.ndarray, torch.Tensor)):
         raise TypeError(f"{name} must be a numpy.ndarray or a torch.Tensor, got "
                         f"{type(x).__name__}")
-    t = _as_tensor(x, name)
-    if t.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [n, d], got {t.ndim}-D with shape "
-                         f"{tuple(t.shape)}")
-    if t.shape[0] == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(t.shape)} has no rows")
+    t = _as_matrix(x, name)
     if t.shape[1] != dim:
         raise ValueError(f"{name} has dimension {t.shape[1]} but the index has "
                          f"dimension {dim}")
