@@ -1,4 +1,4 @@
-"""GPU check of the Triton backend: compiled kernel tests, then end-to-end timings.
+"""GPU check of the Triton backend: compiled kernel tests and end-to-end timings.
 
 On a CUDA machine, from the repository root (needs only torch, triton, numpy, scipy,
 pytest and pytest-benchmark; offline; about 3-4 minutes, capped by ``--budget-s``):
@@ -6,13 +6,18 @@ pytest and pytest-benchmark; offline; about 3-4 minutes, capped by ``--budget-s`
     python benchmarks/gpu_check.py
 
 1. Runs the kernel tests (``pytest -m interpreter tests/test_triton_*.py``), which are
-   compiled for the GPU when CUDA is present; records pass/fail.
+   compiled for the GPU when CUDA is present, in a child process alongside steps 2-4;
+   records pass/fail.
 2. Times, on Market-1501-shaped synthetic features (q=3,368, g=19,732; d=512 and
    d=2048), features on the GPU to top-100 per query (k1=26, k2=7, lamb=0.3):
    ``gnn_rerank(backend="triton")`` vs the dense reference semantics
    (``triton_rerank.reference``, fp32, on the same GPU); CUDA events, warm-up, median
    of ``--runs`` runs; peak GPU memory of each; agreement of the two top-100 lists.
 3. Times ours at the MSMT17 shape (N=93,820), where the dense reference does not fit.
+4. Splits ours into its stages (kNN, propagation, scoring) at the Market shapes, and
+   times the kNN kernel alone with other block sizes and with exact fp32 ("ieee")
+   products instead of 3xTF32, with the agreement of their neighbour lists: the data
+   for tuning the launch settings.
 
 Results go to ``--out`` (default ``benchmarks/results/gpu_check_<device>.json``) after
 every step, and to ``$OUT/<same name>`` when ``$OUT`` is set. ``--tiny`` runs small
@@ -45,7 +50,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per method")
     parser.add_argument("--budget-s", type=float, default=280.0,
                         help="stop starting new steps after this many seconds")
-    parser.add_argument("--tests-timeout-s", type=float, default=150.0)
+    parser.add_argument("--tests-wait-s", type=float, default=60.0,
+                        help="how long to wait for the kernel tests after the timings")
     parser.add_argument("--skip-tests", action="store_true", help="timings only")
     parser.add_argument("--tiny", action="store_true",
                         help="small shapes; without a GPU, runs in the Triton interpreter")
@@ -66,22 +72,33 @@ class Report:
             path.write_text(text)
 
 
-def run_kernel_tests(timeout_s: float) -> dict:
-    """The interpreter-marked tests in a child process (compiled when CUDA is present)."""
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "interpreter", "-p",
-               "no:cacheprovider", "tests/test_triton_kernels.py", "tests/test_triton_backend.py"]
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout_s)
-    except subprocess.TimeoutExpired as error:
-        return {"passed": False, "summary": f"timed out after {timeout_s:.0f} s",
-                "output_tail": (error.stdout or b"")[-3000:].decode(errors="replace")
-                if isinstance(error.stdout, bytes) else (error.stdout or "")[-3000:]}
-    lines = proc.stdout.strip().splitlines()
-    return {"passed": proc.returncode == 0, "returncode": proc.returncode,
-            "summary": lines[-1] if lines else "", "seconds": time.perf_counter() - start,
-            "output_tail": (proc.stdout + proc.stderr)[-3000:]}
+class KernelTests:
+    """The interpreter-marked tests (compiled when CUDA is present) in a child process
+    that runs alongside the timings: compiling them takes CPU minutes, running them
+    takes the GPU a few milliseconds."""
+
+    COMMAND = [sys.executable, "-m", "pytest", "-q", "-m", "interpreter", "-p",
+               "no:cacheprovider", "tests/test_triton_kernels.py",
+               "tests/test_triton_backend.py"]
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.proc = subprocess.Popen(self.COMMAND, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    def result(self, timeout_s: float) -> dict:
+        """Wait up to ``timeout_s`` for the tests; kill them after that."""
+        try:
+            output, _ = self.proc.communicate(timeout=max(1.0, timeout_s))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            output, _ = self.proc.communicate()
+            return {"passed": False, "summary": f"timed out after "
+                    f"{time.perf_counter() - self.start:.0f} s", "output_tail": output[-3000:]}
+        lines = output.strip().splitlines()
+        return {"passed": self.proc.returncode == 0, "returncode": self.proc.returncode,
+                "summary": lines[-1] if lines else "",
+                "seconds": time.perf_counter() - self.start, "output_tail": output[-3000:]}
 
 
 class Timer:
@@ -143,6 +160,86 @@ def time_method(fn, timer: Timer, runs: int, deadline: float) -> dict:
     return result
 
 
+def stage_times(xq, xg, timer: Timer, runs: int) -> dict:
+    """Median ms of each stage of ``gpu_pipeline.run_triton`` (after the input checks)."""
+    import torch
+
+    from triton_rerank import gpu_pipeline
+
+    nodes = torch.nn.functional.normalize(torch.cat([xq, xg]), dim=1).contiguous()
+    n_query = xq.shape[0]
+    state = {}
+
+    def knn():
+        state["knn"] = gpu_pipeline.knn(nodes, K1)
+
+    def propagate():
+        state["graph"] = gpu_pipeline.propagate(*state["knn"], n_query=n_query, k2=K2,
+                                                iterations=2)
+
+    def score():
+        gpu_pipeline.rerank_scores(state["graph"], nodes[:n_query], nodes[n_query:],
+                                   lamb=LAMB, topk=min(TOPK, xg.shape[0]))
+
+    stages = {"knn": knn, "propagate": propagate, "score_topk": score}
+    times = {name: [] for name in stages}
+    for _ in range(runs + 1):  # the first round warms up
+        for name, stage in stages.items():
+            times[name].append(timer(stage))
+    graph = state["graph"]
+    return {**{f"{name}_ms": float(np.median(t[1:])) for name, t in times.items()},
+            "mixing_nnz": int(graph.mixing.indices.shape[0]),
+            "query_rows_nnz": int(graph.query_rows.indices.shape[0])}
+
+
+# kNN launch settings tried by knn_sweep (the default comes first)
+KNN_SWEEP = [
+    {},
+    {"BLOCK_M": 128},
+    {"BLOCK_N": 128},
+    {"BLOCK_D": 64},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8},
+    {"INPUT_PRECISION": "ieee"},
+    {"INPUT_PRECISION": "ieee", "BLOCK_M": 128, "num_warps": 8},
+]
+
+
+def knn_sweep(xq, xg, timer: Timer, runs: int, deadline: float) -> list[dict]:
+    """The kNN kernel (k1 of Market) alone under each setting of ``KNN_SWEEP``: median
+    ms, and the fraction of rows whose k1 neighbours equal the default setting's and
+    the exact-fp32 setting's."""
+    import torch
+
+    from triton_rerank.kernels.topk_similarity import streaming_topk
+
+    nodes = torch.nn.functional.normalize(torch.cat([xq, xg]), dim=1).contiguous()
+    n = nodes.shape[0]
+    results, lists = [], []
+    for tuning in KNN_SWEEP:
+        if time.perf_counter() > deadline:
+            results.append({"tuning": tuning, "skipped": "time budget spent"})
+            continue
+        out = {}
+
+        def run(tuning=tuning, out=out):
+            out["indices"] = streaming_topk(K1, n, n, x=nodes, y=nodes, tuning=tuning)[1]
+
+        try:
+            timer(run)  # compiles
+            times = [timer(run) for _ in range(runs)]
+        except Exception as error:  # e.g. too much shared memory: record, go on
+            results.append({"tuning": tuning, "error": f"{type(error).__name__}: {error}"[:300]})
+            continue
+        results.append({"tuning": tuning, "median_ms": float(np.median(times))})
+        lists.append((results[-1], out["indices"]))
+    exact = [ind for res, ind in lists if res["tuning"].get("INPUT_PRECISION") == "ieee"]
+    for result, indices in lists:
+        result["rows_equal_to_default"] = float((indices == lists[0][1]).all(1).float().mean())
+        if exact:
+            result["rows_equal_to_ieee"] = float((indices == exact[0]).all(1).float().mean())
+    return results
+
+
 def run_case(name: str, shape, *, with_reference: bool, skip_reason: str, device, timer,
              runs: int, deadline: float) -> dict:
     import torch
@@ -164,6 +261,8 @@ def run_case(name: str, shape, *, with_reference: bool, skip_reason: str, device
                                      backend="triton")
 
     case["ours"] = time_method(ours, timer, runs, deadline)
+    if with_reference and time.perf_counter() < deadline:  # the Market shapes
+        case["ours_stages"] = stage_times(xq, xg, timer, runs=5)
     if not with_reference:
         case["reference"] = {"skipped": skip_reason}
         return case
@@ -204,7 +303,7 @@ def main() -> None:
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported
     import triton
 
-    from triton_rerank.synthetic import MARKET1501, MSMT17
+    from triton_rerank.synthetic import MARKET1501, MSMT17, reid_like_features
 
     device = torch.device("cuda" if cuda else "cpu")
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu-interpreter"
@@ -221,10 +320,7 @@ def main() -> None:
         else "wall clock (interpreter), median"})
     report.save()
 
-    if not args.skip_tests:
-        report.data["tests"] = run_kernel_tests(args.tests_timeout_s)
-        report.save()
-        print("kernel tests:", report.data["tests"]["summary"], flush=True)
+    tests = None if args.skip_tests else KernelTests()
 
     if args.tiny:
         cases = [("tiny-d64", replace(MARKET1501, n_query=30, n_gallery=170, dim=64,
@@ -256,6 +352,23 @@ def main() -> None:
               flush=True)
         if cuda:
             torch.cuda.empty_cache()
+    if time.perf_counter() < deadline:
+        try:
+            data = reid_like_features(MARKET1501 if not args.tiny else cases[0][1], seed=0)
+            report.data["knn_sweep"] = knn_sweep(
+                torch.from_numpy(data.query_features).to(device),
+                torch.from_numpy(data.gallery_features).to(device), timer,
+                runs=min(args.runs, 10), deadline=deadline)
+        except Exception as error:
+            report.data["knn_sweep"] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+        report.data["elapsed_s"] = time.perf_counter() - start
+        report.save()
+        print("knn sweep:", json.dumps(report.data["knn_sweep"])[:1500], flush=True)
+    if tests:
+        report.data["tests"] = tests.result(args.tests_wait_s)
+        report.data["elapsed_s"] = time.perf_counter() - start
+        report.save()
+        print("kernel tests:", report.data["tests"]["summary"], flush=True)
     print(f"wrote {', '.join(map(str, paths))} in {time.perf_counter() - start:.0f} s")
 
 

@@ -93,25 +93,58 @@ def _random_csr(rng, n_rows, n_cols, max_per_row, device, empty_rows=()):
     return csr, torch.from_numpy(dense).double()
 
 
-@pytest.mark.parametrize("normalize", [False, True])
-def test_aggregate_rows_matches_dense_product(normalize, kernel_device):
-    from triton_rerank.kernels.aggregate import aggregate_rows
-
-    rng = np.random.default_rng(int(normalize))
-    # 40 weights per row (3 weight blocks), source rows up to 150 long (3 entry steps),
-    # 1,100 columns (2 sweep blocks); output row 5 has no weights and must stay 0
+def _overlapping_rows(kernel_device):
+    """W ``[12, 60]`` (40 weights per row: several weight blocks; row 5 empty) and S
+    ``[60, 1100]`` (rows up to 150 long: several entry steps; columns shared between
+    rows, so the sums collide), with their dense forms."""
+    rng = np.random.default_rng(5)
     weights, w_dense = _random_csr(rng, 12, 60, 40, kernel_device, empty_rows=(5,))
     source, s_dense = _random_csr(rng, 60, 1100, 150, kernel_device)
-    tri, tri_norms = aggregate_rows(weights, source, normalize=normalize)
-    ref = w_dense @ s_dense
-    ref_norms = torch.linalg.vector_norm(ref, dim=1)
-    if normalize:
-        torch.testing.assert_close(tri_norms.cpu().double(), ref_norms, rtol=1e-5, atol=0)
-        ref = ref / torch.clamp(ref_norms, min=1e-12)[:, None]
-    else:
-        assert tri_norms is None
+    return weights, source, w_dense @ s_dense
+
+
+def test_aggregate_dense_matches_dense_product(kernel_device):
+    from triton_rerank.kernels.aggregate import aggregate_dense
+
+    weights, source, ref = _overlapping_rows(kernel_device)
+    tri = aggregate_dense(weights, source)
     torch.testing.assert_close(tri.cpu().double(), ref, rtol=1e-5, atol=1e-7)
     assert torch.all(tri[5] == 0)
+    block = aggregate_dense(weights.row_slice(3, 9), source)  # a view into the buffers
+    torch.testing.assert_close(block.cpu().double(), ref[3:9], rtol=1e-5, atol=1e-7)
+
+
+def _csr_to_dense(rows) -> torch.Tensor:
+    indptr, cols = rows.indptr.cpu(), rows.indices.cpu()
+    dense = torch.zeros(rows.n_rows, rows.n_cols, dtype=torch.float64)
+    for r in range(rows.n_rows):
+        row_cols = cols[indptr[r]:indptr[r + 1]]
+        assert row_cols.unique().numel() == row_cols.numel(), f"row {r} repeats a column"
+        dense[r, row_cols] = rows.values.cpu()[indptr[r]:indptr[r + 1]].double()
+    return dense
+
+
+@pytest.mark.parametrize("start, stop", [(0, 12), (4, 11)], ids=["all-rows", "row-slice"])
+def test_aggregate_sparse_matches_normalised_dense_product(start, stop, kernel_device):
+    from triton_rerank.kernels import aggregate
+
+    # more rows than programs: each program's scratch row must be clean for its next row
+    assert aggregate.INTERPRETER_PROGRAMS < stop - start
+    weights, source, ref = _overlapping_rows(kernel_device)
+    ref = ref[start:stop]
+    ref_norms = torch.linalg.vector_norm(ref, dim=1)
+    rows, norms = aggregate.aggregate_sparse(weights.row_slice(start, stop), source)
+    torch.testing.assert_close(norms.cpu().double(), ref_norms, rtol=1e-5, atol=0)
+    assert int(rows.indptr[0]) == 0 and rows.indptr.shape[0] == stop - start + 1
+    assert torch.all(rows.values != 0)
+    dense = _csr_to_dense(rows)
+    torch.testing.assert_close(dense, ref / torch.clamp(ref_norms, min=1e-12)[:, None],
+                               rtol=1e-5, atol=1e-7)
+    assert torch.equal(dense != 0, ref != 0)  # every summed column, once
+    none, norms_only = aggregate.aggregate_sparse(weights.row_slice(start, stop), source,
+                                                  write_rows=False)
+    assert none is None
+    torch.testing.assert_close(norms_only, norms, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("lamb", [0.0, 0.3, 1.0])

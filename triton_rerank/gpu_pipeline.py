@@ -5,15 +5,14 @@ features' device: a CUDA GPU, or the CPU under ``TRITON_INTERPRET=1``.
 
 1. kNN: the streaming top-k kernel over ``U @ U.T`` (never written whole).
 2. Propagation on sparse CSR rows: ``A + A.T`` once per round (a torch coalesce), then
-   the aggregation kernel, one block of dense rows at a time, each block compacted
-   back to CSR. As on the CPU path, the last round is built for the queries only; the
-   gallery needs only its norms (see ``propagate.PropagatedGraph``).
-3. Scores per block of queries: ``z = A[queries] @ M`` (aggregation kernel), then the
-   scoring kernels: the full ``[q, g]`` matrix, or the streaming top-K.
+   the sparse aggregation kernel (normalised rows straight to CSR). As on the CPU path,
+   the last round is built for the queries only; the gallery needs only its norms (see
+   ``propagate.PropagatedGraph``).
+3. Scores per block of queries: ``z = A[queries] @ M`` (dense aggregation kernel), then
+   the scoring kernels: the full ``[q, g]`` matrix, or the streaming top-K.
 
-Memory is the CSR rows plus one dense block of at most ``BLOCK_BYTES``: for small N
-that block holds every row (dense rows), for large N it holds a slice of them, so no
-``[N, N]`` buffer ever exists at Market-1501 or MSMT17 scale.
+Memory is the CSR rows plus dense blocks (``z``, score blocks) of at most
+``BLOCK_BYTES``, so no ``[N, N]`` buffer ever exists at Market-1501 or MSMT17 scale.
 """
 
 from __future__ import annotations
@@ -23,14 +22,14 @@ from dataclasses import dataclass
 import torch
 
 from .checks import FeaturePair
-from .kernels.aggregate import CsrRows, aggregate_rows
+from .kernels.aggregate import CsrRows, aggregate_dense, aggregate_sparse
 from .kernels.scoring import score_block, topk_block
 from .kernels.tiles import TwoHopTerms
 from .kernels.topk_similarity import MAX_STREAMING_K, topk_similarity
 from .propagate import NORM_EPS
 from .topk import topk_rows
 
-# Size of one dense block of rows (aggregation output, z of the scoring, score block).
+# Size of one dense block of rows (z of the scoring, a score block).
 BLOCK_BYTES = 256 * 2**20
 
 
@@ -79,24 +78,6 @@ def knn(nodes: torch.Tensor, k: int):
     return values, indices
 
 
-def compact(dense: torch.Tensor) -> CsrRows:
-    """The non-zeros of ``dense [r, n]`` as CSR rows (columns ascending)."""
-    nonzero = dense != 0
-    indptr = torch.zeros(dense.shape[0] + 1, dtype=torch.int64, device=dense.device)
-    torch.cumsum(nonzero.sum(dim=1), dim=0, out=indptr[1:])
-    return CsrRows(indptr, nonzero.nonzero()[:, 1], dense[nonzero], dense.shape[1])
-
-
-def concat_rows(parts: list[CsrRows]) -> CsrRows:
-    """Stack CSR row blocks (each with its own indptr starting at 0)."""
-    indptrs, offset = [parts[0].indptr[:1]], 0
-    for part in parts:
-        indptrs.append(part.indptr[1:] + offset)
-        offset += part.indices.shape[0]
-    return CsrRows(torch.cat(indptrs), torch.cat([p.indices for p in parts]),
-                   torch.cat([p.values for p in parts]), parts[0].n_cols)
-
-
 def symmetrise(a: CsrRows) -> CsrRows:
     """``A + A.T`` of a square CSR matrix (whose indptr starts at 0), values exactly
     symmetric (each entry is the same two-term sum from either side)."""
@@ -109,22 +90,6 @@ def symmetrise(a: CsrRows) -> CsrRows:
     indptr = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
     torch.cumsum(torch.bincount(row_ids, minlength=n), dim=0, out=indptr[1:])
     return CsrRows(indptr, col_ids.contiguous(), both.values().contiguous(), n)
-
-
-def aggregate_sparse(weights: CsrRows, source: CsrRows) -> CsrRows:
-    """Rows of ``W @ S``, each L2-normalised, as CSR; one dense block at a time."""
-    parts = []
-    for start, stop in _blocks(weights.n_rows, 4 * source.n_cols):
-        dense, _ = aggregate_rows(weights.row_slice(start, stop), source, normalize=True)
-        parts.append(compact(dense))
-    return concat_rows(parts)
-
-
-def aggregate_norms(weights: CsrRows, source: CsrRows) -> torch.Tensor:
-    """``[r]`` float32 L2 norms of the rows of ``W @ S`` (the rows themselves are dropped)."""
-    norms = [aggregate_rows(weights.row_slice(start, stop), source, normalize=True)[1]
-             for start, stop in _blocks(weights.n_rows, 4 * source.n_cols)]
-    return torch.cat(norms)
 
 
 def propagate(knn_values: torch.Tensor, knn_indices: torch.Tensor, *, n_query: int, k2: int,
@@ -145,11 +110,12 @@ def propagate(knn_values: torch.Tensor, knn_indices: torch.Tensor, *, n_query: i
     weights = CsrRows.from_fixed_width(nbr_idx, nbr_w, n)
     a = adjacency
     for _ in range(iterations - 1):
-        a = aggregate_sparse(weights, symmetrise(a))
+        a, _ = aggregate_sparse(weights, symmetrise(a))
     mixing = symmetrise(a)
     del a
-    gallery_norms = aggregate_norms(weights.row_slice(n_query, n), mixing)
-    return GpuGraph(query_rows=aggregate_sparse(weights.row_slice(0, n_query), mixing),
+    _, gallery_norms = aggregate_sparse(weights.row_slice(n_query, n), mixing, write_rows=False)
+    query_rows, _ = aggregate_sparse(weights.row_slice(0, n_query), mixing)
+    return GpuGraph(query_rows=query_rows,
                     mixing=mixing, gallery_idx=nbr_idx[n_query:],
                     gallery_val=nbr_w[n_query:].contiguous(),
                     gallery_inv_norm=1.0 / torch.clamp(gallery_norms, min=NORM_EPS))
@@ -178,8 +144,7 @@ def rerank_scores(graph: GpuGraph, query: torch.Tensor, gallery: torch.Tensor, *
         indices = torch.empty(n_query, topk, dtype=torch.int64, device=device)
     # one block holds z [b, N] and, on the fallback top-K path, scores [b, g]
     for start, stop in _blocks(n_query, 4 * (graph.mixing.n_cols + n_gallery)):
-        z, _ = aggregate_rows(graph.query_rows.row_slice(start, stop), graph.mixing,
-                              normalize=False)
+        z = aggregate_dense(graph.query_rows.row_slice(start, stop), graph.mixing)
         terms = TwoHopTerms(z, graph.gallery_idx, graph.gallery_val, graph.gallery_inv_norm)
         block_query = query[start:stop]
         if topk is None:

@@ -38,6 +38,12 @@ def _score_block_kernel(x_ptr, y_ptr, z_ptr, g_idx_ptr, g_val_ptr, g_inv_norm_pt
     tl.store(p_out, b_scores, mask=m_rows[:, None] & m_cols[None, :])
 
 
+def score_block_launch(device: torch.device) -> dict:
+    """Block sizes and warps of the full-block kernel (wider tiles in the interpreter)."""
+    block_n = 64 if device.type == "cuda" else 128
+    return dict(BLOCK_M=32, BLOCK_N=block_n, BLOCK_D=32, num_warps=4)
+
+
 def score_block(x: torch.Tensor, y: torch.Tensor, *, lamb: float,
                 two_hop: TwoHopTerms | None, out: torch.Tensor) -> torch.Tensor:
     """Write ``(1 - lamb) * two_hop + lamb * x @ y.T`` into ``out``.
@@ -56,14 +62,13 @@ def score_block(x: torch.Tensor, y: torch.Tensor, *, lamb: float,
     """
     n_rows, n_cols = out.shape
     terms = two_hop.contiguous() if two_hop else TwoHopTerms(x, x, x, x)  # x: never read
-    block_m, block_n = (32, 64) if out.device.type == "cuda" else (32, 128)
-    grid = (triton.cdiv(n_rows, block_m), triton.cdiv(n_cols, block_n))
+    launch = score_block_launch(out.device)
+    grid = (triton.cdiv(n_rows, launch["BLOCK_M"]), triton.cdiv(n_cols, launch["BLOCK_N"]))
     _score_block_kernel[grid](
         x, y, terms.z, terms.g_idx, terms.g_val, terms.g_inv_norm, out, n_rows, n_cols,
         x.shape[1], terms.g_idx.shape[1] if two_hop else 0, x.stride(0), y.stride(0),
         terms.z.stride(0), out.stride(0), 1.0 - lamb, lamb, HAS_DOT=lamb > 0,
-        HAS_TWO_HOP=two_hop is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=32,
-        INPUT_PRECISION=input_precision(x.dtype), num_warps=4)
+        HAS_TWO_HOP=two_hop is not None, INPUT_PRECISION=input_precision(x.dtype), **launch)
     return out
 
 

@@ -67,7 +67,7 @@ def _log2(power_of_two: int) -> int:
     return power_of_two.bit_length() - 1
 
 
-def _config(k_pad: int, device: torch.device) -> dict:
+def streaming_launch(k_pad: int, device: torch.device) -> dict:
     """Block sizes: wide column tiles for the running top-k (``BLOCK_N >= K_PAD``),
     fewer rows per program as k grows (registers). Fixed, not autotuned, so that the
     interpreter (where ``@triton.autotune`` does not run) uses the same code."""
@@ -79,7 +79,8 @@ def _config(k_pad: int, device: torch.device) -> dict:
 
 
 def streaming_topk(k: int, n_rows: int, n_cols: int, *, x: torch.Tensor, y: torch.Tensor,
-                   mix: float = 1.0, keep: float = 0.0, two_hop: TwoHopTerms | None = None):
+                   mix: float = 1.0, keep: float = 0.0, two_hop: TwoHopTerms | None = None,
+                   tuning: dict | None = None):
     """Top-``k`` per row of ``mix * x @ y.T + keep * two_hop`` (checked inputs only).
 
     Args:
@@ -90,6 +91,9 @@ def streaming_topk(k: int, n_rows: int, n_cols: int, *, x: torch.Tensor, y: torc
         mix: weight of the inner product; 0 leaves it out (x and y are then not read).
         keep: weight of the two-hop term.
         two_hop: the propagated graph's terms, or None for plain inner products.
+        tuning: overrides of the launch settings (``BLOCK_M``, ``BLOCK_N``, ``BLOCK_D``,
+            ``num_warps``, ``INPUT_PRECISION``), for benchmarks; BLOCK_M and BLOCK_N
+            must be powers of two with ``BLOCK_N >= K_PAD``.
 
     Returns:
         ``(values [n_rows, k] float32, indices [n_rows, k] int64)`` on x's device,
@@ -100,7 +104,8 @@ def streaming_topk(k: int, n_rows: int, n_cols: int, *, x: torch.Tensor, y: torc
         # are the products, as on the GPU
         x, y = x.float(), y.float()
     k_pad = max(2, triton.next_power_of_2(k))
-    config = _config(k_pad, x.device)
+    config = {**streaming_launch(k_pad, x.device), "INPUT_PRECISION": input_precision(x.dtype),
+              **(tuning or {})}
     values = torch.empty(n_rows, k, dtype=torch.float32, device=x.device)
     indices = torch.empty(n_rows, k, dtype=torch.int64, device=x.device)
     terms = two_hop.contiguous() if two_hop else TwoHopTerms(x, x, x, x)  # x: never read
@@ -111,7 +116,7 @@ def streaming_topk(k: int, n_rows: int, n_cols: int, *, x: torch.Tensor, y: torc
         x.stride(0), y.stride(0), terms.z.stride(0), keep, mix,
         HAS_DOT=mix != 0, HAS_TWO_HOP=two_hop is not None, K_PAD=k_pad,
         LOG_M=_log2(config["BLOCK_M"]), LOG_N=_log2(config["BLOCK_N"]), LOG_K=_log2(k_pad),
-        INPUT_PRECISION=input_precision(x.dtype), **config)
+        **config)
     return values, indices
 
 
@@ -137,7 +142,7 @@ def topk_similarity(x: torch.Tensor, y: torch.Tensor, k: int):
 
     Args:
         x: ``[n, d]`` float32, float16 or bfloat16 (products accumulate in fp32; fp32
-            products are exact IEEE, not TF32).
+            inputs use 3xTF32 tensor-core products, see ``tiles.FP32_DOT_PRECISION``).
         y: ``[m, d]`` same dtype and device (may be x itself).
         k: ``1 <= k <= min(m, MAX_STREAMING_K)``.
 
