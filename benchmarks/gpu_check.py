@@ -15,9 +15,10 @@ pytest and pytest-benchmark; offline; about 3-4 minutes, capped by ``--budget-s`
    of ``--runs`` runs; peak GPU memory of each; agreement of the two top-100 lists.
 3. Times ours at the MSMT17 shape (N=93,820), where the dense reference does not fit.
 4. Splits ours into its stages (kNN, propagation, scoring) at the Market shapes, and
-   times the kNN kernel alone with other block sizes and with exact fp32 ("ieee")
-   products instead of 3xTF32, with the agreement of their neighbour lists: the data
-   for tuning the launch settings.
+   times the kNN alone: the certified kNN (float16 candidates, exact rescoring), its
+   candidate pass under other block sizes, and the exact float32 kernel (3xTF32 and
+   "ieee" FMA products), with the agreement of their neighbour lists: the data for
+   tuning the launch settings.
 
 Results go to ``--out`` (default ``benchmarks/results/gpu_check_<device>.json``) after
 every step, and to ``$OUT/<same name>`` when ``$OUT`` is set. ``--tiny`` runs small
@@ -192,51 +193,60 @@ def stage_times(xq, xg, timer: Timer, runs: int) -> dict:
             "query_rows_nnz": int(graph.query_rows.indices.shape[0])}
 
 
-# kNN launch settings tried by knn_sweep (the default comes first)
-KNN_SWEEP = [
-    {},
-    {"BLOCK_M": 128},
-    {"BLOCK_N": 128},
-    {"BLOCK_D": 64},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8},
-    {"INPUT_PRECISION": "ieee"},
-    {"INPUT_PRECISION": "ieee", "BLOCK_M": 128, "num_warps": 8},
-]
+# Launch settings of the streaming top-k kernel tried by knn_sweep, on the float16
+# candidate pass of the certified kNN (the default) and on the exact float32 kernel
+CANDIDATE_SWEEP = [{}, {"BLOCK_M": 128}, {"BLOCK_N": 128}, {"BLOCK_D": 64},
+                   {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8}]
+EXACT_SWEEP = [{}, {"INPUT_PRECISION": "ieee"}, {"BLOCK_M": 128, "num_warps": 8}]
 
 
 def knn_sweep(xq, xg, timer: Timer, runs: int, deadline: float) -> list[dict]:
-    """The kNN kernel (k1 of Market) alone under each setting of ``KNN_SWEEP``: median
-    ms, and the fraction of rows whose k1 neighbours equal the default setting's and
-    the exact-fp32 setting's."""
+    """The kNN (k1 of Market) alone: the certified kNN (default), its float16 candidate
+    pass under each setting of CANDIDATE_SWEEP, and the exact float32 kernel under each
+    of EXACT_SWEEP (3xTF32, or "ieee" FMA products). Median ms; for whole kNN runs, the
+    fraction of rows whose neighbours equal the certified kNN's."""
     import torch
+    import triton
 
+    from triton_rerank.kernels.certified_topk import DEFAULT_MARGIN, certified_topk
     from triton_rerank.kernels.topk_similarity import streaming_topk
 
     nodes = torch.nn.functional.normalize(torch.cat([xq, xg]), dim=1).contiguous()
+    half = nodes.half()
     n = nodes.shape[0]
-    results, lists = [], []
-    for tuning in KNN_SWEEP:
+    n_cand = triton.next_power_of_2(K1 + DEFAULT_MARGIN)
+    runs_to_do = [("certified (default)", {}, lambda: certified_topk(nodes, nodes, K1))]
+    runs_to_do += [(f"fp16 candidates k={n_cand}", tuning,
+                    lambda t=tuning: streaming_topk(n_cand, n, n, x=half, y=half, tuning=t))
+                   for tuning in CANDIDATE_SWEEP]
+    runs_to_do += [("exact fp32", tuning,
+                    lambda t=tuning: streaming_topk(K1, n, n, x=nodes, y=nodes, tuning=t))
+                   for tuning in EXACT_SWEEP]
+    results, reference = [], None
+    for label, tuning, fn in runs_to_do:
+        entry = {"run": label, "tuning": tuning}
+        results.append(entry)
         if time.perf_counter() > deadline:
-            results.append({"tuning": tuning, "skipped": "time budget spent"})
+            entry["skipped"] = "time budget spent"
             continue
         out = {}
 
-        def run(tuning=tuning, out=out):
-            out["indices"] = streaming_topk(K1, n, n, x=nodes, y=nodes, tuning=tuning)[1]
+        def run(fn=fn, out=out):
+            out["result"] = fn()
 
         try:
             timer(run)  # compiles
-            times = [timer(run) for _ in range(runs)]
+            entry["median_ms"] = float(np.median([timer(run) for _ in range(runs)]))
         except Exception as error:  # e.g. too much shared memory: record, go on
-            results.append({"tuning": tuning, "error": f"{type(error).__name__}: {error}"[:300]})
+            entry["error"] = f"{type(error).__name__}: {error}"[:300]
             continue
-        results.append({"tuning": tuning, "median_ms": float(np.median(times))})
-        lists.append((results[-1], out["indices"]))
-    exact = [ind for res, ind in lists if res["tuning"].get("INPUT_PRECISION") == "ieee"]
-    for result, indices in lists:
-        result["rows_equal_to_default"] = float((indices == lists[0][1]).all(1).float().mean())
-        if exact:
-            result["rows_equal_to_ieee"] = float((indices == exact[0]).all(1).float().mean())
+        indices = out["result"][1]
+        if label.startswith("certified"):
+            reference = indices
+            entry["rows_recomputed"] = out["result"][2]
+        elif label == "exact fp32" and reference is not None:
+            entry["rows_equal_to_certified"] = float(
+                (indices == reference).all(1).float().mean())
     return results
 
 

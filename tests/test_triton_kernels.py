@@ -77,6 +77,67 @@ def test_topk_similarity_rejects_bad_input(kwargs, pattern):
         topk_similarity(x, y, kwargs.get("k", 5))
 
 
+def _clustered_unit_rows(rng, n_clusters, per_cluster, d, spread, device):
+    centres = rng.standard_normal((n_clusters, d))
+    x = np.repeat(centres, per_cluster, axis=0) + spread * rng.standard_normal(
+        (n_clusters * per_cluster, d))
+    x = torch.from_numpy(x.astype(np.float32)).to(device)
+    return torch.nn.functional.normalize(x, dim=1).contiguous()
+
+
+def test_certified_topk_recomputes_close_calls_and_stays_exact(kernel_device):
+    from triton_rerank.kernels.certified_topk import certified_topk
+
+    # 3 tight clusters of 70: inside a cluster similarities differ by ~1e-4, below
+    # float16's resolution, so the half-precision pass alone gets the order wrong
+    x = _clustered_unit_rows(np.random.default_rng(11), 3, 70, 32, 0.01, kernel_device)
+    ref = x.cpu().double() @ x.cpu().double().T
+    half = x.cpu().half().double()
+    ref_order = torch.sort(ref, dim=1, descending=True, stable=True).indices[:, :26]
+    half_order = torch.sort(half @ half.T, dim=1, descending=True, stable=True).indices[:, :26]
+    assert (half_order != ref_order).any(dim=1).float().mean() > 0.5  # the test has teeth
+    values, indices, n_recomputed = certified_topk(x, x, 26)
+    assert 0 < n_recomputed <= x.shape[0]
+    assert_same_topk(values, indices, ref, 26, atol=1e-6)
+
+
+def test_certified_topk_certifies_well_separated_rows(kernel_device):
+    from triton_rerank.kernels.certified_topk import certified_topk
+
+    x = _clustered_unit_rows(np.random.default_rng(12), 8, 30, 48, 0.5, kernel_device)
+    y = _clustered_unit_rows(np.random.default_rng(13), 8, 40, 48, 0.5, kernel_device)
+    values, indices, n_recomputed = certified_topk(x, y, 10)
+    assert n_recomputed == 0
+    assert_same_topk(values, indices, x.cpu().double() @ y.cpu().double().T, 10, atol=1e-6)
+
+
+def test_error_bound_covers_float16_rounding():
+    from triton_rerank.kernels.certified_topk import error_bound
+
+    rng = np.random.default_rng(14)
+    # magnitudes from 1e-9 (below float16's normal range) to 1e3, signs mixed
+    x = rng.standard_normal((60, 256)) * 10.0 ** rng.uniform(-9, 3, (60, 256))
+    y = rng.standard_normal((80, 256)) * 10.0 ** rng.uniform(-9, 3, (80, 256))
+    x, y = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+    exact = x.double() @ y.double().T
+    rounded = x.half().double() @ y.half().double().T  # fp16 products, summed exactly
+    worst = (rounded - exact).abs().max(dim=1).values
+    bound = error_bound(x, y).double()
+    assert torch.all(worst <= bound)
+    assert torch.all(bound < 100 * worst)  # and not uselessly loose
+
+
+def test_topk_similarity_beyond_float16_range_stays_exact(kernel_device):
+    from triton_rerank.kernels.topk_similarity import topk_similarity
+
+    rng = np.random.default_rng(15)
+    x = _features(rng, 30, 16, torch.float32, kernel_device) * 1e5  # inf in float16
+    values, indices = topk_similarity(x, x, 5)
+    assert torch.isfinite(values).all()
+    ref = x.cpu().double() @ x.cpu().double().T
+    assert_same_topk(values / 1e10, indices, ref / 1e10, 5)  # scores of order 1e10
+
+
 def _random_csr(rng, n_rows, n_cols, max_per_row, device, empty_rows=()):
     """CsrRows with unique random columns per row, and their dense ``[n_rows, n_cols]``."""
     from triton_rerank.kernels.aggregate import CsrRows

@@ -141,8 +141,10 @@ def topk_similarity(x: torch.Tensor, y: torch.Tensor, k: int):
     """The ``k`` largest inner products of each row of x with the rows of y.
 
     Args:
-        x: ``[n, d]`` float32, float16 or bfloat16 (products accumulate in fp32; fp32
-            inputs use 3xTF32 tensor-core products, see ``tiles.FP32_DOT_PRECISION``).
+        x: ``[n, d]`` float32, float16 or bfloat16 (products accumulate in fp32).
+            float32 rows go through ``certified_topk`` (a float16 pass, exact rescoring
+            and a certificate; close calls recomputed with 3xTF32 products, see
+            ``tiles.FP32_DOT_PRECISION``): the same result, faster.
         y: ``[m, d]`` same dtype and device (may be x itself).
         k: ``1 <= k <= min(m, MAX_STREAMING_K)``.
 
@@ -161,4 +163,10 @@ def topk_similarity(x: torch.Tensor, y: torch.Tensor, k: int):
     if not 1 <= k <= min(y.shape[0], MAX_STREAMING_K):
         raise ValueError(f"k must be in [1, min(m, {MAX_STREAMING_K})] with m = {y.shape[0]}, "
                          f"got {k}")
-    return streaming_topk(k, x.shape[0], y.shape[0], x=x.contiguous(), y=y.contiguous())
+    from .certified_topk import DEFAULT_MARGIN, certified_topk, fits_float16  # (a cycle)
+
+    x, y = x.contiguous(), (x.contiguous() if y is x else y.contiguous())
+    if (x.dtype == torch.float32 and k + DEFAULT_MARGIN <= MAX_STREAMING_K
+            and fits_float16(x, y)):
+        return certified_topk(x, y, k)[:2]
+    return streaming_topk(k, x.shape[0], y.shape[0], x=x, y=y)
