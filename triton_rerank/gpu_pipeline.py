@@ -3,7 +3,8 @@
 Mirrors the CPU path (``rerank._run_cpu``: kNN, ``propagate``, ``rerank_scores``) on the
 features' device: a CUDA GPU, or the CPU under ``TRITON_INTERPRET=1``.
 
-1. kNN: the streaming top-k kernel over ``U @ U.T`` (never written whole).
+1. kNN: the streaming top-k kernel over ``U @ U.T`` (never written whole), certified
+   from a float16 pass for float32 features (``kernels/certified_topk.py``).
 2. Propagation on sparse CSR rows: ``A + A.T`` once per round (a torch coalesce), then
    the sparse aggregation kernel (normalised rows straight to CSR). As on the CPU path,
    the last round is built for the queries only; the gallery needs only its norms (see
