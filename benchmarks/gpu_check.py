@@ -195,9 +195,9 @@ def stage_times(xq, xg, timer: Timer, runs: int) -> dict:
 
 # Launch settings of the streaming top-k kernel tried by knn_sweep, on the float16
 # candidate pass of the certified kNN (the default) and on the exact float32 kernel
-CANDIDATE_SWEEP = [{}, {"BLOCK_M": 128}, {"BLOCK_N": 128}, {"BLOCK_D": 64},
-                   {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8}]
-EXACT_SWEEP = [{}, {"INPUT_PRECISION": "ieee"}, {"BLOCK_M": 128, "num_warps": 8}]
+CANDIDATE_SWEEP = [{}, {"num_warps": 4}, {"BLOCK_M": 32}, {"BLOCK_M": 128},
+                   {"BLOCK_N": 128}, {"BLOCK_D": 64}]
+EXACT_SWEEP = [{}, {"INPUT_PRECISION": "ieee"}, {"num_warps": 4}]
 
 
 def knn_sweep(xq, xg, timer: Timer, runs: int, deadline: float) -> list[dict]:

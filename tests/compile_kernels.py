@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
+from pathlib import Path
 
 import torch
 
@@ -105,6 +109,21 @@ VARIANTS = {
 }
 
 
+def resource_usage(cubin: bytes) -> str:
+    """Registers per thread and stack bytes (register spills) of a compiled kernel, from
+    the cuobjdump in Triton's wheel ("" when it is not there)."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.is_file():
+        return ""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        report = subprocess.run([str(tool), "--dump-resource-usage", file.name],
+                                capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", report)
+    return f"{found[1]} registers, {found[2]} B stack" if found else ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, action="append",
@@ -118,9 +137,9 @@ def main() -> int:
                 source = ASTSource(kernel, signature(kernel, pointers, constexprs), constexprs)
                 compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                           options={"num_warps": num_warps})
-                ptx = compiled.asm["ptx"]
-                tensor_cores = "mma" in ptx
-                status = f"ok ({'tensor cores' if tensor_cores else 'no mma'})"
+                tensor_cores = "mma" in compiled.asm["ptx"]
+                status = (f"ok ({'tensor cores' if tensor_cores else 'no mma'}; "
+                          f"{resource_usage(compiled.asm['cubin'])})")
             except Exception:  # report every variant, then fail
                 failures += 1
                 status = "FAILED\n" + traceback.format_exc(limit=3)

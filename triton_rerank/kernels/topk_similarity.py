@@ -70,12 +70,15 @@ def _log2(power_of_two: int) -> int:
 def streaming_launch(k_pad: int, device: torch.device) -> dict:
     """Block sizes: wide column tiles for the running top-k (``BLOCK_N >= K_PAD``),
     fewer rows per program as k grows (registers). Fixed, not autotuned, so that the
-    interpreter (where ``@triton.autotune`` does not run) uses the same code."""
+    interpreter (where ``@triton.autotune`` does not run) uses the same code.
+
+    On the GPU, 8 warps: with 4, the sorting network's keys overflow the 255 registers
+    of a thread and spill to the stack (sm_90, per tests/compile_kernels.py: 824 bytes
+    at K_PAD 64, 696 at K_PAD 128; with 8 warps 0 and 48)."""
     if device.type != "cuda":  # interpreter: fewer, larger numpy steps
         return dict(BLOCK_M=64, BLOCK_N=max(64, k_pad), BLOCK_D=64, num_warps=4)
     block_m = 64 if k_pad <= 64 else 32 if k_pad <= 128 else 16
-    return dict(BLOCK_M=block_m, BLOCK_N=max(64, k_pad), BLOCK_D=32,
-                num_warps=4 if k_pad <= 128 else 8)
+    return dict(BLOCK_M=block_m, BLOCK_N=max(64, k_pad), BLOCK_D=32, num_warps=8)
 
 
 def streaming_topk(k: int, n_rows: int, n_cols: int, *, x: torch.Tensor, y: torch.Tensor,
