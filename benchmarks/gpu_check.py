@@ -14,7 +14,8 @@ pytest and pytest-benchmark; offline; about 3-4 minutes, capped by ``--budget-s`
    (``triton_rerank.reference``, fp32, on the same GPU); CUDA events, warm-up, median
    of ``--runs`` runs; peak GPU memory of each; agreement of the two top-100 lists.
 3. Times ours at the MSMT17 shape (N=93,820), where the dense reference does not fit.
-4. Splits ours into its stages (kNN, propagation, scoring) at the Market shapes, and
+4. Splits ours into its stages (kNN, propagation, scoring) at the Market shapes (the
+   scoring also under other launch settings of its top-100 kernel), and
    times the kNN alone: the certified kNN (float16 candidates, exact rescoring), its
    candidate pass under other block sizes, and the exact float32 kernel (3xTF32 and
    "ieee" FMA products), with the agreement of their neighbour lists: the data for
@@ -28,6 +29,7 @@ shapes (and, without a GPU, the Triton interpreter): a smoke test of this script
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -161,9 +163,34 @@ def time_method(fn, timer: Timer, runs: int, deadline: float) -> dict:
     return result
 
 
-def stage_times(xq, xg, timer: Timer, runs: int) -> dict:
-    """Median ms of each stage of ``gpu_pipeline.run_triton`` (after the input checks)."""
+# Launch settings of the final top-100 (streaming top-k at K_PAD 128) tried by
+# stage_times, over the default ones
+SCORING_SWEEP = [{"BLOCK_M": 16}, {"BLOCK_M": 64}, {"num_warps": 4}]
+
+
+@contextlib.contextmanager
+def streaming_launch_override(k_pad: int, override: dict):
+    """Within the block, launches of the streaming top-k kernel at ``k_pad`` use
+    ``override`` over their default settings (the pipeline takes no tuning argument)."""
+    from triton_rerank.kernels import topk_similarity
+
+    default = topk_similarity.streaming_launch
+
+    def patched(pad, device):
+        return {**default(pad, device), **(override if pad == k_pad else {})}
+
+    topk_similarity.streaming_launch = patched
+    try:
+        yield
+    finally:
+        topk_similarity.streaming_launch = default
+
+
+def stage_times(xq, xg, timer: Timer, runs: int, deadline: float) -> dict:
+    """Median ms of each stage of ``gpu_pipeline.run_triton`` (after the input checks),
+    then of the scoring stage under each launch setting of SCORING_SWEEP."""
     import torch
+    import triton
 
     from triton_rerank import gpu_pipeline
 
@@ -188,9 +215,23 @@ def stage_times(xq, xg, timer: Timer, runs: int) -> dict:
         for name, stage in stages.items():
             times[name].append(timer(stage))
     graph = state["graph"]
-    return {**{f"{name}_ms": float(np.median(t[1:])) for name, t in times.items()},
-            "mixing_nnz": int(graph.mixing.indices.shape[0]),
-            "query_rows_nnz": int(graph.query_rows.indices.shape[0])}
+    result = {**{f"{name}_ms": float(np.median(t[1:])) for name, t in times.items()},
+              "mixing_nnz": int(graph.mixing.indices.shape[0]),
+              "query_rows_nnz": int(graph.query_rows.indices.shape[0]), "scoring_sweep": []}
+    k_pad = triton.next_power_of_2(min(TOPK, xg.shape[0]))
+    for override in SCORING_SWEEP:
+        entry = {"tuning": override}
+        result["scoring_sweep"].append(entry)
+        if time.perf_counter() > deadline:
+            entry["skipped"] = "time budget spent"
+            continue
+        try:
+            with streaming_launch_override(k_pad, override):
+                timer(score)  # compiles
+                entry["score_topk_ms"] = float(np.median([timer(score) for _ in range(runs)]))
+        except Exception as error:  # e.g. out of resources: record, go on
+            entry["error"] = f"{type(error).__name__}: {error}"[:300]
+    return result
 
 
 # Launch settings of the streaming top-k kernel tried by knn_sweep, on the float16
@@ -272,7 +313,7 @@ def run_case(name: str, shape, *, with_reference: bool, skip_reason: str, device
 
     case["ours"] = time_method(ours, timer, runs, deadline)
     if with_reference and time.perf_counter() < deadline:  # the Market shapes
-        case["ours_stages"] = stage_times(xq, xg, timer, runs=5)
+        case["ours_stages"] = stage_times(xq, xg, timer, runs=5, deadline=deadline)
     if not with_reference:
         case["reference"] = {"skipped": skip_reason}
         return case
