@@ -111,6 +111,20 @@ def test_certified_topk_certifies_well_separated_rows(kernel_device):
     assert_same_topk(values, indices, x.cpu().double() @ y.cpu().double().T, 10, atol=1e-6)
 
 
+def test_certified_topk_with_values_below_float16_normal_range(kernel_device):
+    from triton_rerank.kernels.certified_topk import certified_topk
+
+    # float16 rounds 1.01 * 2**-25 up to 2**-24 (double): every column gets the same
+    # float16 score, and the best one (32) is left out of the 32 candidates
+    tiny = 2.0**-25
+    x = torch.full((1, 64), 1.01 * tiny, device=kernel_device)
+    y = torch.full((33, 64), -1.01 * tiny, device=kernel_device)
+    y[:32, 0] = -1.02 * tiny
+    values, indices, n_recomputed = certified_topk(x, y, 1)
+    assert n_recomputed == 1
+    assert indices.item() == 32
+
+
 def test_error_bound_covers_float16_rounding():
     from triton_rerank.kernels.certified_topk import error_bound
 
@@ -118,6 +132,8 @@ def test_error_bound_covers_float16_rounding():
     # magnitudes from 1e-9 (below float16's normal range) to 1e3, signs mixed
     x = rng.standard_normal((60, 256)) * 10.0 ** rng.uniform(-9, 3, (60, 256))
     y = rng.standard_normal((80, 256)) * 10.0 ** rng.uniform(-9, 3, (80, 256))
+    x[:10] = 1.01 * 2.0**-25  # rows that float16 doubles
+    y[:10] = -1.01 * 2.0**-25
     x, y = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
     exact = x.double() @ y.double().T
     rounded = x.half().double() @ y.half().double().T  # fp16 products, summed exactly
@@ -185,12 +201,16 @@ def _csr_to_dense(rows) -> torch.Tensor:
     return dense
 
 
-@pytest.mark.parametrize("start, stop", [(0, 12), (4, 11)], ids=["all-rows", "row-slice"])
-def test_aggregate_sparse_matches_normalised_dense_product(start, stop, kernel_device):
+@pytest.mark.parametrize("start, stop, max_slots", [(0, 12, 2**26), (4, 11, 2**26), (0, 12, 2000)],
+                         ids=["all-rows", "row-slice", "several-launches"])
+def test_aggregate_sparse_matches_normalised_dense_product(start, stop, max_slots,
+                                                           kernel_device, monkeypatch):
     from triton_rerank.kernels import aggregate
 
     # more rows than programs: each program's scratch row must be clean for its next row
     assert aggregate.INTERPRETER_PROGRAMS < stop - start
+    # 2,000 slots: the 12 rows (about 20 x 75 slots each) take a launch per row or two
+    monkeypatch.setattr(aggregate, "MAX_SLOTS_PER_LAUNCH", max_slots)
     weights, source, ref = _overlapping_rows(kernel_device)
     ref = ref[start:stop]
     ref_norms = torch.linalg.vector_norm(ref, dim=1)

@@ -31,6 +31,8 @@ from ..propagate import NORM_EPS
 PROGRAMS_PER_SM = 4
 # In the interpreter programs run one after another; a few share the rows.
 INTERPRETER_PROGRAMS = 3
+# Output slots (summed entries) per launch of the sparse kernel: bounds its memory.
+MAX_SLOTS_PER_LAUNCH = 2**26
 # Launch settings: source rows per step, entries of each per step, warps.
 SPARSE_LAUNCH = dict(BLOCK_W=8, BLOCK_E=64, BLOCK_OUT=512, num_warps=4)
 DENSE_LAUNCH = dict(BLOCK_W=16, BLOCK_E=64, num_warps=4)
@@ -71,6 +73,16 @@ class CsrRows:
         shared index and value buffers (the kernels read offsets as they are)."""
         return CsrRows(self.indptr[start:stop + 1], self.indices, self.values, self.n_cols)
 
+    @classmethod
+    def stack(cls, parts: list[CsrRows]) -> CsrRows:
+        """The rows of ``parts`` (each with an indptr starting at 0), one after another."""
+        indptrs, offset = [parts[0].indptr[:1]], 0
+        for part in parts:
+            indptrs.append(part.indptr[1:] + offset)
+            offset += part.indices.shape[0]
+        return cls(torch.cat(indptrs), torch.cat([p.indices for p in parts]),
+                   torch.cat([p.values for p in parts]), parts[0].n_cols)
+
     def rebased(self) -> CsrRows:
         """The same rows with an indptr starting at 0 and buffers holding only them."""
         first, last = int(self.indptr[0]), int(self.indptr[-1])
@@ -105,7 +117,9 @@ def _scatter_row(p_row, w_start, w_stop, w_cols_ptr, w_vals_ptr, s_indptr_ptr, s
             m_e = o_e < b_stop[:, None]
             b_cols = tl.load(s_cols_ptr + o_e, mask=m_e, other=0)
             b_vals = tl.load(s_vals_ptr + o_e, mask=m_e, other=0.0)
-            tl.atomic_add(p_row + b_cols, b_weight[:, None] * b_vals, mask=m_e)
+            # the row is this program's alone, and barriers order its steps: no fences
+            tl.atomic_add(p_row + b_cols, b_weight[:, None] * b_vals, mask=m_e,
+                          sem="relaxed", scope="cta")
 
 
 @triton.jit
@@ -136,7 +150,8 @@ def _sparse_rows_kernel(w_indptr_ptr, w_cols_ptr, w_vals_ptr, w_out_ptr, s_indpt
                 m_e = o_e < (b_stop - b_start)[:, None]
                 b_cols = tl.load(s_cols_ptr + b_start[:, None] + o_e, mask=m_e, other=0)
                 b_bits = tl.atomic_xchg(p_scratch_bits + b_cols,
-                                        tl.zeros([BLOCK_W, BLOCK_E], dtype=tl.int32), mask=m_e)
+                                        tl.zeros([BLOCK_W, BLOCK_E], dtype=tl.int32), mask=m_e,
+                                        sem="relaxed", scope="cta")
                 b_sum = tl.where(m_e, b_bits.to(tl.float32, bitcast=True), 0.0)
                 b_squares += b_sum * b_sum
                 if WRITE_ROWS:
@@ -165,30 +180,33 @@ def _program_count(n_rows: int, device: torch.device) -> int:
     return max(1, min(n_rows, programs))
 
 
-def aggregate_sparse(weights: CsrRows, source: CsrRows, *, write_rows: bool = True):
-    """Rows of ``W @ S``, each divided by ``max(its L2 norm, 1e-12)``, as CSR.
+def _slot_offsets(weights: CsrRows, source: CsrRows) -> torch.Tensor:
+    """``[nnz(W) + 1]`` int64: entry p of W (indptr from 0) owns output slots
+    ``offsets[p]:offsets[p + 1]``, one per entry of its source row."""
+    offsets = torch.zeros(weights.indices.shape[0] + 1, dtype=torch.int64,
+                          device=weights.indices.device)
+    torch.cumsum(source.indptr.diff()[weights.indices], dim=0, out=offsets[1:])
+    return offsets
 
-    Args:
-        weights: ``[r, n_s]`` W: row i lists the source rows to add and their weights.
-        source: ``[n_s, n_cols]`` S.
-        write_rows: False to compute the norms alone (the rows are then not kept).
 
-    Returns:
-        ``(rows, norms)``: ``rows`` a :class:`CsrRows` ``[r, n_cols]`` (non-zero entries
-        only, columns in no particular order) or None without ``write_rows``; ``norms``
-        the ``[r]`` float32 L2 norms before normalisation.
+def _row_chunks(row_slots: torch.Tensor, max_slots: int) -> list[tuple[int, int]]:
+    """Row ranges owning at most ``max_slots`` slots each (or a single row), from the
+    ``[r + 1]`` CPU slot offsets of the rows."""
+    chunks, start, n_rows = [], 0, row_slots.shape[0] - 1
+    while start < n_rows:
+        fits = int(torch.searchsorted(row_slots, row_slots[start] + max_slots, right=True)) - 1
+        stop = min(n_rows, max(fits, start + 1))
+        chunks.append((start, stop))
+        start = stop
+    return chunks
 
-    Memory: the output has one slot per summed entry (``sum`` of the lengths of the
-    source rows named by W) before its zeros are dropped, plus one ``n_cols`` scratch
-    row per program.
-    """
-    weights = weights.rebased()
+
+def _launch_sparse(weights: CsrRows, source: CsrRows, *, write_rows: bool):
+    """One launch of the sparse kernel over all rows of ``weights`` (indptr from 0).
+    Returns ``(rows or None, norms)`` as :func:`aggregate_sparse`."""
     device = source.values.device
     n_rows = weights.n_rows
-    # slot ranges: entry p of W owns output slots w_out[p] : w_out[p + 1]
-    source_lengths = source.indptr.diff()[weights.indices]
-    w_out = torch.zeros(weights.indices.shape[0] + 1, dtype=torch.int64, device=device)
-    torch.cumsum(source_lengths, dim=0, out=w_out[1:])
+    w_out = _slot_offsets(weights, source)
     n_slots = int(w_out[-1]) if write_rows else 1
     out_cols = torch.empty(n_slots, dtype=torch.int64, device=device)
     out_vals = torch.empty(n_slots, dtype=torch.float32, device=device)
@@ -209,6 +227,35 @@ def aggregate_sparse(weights: CsrRows, source: CsrRows, *, write_rows: bool = Tr
     torch.cumsum(keep, dim=0, out=kept_before[1:])
     indptr = kept_before[w_out[weights.indptr]]
     return CsrRows(indptr, out_cols[keep], out_vals[keep], source.n_cols), norms
+
+
+def aggregate_sparse(weights: CsrRows, source: CsrRows, *, write_rows: bool = True):
+    """Rows of ``W @ S``, each divided by ``max(its L2 norm, 1e-12)``, as CSR.
+
+    Args:
+        weights: ``[r, n_s]`` W: row i lists the source rows to add and their weights.
+        source: ``[n_s, n_cols]`` S.
+        write_rows: False to compute the norms alone (the rows are then not kept).
+
+    Returns:
+        ``(rows, norms)``: ``rows`` a :class:`CsrRows` ``[r, n_cols]`` (non-zero entries
+        only, columns in no particular order) or None without ``write_rows``; ``norms``
+        the ``[r]`` float32 L2 norms before normalisation.
+
+    Memory: one output slot per summed entry (the lengths of the source rows named by
+    W, about 21 bytes each with the compaction) before the zeros are dropped; rows are
+    taken in launches of at most ``MAX_SLOTS_PER_LAUNCH`` slots. Plus one ``n_cols``
+    scratch row per program.
+    """
+    weights = weights.rebased()
+    if not write_rows:
+        return _launch_sparse(weights, source, write_rows=False)
+    row_slots = _slot_offsets(weights, source)[weights.indptr].cpu()
+    parts = [_launch_sparse(weights.row_slice(start, stop).rebased(), source, write_rows=True)
+             for start, stop in _row_chunks(row_slots, MAX_SLOTS_PER_LAUNCH) or [(0, 0)]]
+    if len(parts) == 1:
+        return parts[0]
+    return CsrRows.stack([rows for rows, _ in parts]), torch.cat([norms for _, norms in parts])
 
 
 @triton.jit

@@ -10,7 +10,7 @@
    a candidate scored at most ``a_i`` approximately (the row's last candidate), so at
    most ``a_i + delta_i`` exactly. When the k-th rescored value is above that, the row's
    top-k is exact, tie order included. The other rows (close calls) are recomputed by
-   the exact streaming kernel (3xTF32).
+   the streaming kernel with fp32 FMA products ("ieee").
 
 On unit-norm re-ID features ``delta`` is about 1e-3 and nearly every row passes.
 """
@@ -71,17 +71,25 @@ def error_bound(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     over all j, where approx is the fp32 sum of products of float16-rounded values (any
     order) and exact the rescored fp32 value.
 
-    Rounding a value to float16 moves it by at most ``u |v|`` (u = 2**-11), or 2**-25
-    below the normal range; an fp32 sum of d terms is off by at most ``d * 2**-23`` times
-    the sum of their magnitudes. By Cauchy-Schwarz the magnitudes sum to at most
-    ``|x_i| |y_j|`` (L2 norms), and the absolute part to ``sqrt(d)`` times the norms.
+    Rounding v to float16 moves it by at most ``u |v| + a`` (u = 2**-11 in the normal
+    range, a = 2**-25 below it, where a value can double). So one product moves by at
+    most ``(2u + u^2) |x||y| + a (1 + u)(|x| + |y|) + a^2``, and summed over the d
+    dimensions (Cauchy-Schwarz: ``sum |x||y| <= |x_i| |y_j|``, ``sum |x| <= sqrt(d) |x_i|``)
+    by ``rounding`` below. Each of the two fp32 sums is off by at most ``d * 2**-23``
+    times the sum of its terms' magnitudes; a tensor core's block sums (aligned to the
+    largest term, truncated) stay within twice that, which the rescoring's share covers.
     """
     dim = x.shape[1]
+    u, a = _FP16_UNIT, _FP16_SUBNORMAL_ERROR
     x_norms = torch.linalg.vector_norm(x, dim=1)
     y_norm = float(torch.linalg.vector_norm(y, dim=1).max())
-    relative = 2 * _FP16_UNIT + _FP16_UNIT**2 + 2 * dim * _FP32_SUM_UNIT * (1 + _FP16_UNIT)**2
-    absolute = _FP16_SUBNORMAL_ERROR * math.sqrt(dim) * (y_norm + (1 + _FP16_UNIT) * x_norms)
-    return 1.05 * (relative * x_norms * y_norm + absolute)  # 5%: the norms' own rounding
+    norms_sum = x_norms + y_norm
+    rounding = ((2 * u + u * u) * x_norms * y_norm + a * (1 + u) * math.sqrt(dim) * norms_sum
+                + dim * a * a)
+    magnitudes = ((1 + u)**2 * x_norms * y_norm + a * (1 + u) * math.sqrt(dim) * norms_sum
+                  + dim * a * a)  # of the rounded products, and more than the exact ones
+    summing = 2 * dim * _FP32_SUM_UNIT * magnitudes
+    return 1.05 * (rounding + summing)  # 5%: the norms' own rounding
 
 
 def fits_float16(x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -117,7 +125,8 @@ def certified_topk(x: torch.Tensor, y: torch.Tensor, k: int, *,
         return values, indices, 0
     left_out_at_most = approx_values[:, -1] + error_bound(x, y)
     uncertain = torch.nonzero(values[:, -1] <= left_out_at_most).flatten()
-    if uncertain.numel():
+    if uncertain.numel():  # exact fp32 products, like the rescoring (few rows)
         values[uncertain], indices[uncertain] = streaming_topk(
-            k, uncertain.numel(), n_cols, x=x[uncertain].contiguous(), y=y)
+            k, uncertain.numel(), n_cols, x=x[uncertain].contiguous(), y=y,
+            tuning={"INPUT_PRECISION": "ieee"})
     return values, indices, int(uncertain.numel())

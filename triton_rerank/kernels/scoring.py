@@ -2,7 +2,7 @@
 <xq_i, xg_j>``, as the full ``[b, g]`` block or as its top-K per query.
 
 The GNN term uses the two-hop form of ``tiles.two_hop_tile`` (``z = A[queries] @ M``
-comes from ``aggregate.aggregate_rows``), the ``lamb`` term a ``tl.dot`` tile over the
+comes from ``aggregate.aggregate_dense``), the ``lamb`` term a ``tl.dot`` tile over the
 features, both in one score tile. The full block is written tile by tile; the top-K
 path streams over gallery tiles with the kernel of ``topk_similarity.py`` and writes
 only ``[b, K]``.

@@ -109,6 +109,8 @@ def streaming_topk(k: int, n_rows: int, n_cols: int, *, x: torch.Tensor, y: torc
     k_pad = max(2, triton.next_power_of_2(k))
     config = {**streaming_launch(k_pad, x.device), "INPUT_PRECISION": input_precision(x.dtype),
               **(tuning or {})}
+    if config["BLOCK_N"] < k_pad:
+        raise ValueError(f"BLOCK_N {config['BLOCK_N']} is below the padded k {k_pad}")
     values = torch.empty(n_rows, k, dtype=torch.float32, device=x.device)
     indices = torch.empty(n_rows, k, dtype=torch.int64, device=x.device)
     terms = two_hop.contiguous() if two_hop else TwoHopTerms(x, x, x, x)  # x: never read
@@ -145,9 +147,9 @@ def topk_similarity(x: torch.Tensor, y: torch.Tensor, k: int):
 
     Args:
         x: ``[n, d]`` float32, float16 or bfloat16 (products accumulate in fp32).
-            float32 rows go through ``certified_topk`` (a float16 pass, exact rescoring
-            and a certificate; close calls recomputed with 3xTF32 products, see
-            ``tiles.FP32_DOT_PRECISION``): the same result, faster.
+            float32 rows go through ``certified_topk`` (a float16 pass, fp32 rescoring
+            and a certificate; close calls recomputed with fp32 products): the exact
+            top-k up to fp32 rounding, like a plain fp32 product, but faster.
         y: ``[m, d]`` same dtype and device (may be x itself).
         k: ``1 <= k <= min(m, MAX_STREAMING_K)``.
 
@@ -168,7 +170,9 @@ def topk_similarity(x: torch.Tensor, y: torch.Tensor, k: int):
                          f"got {k}")
     from .certified_topk import DEFAULT_MARGIN, certified_topk, fits_float16  # (a cycle)
 
-    x, y = x.contiguous(), (x.contiguous() if y is x else y.contiguous())
+    same = y is x
+    x = x.contiguous()
+    y = x if same else y.contiguous()
     if (x.dtype == torch.float32 and k + DEFAULT_MARGIN <= MAX_STREAMING_K
             and fits_float16(x, y)):
         return certified_topk(x, y, k)[:2]
