@@ -12,8 +12,10 @@ features' device: a CUDA GPU, or the CPU under ``TRITON_INTERPRET=1``.
 3. Scores per block of queries: ``z = A[queries] @ M`` (dense aggregation kernel), then
    the scoring kernels: the full ``[q, g]`` matrix, or the streaming top-K.
 
-Memory is the CSR rows plus dense blocks (``z``, score blocks) of at most
-``BLOCK_BYTES``, so no ``[N, N]`` buffer ever exists at Market-1501 or MSMT17 scale.
+Memory is the CSR rows, the sparse kernel's output slots (at most
+``aggregate.MAX_SLOTS_PER_LAUNCH`` per launch) and dense blocks (``z``, score blocks) of
+at most ``BLOCK_BYTES``, so no ``[N, N]`` buffer ever exists at Market-1501 or MSMT17
+scale.
 """
 
 from __future__ import annotations
