@@ -143,6 +143,27 @@ def test_error_bound_covers_float16_rounding():
     assert torch.all(bound < 100 * worst)  # and not uselessly loose
 
 
+def test_float16_pass_stays_within_the_error_bound(kernel_device):
+    """The kernel's own float16 products and sums (tensor cores on a GPU) against fp64 of
+    the float32 rows, on cancelling data: large entries of both signs, small sums."""
+    from triton_rerank.kernels.certified_topk import error_bound
+    from triton_rerank.kernels.topk_similarity import streaming_topk
+
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((40, 96)) * 10.0 ** rng.uniform(-3, 2, (40, 96))
+    # y_c pairs dimensions (2l, 2l+1) of x_c as (x_2l+1, -x_2l): large products that cancel
+    cancelling = np.empty((40, 96))
+    cancelling[:, 0::2], cancelling[:, 1::2] = x[:, 1::2], -x[:, 0::2]
+    y = np.concatenate([cancelling + 1e-3 * rng.standard_normal((40, 96)),
+                        rng.standard_normal((88, 96))])
+    x, y = (torch.from_numpy(a.astype(np.float32)).to(kernel_device) for a in (x, y))
+    m = y.shape[0]
+    values, indices = streaming_topk(m, x.shape[0], m, x=x.half(), y=y.half())  # all columns
+    approx = torch.empty_like(values).scatter_(1, indices, values).cpu().double()
+    exact = x.cpu().double() @ y.cpu().double().T
+    assert torch.all((approx - exact).abs().max(dim=1).values <= error_bound(x, y).cpu())
+
+
 def test_topk_similarity_beyond_float16_range_stays_exact(kernel_device):
     from triton_rerank.kernels.topk_similarity import topk_similarity
 
