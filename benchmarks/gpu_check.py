@@ -50,15 +50,19 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="JSON path (default benchmarks/results/"
                                       "gpu_check_<device>.json)")
-    parser.add_argument("--runs", type=int, default=20, help="timed runs per method")
-    parser.add_argument("--budget-s", type=float, default=280.0,
+    parser.add_argument("--runs", type=int, default=None,
+                        help="timed runs per method (default 20; 2 with --tiny)")
+    parser.add_argument("--budget-s", type=float, default=230.0,
                         help="stop starting new steps after this many seconds")
-    parser.add_argument("--tests-wait-s", type=float, default=60.0,
+    parser.add_argument("--tests-wait-s", type=float, default=40.0,
                         help="how long to wait for the kernel tests after the timings")
     parser.add_argument("--skip-tests", action="store_true", help="timings only")
     parser.add_argument("--tiny", action="store_true",
                         help="small shapes; without a GPU, runs in the Triton interpreter")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.runs is None:  # the interpreter takes seconds per call
+        args.runs = 2 if args.tiny else 20
+    return args
 
 
 class Report:
