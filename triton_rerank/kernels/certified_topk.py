@@ -82,7 +82,7 @@ def error_bound(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     dim = x.shape[1]
     u, a = _FP16_UNIT, _FP16_SUBNORMAL_ERROR
     x_norms = torch.linalg.vector_norm(x, dim=1)
-    y_norm = float(torch.linalg.vector_norm(y, dim=1).max())
+    y_norm = (x_norms if y is x else torch.linalg.vector_norm(y, dim=1)).max()
     norms_sum = x_norms + y_norm
     rounding = ((2 * u + u * u) * x_norms * y_norm + a * (1 + u) * math.sqrt(dim) * norms_sum
                 + dim * a * a)
@@ -94,7 +94,8 @@ def error_bound(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def fits_float16(x: torch.Tensor, y: torch.Tensor) -> bool:
     """Whether x and y can be rounded to float16 without overflow."""
-    return max(float(x.abs().max()), float(y.abs().max())) < _FP16_SAFE_MAX
+    largest = x.abs().max() if y is x else torch.maximum(x.abs().max(), y.abs().max())
+    return float(largest) < _FP16_SAFE_MAX
 
 
 def certified_topk(x: torch.Tensor, y: torch.Tensor, k: int, *,
