@@ -117,17 +117,16 @@ def offer_query_strips(nodes: torch.Tensor, n_query: int, lists: NeighbourLists,
         query_gallery: optional ``[q, N - q]`` float32 output that keeps the
             query-gallery similarities; without it one strip's worth is allocated.
     """
-    n = nodes.shape[0]
-    buffer = None
+    n_gallery = nodes.shape[0] - n_query
+    buffer = (torch.empty(rows_per_strip * n_gallery, dtype=torch.float32)
+              if query_gallery is None else None)
     for start, stop in _strips(0, n_query, rows_per_strip):
         left = torch.matmul(nodes[start:stop], nodes[start:n_query].T)
         lists.offer(left, start, start, columns_from=stop - start)
         if query_gallery is not None:
             right = query_gallery[start:stop]
         else:
-            if buffer is None:
-                buffer = torch.empty(rows_per_strip * (n - n_query), dtype=torch.float32)
-            right = buffer[: (stop - start) * (n - n_query)].view(stop - start, n - n_query)
+            right = buffer[: (stop - start) * n_gallery].view(stop - start, n_gallery)
         torch.matmul(nodes[start:stop], nodes[n_query:].T, out=right)
         lists.offer(right, start, n_query, columns_from=0)
 

@@ -62,11 +62,18 @@ def resolve_backend(backend: str, device: torch.device | None = None) -> str:
 BASE_KEEP_BYTES = 512 * 2**20
 
 
+def keeps_query_gallery(n_query: int, n_gallery: int, *, lamb: float,
+                        topk: int | None) -> bool:
+    """Whether the CPU path keeps the ``[q, g]`` similarities of the kNN step for the
+    scoring (see ``BASE_KEEP_BYTES``)."""
+    return lamb > 0 and (topk is None or 4 * n_query * n_gallery <= BASE_KEEP_BYTES)
+
+
 def _run_cpu(features: FeaturePair, *, k1, k2, iterations, lamb, topk):
     nodes = features.nodes.cpu()
     n_query = features.n_query
     n_gallery = nodes.shape[0] - n_query
-    keep_base = lamb > 0 and (topk is None or 4 * n_query * n_gallery <= BASE_KEEP_BYTES)
+    keep_base = keeps_query_gallery(n_query, n_gallery, lamb=lamb, topk=topk)
     knn_values, knn_indices, base = knn_graph(nodes, k1, n_query=n_query,
                                               keep_query_gallery=keep_base)
     graph = propagate(knn_values, knn_indices, n_query=n_query, k2=k2, iterations=iterations)
@@ -134,12 +141,12 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
     k1, k2, iterations, lamb, topk = check_rerank_params(
         k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk,
         n_nodes=n_query + n_gallery, n_gallery=n_gallery)
+    device = features.device if features.array_type == "torch" else None
     run = _run_cpu
-    if resolve_backend(backend, features.device if features.array_type == "torch"
-                       else None) == "triton":
+    if resolve_backend(backend, device) == "triton":
         from .gpu_pipeline import run_triton as run
     result = run(features, k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk)
-    return _to_caller(result, features.device if features.array_type == "torch" else None)
+    return _to_caller(result, device)
 
 
 # Rows of a similarity matrix converted at a time by gnn_rerank_similarities.

@@ -16,7 +16,7 @@ import torch
 
 from .graph import NeighbourLists, offer_query_strips, rows_per_strip
 from .propagate import propagate
-from .rerank import BASE_KEEP_BYTES
+from .rerank import keeps_query_gallery
 from .scoring import rerank_scores
 
 
@@ -44,7 +44,7 @@ def rerank_against_database(query: torch.Tensor, database: torch.Tensor,
     lists.indices[n_query:, :k_cached] = np.where(database_indices >= 0,
                                                   database_indices + n_query, -1)
     nodes = torch.cat([query, database])
-    keep_base = lamb > 0 and (topk is None or 4 * n_query * n_gallery <= BASE_KEEP_BYTES)
+    keep_base = keeps_query_gallery(n_query, n_gallery, lamb=lamb, topk=topk)
     base = torch.empty(n_query, n_gallery, dtype=torch.float32) if keep_base else None
     offer_query_strips(nodes, n_query, lists, min(n_query, rows_per_strip(n)), base)
     graph = propagate(lists.values, lists.indices, n_query=n_query, k2=k2,
