@@ -14,6 +14,7 @@ from triton_rerank.integrations.faiss import (
 
 from tests.compare import assert_same_topk, four_halves_vectors
 from triton_rerank import gnn_rerank
+from triton_rerank.metrics import list_recall
 from triton_rerank.reference import gnn_rerank_reference
 from triton_rerank.synthetic import clustered_vectors
 
@@ -187,11 +188,6 @@ def test_unnormalised_vectors_are_normalised(gaussian):
 
 # -- inductive mode -----------------------------------------------------------------------
 
-def recall(found: np.ndarray, wanted: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, wanted,
-                                                                          strict=True)]))
-
-
 def test_inductive_mode_recalls_most_of_exact_mode(clustered):
     xq, xb = clustered
     index = flat_ip(xb)
@@ -199,8 +195,8 @@ def test_inductive_mode_recalls_most_of_exact_mode(clustered):
     _, inductive = RerankedIndex(index, mode="inductive", **PARAMS).search(xq, 10)
     _, plain = index.search(xq, 10)
     # measured 0.93 here (plain search: 0.72); the floor leaves room for fp noise
-    assert recall(inductive, exact) >= 0.85
-    assert recall(inductive, exact) > recall(plain, exact) + 0.1
+    assert list_recall(inductive, exact) >= 0.85
+    assert list_recall(inductive, exact) > list_recall(plain, exact) + 0.1
 
 
 def test_inductive_mode_on_an_approximate_graph_and_l2_index(clustered):
@@ -210,7 +206,7 @@ def test_inductive_mode_on_an_approximate_graph_and_l2_index(clustered):
     reranked = RerankedIndex(index, mode="inductive", shortlist=60, **PARAMS)
     reranked.build_graph(graph_index=hnsw(xb))
     D, inductive = reranked.search(xq, 10)
-    assert recall(inductive, exact) >= 0.85
+    assert list_recall(inductive, exact) >= 0.85
     assert np.all(np.diff(D, axis=1) >= 0)        # L2 convention: ascending distances
 
 
@@ -271,7 +267,7 @@ def test_inductive_mode_without_propagation(clustered):
     xq, xb = clustered
     _, exact = RerankedIndex(flat_ip(xb), k1=12, k2=1).search(xq, 10)
     _, inductive = RerankedIndex(flat_ip(xb), k1=12, k2=1, mode="inductive").search(xq, 10)
-    assert recall(inductive, exact) >= 0.85
+    assert list_recall(inductive, exact) >= 0.85
 
 
 # -- errors -------------------------------------------------------------------------------

@@ -110,3 +110,12 @@ def test_map_at_k_by_hand():
     assert map_at_k(retrieved, query_labels, database_labels) == pytest.approx(np.mean(expected))
     with pytest.raises(ValueError, match=r"retrieved must be \[q, k\]"):
         map_at_k(retrieved[0], query_labels, database_labels)
+
+
+def test_list_recall_by_hand():
+    from triton_rerank.metrics import list_recall
+
+    found = np.array([[3, 1, 2], [7, 8, 9]])
+    wanted = np.array([[1, 2, 5], [9, 7, 8]])  # 2 of 3, then 3 of 3 in another order
+    assert list_recall(found, wanted) == pytest.approx((2 / 3 + 1) / 2)
+    assert list_recall(found, found[:, :1]) == 1.0

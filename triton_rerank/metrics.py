@@ -137,3 +137,19 @@ def map_at_k(retrieved, query_labels, database_labels) -> float:
     n_relevant = np.where(labels[slot] == query_labels, counts[slot], 0)
     ap = precision_at_hits.sum(axis=1) / np.maximum(np.minimum(n_relevant, k), 1)
     return float(ap.mean())
+
+
+def list_recall(found, wanted) -> float:
+    """Mean fraction of each row of ``wanted`` that the same row of ``found`` contains,
+    in any order (e.g. how much of an exact search's top-k an approximate one returns).
+
+    Args:
+        found: ``[q, k_f]`` ids per query.
+        wanted: ``[q, k_w]`` ids per query (k_w >= 1).
+
+    Returns:
+        The mean over queries, in [0, 1].
+    """
+    found, wanted = as_numpy(found), as_numpy(wanted)
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, wanted,
+                                                                          strict=True)]))
