@@ -59,16 +59,12 @@ def signature(kernel, pointers: dict, constexprs: dict) -> dict:
 
 
 def streaming_variant(k: int, dtype: torch.dtype, has_dot: bool, has_two_hop: bool):
-    k_pad = max(2, triton.next_power_of_2(k))
-    launch = topk_similarity.streaming_launch(k_pad, CUDA)
-    constexprs = dict(HAS_DOT=has_dot, HAS_TWO_HOP=has_two_hop, K_PAD=k_pad,
-                      LOG_M=launch["BLOCK_M"].bit_length() - 1,
-                      LOG_N=launch["BLOCK_N"].bit_length() - 1, LOG_K=k_pad.bit_length() - 1,
-                      INPUT_PRECISION=input_precision(dtype),
-                      **{n: v for n, v in launch.items() if n != "num_warps"})
+    constexprs = topk_similarity.streaming_config(k, dtype, CUDA)
+    num_warps = constexprs.pop("num_warps")
+    constexprs.update(HAS_DOT=has_dot, HAS_TWO_HOP=has_two_hop)
     pointers = {"x_ptr": TRITON_TYPES[dtype], "y_ptr": TRITON_TYPES[dtype],
                 "g_idx_ptr": "i64", "out_idx_ptr": "i64"}
-    return topk_similarity._streaming_topk_kernel, pointers, constexprs, launch["num_warps"]
+    return topk_similarity._streaming_topk_kernel, pointers, constexprs, num_warps
 
 
 def score_block_variant(has_dot: bool):

@@ -81,6 +81,21 @@ def streaming_launch(k_pad: int, device: torch.device) -> dict:
     return dict(BLOCK_M=block_m, BLOCK_N=max(64, k_pad), BLOCK_D=32, num_warps=8)
 
 
+def streaming_config(k: int, dtype: torch.dtype, device: torch.device,
+                     tuning: dict | None = None) -> dict:
+    """Keyword arguments of a streaming kernel launch for the top-``k`` of ``dtype``
+    features on ``device``, besides the flags HAS_DOT and HAS_TWO_HOP: block sizes and
+    ``num_warps`` (:func:`streaming_launch`, then ``tuning``), INPUT_PRECISION, K_PAD
+    and the LOG_* sizes of the sorting network."""
+    k_pad = max(2, triton.next_power_of_2(k))
+    config = {**streaming_launch(k_pad, device), "INPUT_PRECISION": input_precision(dtype),
+              **(tuning or {})}
+    if config["BLOCK_N"] < k_pad:
+        raise ValueError(f"BLOCK_N {config['BLOCK_N']} is below the padded k {k_pad}")
+    return {**config, "K_PAD": k_pad, "LOG_M": _log2(config["BLOCK_M"]),
+            "LOG_N": _log2(config["BLOCK_N"]), "LOG_K": _log2(k_pad)}
+
+
 def streaming_topk(k: int, n_rows: int, n_cols: int, *, x: torch.Tensor, y: torch.Tensor,
                    mix: float = 1.0, keep: float = 0.0, two_hop: TwoHopTerms | None = None,
                    tuning: dict | None = None):
@@ -106,11 +121,7 @@ def streaming_topk(k: int, n_rows: int, n_cols: int, *, x: torch.Tensor, y: torc
         # the interpreter (numpy) has no bfloat16 dot; bf16 -> fp32 is exact, and so
         # are the products, as on the GPU
         x, y = x.float(), y.float()
-    k_pad = max(2, triton.next_power_of_2(k))
-    config = {**streaming_launch(k_pad, x.device), "INPUT_PRECISION": input_precision(x.dtype),
-              **(tuning or {})}
-    if config["BLOCK_N"] < k_pad:
-        raise ValueError(f"BLOCK_N {config['BLOCK_N']} is below the padded k {k_pad}")
+    config = streaming_config(k, x.dtype, x.device, tuning)
     values = torch.empty(n_rows, k, dtype=torch.float32, device=x.device)
     indices = torch.empty(n_rows, k, dtype=torch.int64, device=x.device)
     terms = two_hop.contiguous() if two_hop else TwoHopTerms(x, x, x, x)  # x: never read
@@ -119,9 +130,7 @@ def streaming_topk(k: int, n_rows: int, n_cols: int, *, x: torch.Tensor, y: torc
         x, y, terms.z, terms.g_idx, terms.g_val, terms.g_inv_norm, values, indices,
         n_rows, n_cols, x.shape[1], terms.g_idx.shape[1] if two_hop else 0, k,
         x.stride(0), y.stride(0), terms.z.stride(0), keep, mix,
-        HAS_DOT=mix != 0, HAS_TWO_HOP=two_hop is not None, K_PAD=k_pad,
-        LOG_M=_log2(config["BLOCK_M"]), LOG_N=_log2(config["BLOCK_N"]), LOG_K=_log2(k_pad),
-        **config)
+        HAS_DOT=mix != 0, HAS_TWO_HOP=two_hop is not None, **config)
     return values, indices
 
 
