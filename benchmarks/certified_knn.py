@@ -20,10 +20,9 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-import triton
 from common import publish
 
-from triton_rerank.kernels.certified_topk import DEFAULT_MARGIN, error_bound
+from triton_rerank.kernels.certified_topk import DEFAULT_MARGIN, candidate_count, error_bound
 from triton_rerank.topk import sort_by_value_then_index, topk_rows
 
 BLOCK_ROWS = 512
@@ -33,7 +32,7 @@ CHECKED_ROWS = 500
 def certify(nodes: torch.Tensor, k: int, margin: int) -> dict:
     """Emulate certified_topk(nodes, nodes, k) block by block; count certified rows."""
     n = nodes.shape[0]
-    n_cand = min(n, 256, triton.next_power_of_2(k + margin))
+    n_cand = candidate_count(k, n, margin)
     half = nodes.half().float()
     bound = error_bound(nodes, nodes)
     certified = torch.zeros(n, dtype=torch.bool)

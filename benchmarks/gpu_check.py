@@ -41,6 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from common import top_agreement
 
 ROOT = Path(__file__).resolve().parents[1]
 K1, K2, LAMB, TOPK = 26, 7, 0.3, 100
@@ -132,18 +133,15 @@ class Timer:
 
 
 def dense_reference_topk(xq, xg, topk: int):
-    """The dense reference semantics (DESIGN §1, ``reference.propagated_rows``) in fp32
-    on the features' device, to the top-``topk`` per query."""
+    """The dense reference semantics (``reference.gnn_rerank_reference``) in fp32 on the
+    features' device, to the top-``topk`` per query."""
     import torch
 
-    from triton_rerank.reference import propagated_rows
+    from triton_rerank.reference import gnn_rerank_reference
     from triton_rerank.topk import topk_rows
 
-    xq = torch.nn.functional.normalize(xq, dim=1)
-    xg = torch.nn.functional.normalize(xg, dim=1)
-    a = propagated_rows(torch.cat([xq, xg]), k1=K1, k2=K2, iterations=2)
-    n_query = xq.shape[0]
-    scores = (1 - LAMB) * (a[:n_query] @ a[n_query:].T) + LAMB * (xq @ xg.T)
+    scores = gnn_rerank_reference(xq, xg, k1=K1, k2=K2, iterations=2, lamb=LAMB,
+                                  dtype=torch.float32, device=xq.device)
     return topk_rows(scores, topk)
 
 
@@ -251,15 +249,14 @@ def knn_sweep(xq, xg, timer: Timer, runs: int, deadline: float) -> list[dict]:
     of EXACT_SWEEP (3xTF32, or "ieee" FMA products). Median ms; for whole kNN runs, the
     fraction of rows whose neighbours equal the certified kNN's."""
     import torch
-    import triton
 
-    from triton_rerank.kernels.certified_topk import DEFAULT_MARGIN, certified_topk
+    from triton_rerank.kernels.certified_topk import candidate_count, certified_topk
     from triton_rerank.kernels.topk_similarity import streaming_topk
 
     nodes = torch.nn.functional.normalize(torch.cat([xq, xg]), dim=1).contiguous()
     half = nodes.half()
     n = nodes.shape[0]
-    n_cand = triton.next_power_of_2(K1 + DEFAULT_MARGIN)
+    n_cand = candidate_count(K1, n)
     runs_to_do = [("certified (default)", {}, lambda: certified_topk(nodes, nodes, K1))]
     runs_to_do += [(f"fp16 candidates k={n_cand}", tuning,
                     lambda t=tuning: streaming_topk(n_cand, n, n, x=half, y=half, tuning=t))
@@ -335,7 +332,7 @@ def run_case(name: str, shape, *, with_reference: bool, skip_reason: str, device
         case["reference"] = {"skipped": f"out of memory: {error}"[:300]}
         return case
     ours_idx, ref_idx = ours_out["top"][1].cpu().numpy(), ref_out["top"][1].cpu().numpy()
-    case["top10_rows_identical"] = float((ours_idx[:, :10] == ref_idx[:, :10]).all(1).mean())
+    case["top10_rows_identical"] = top_agreement(ours_idx, ref_idx, 10)
     case["top100_overlap"] = float(np.mean([np.intersect1d(a, b).size / topk
                                             for a, b in zip(ours_idx, ref_idx, strict=True)]))
     ours_ms, ref_ms = case["ours"]["median_ms"], case["reference"]["median_ms"]

@@ -13,10 +13,10 @@ import torch
 NORM_EPS = 1e-12
 
 
-def _as_tensor(x, dtype: torch.dtype) -> torch.Tensor:
+def _as_tensor(x, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
-    return x.detach().to(device="cpu", dtype=dtype)
+    return x.detach().to(device=device, dtype=dtype)
 
 
 def _normalize_rows(x: torch.Tensor) -> torch.Tensor:
@@ -54,8 +54,9 @@ def propagated_rows(nodes: torch.Tensor, *, k1: int, k2: int, iterations: int) -
 
 def gnn_rerank_reference(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2,
                          lamb: float = 0.3, normalize: bool = True,
-                         dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Re-ranked ``[q, g]`` similarity, computed densely in ``dtype`` on the CPU.
+                         dtype: torch.dtype = torch.float64,
+                         device: torch.device | str = "cpu") -> torch.Tensor:
+    """Re-ranked ``[q, g]`` similarity, computed densely in ``dtype`` on ``device``.
 
     Args:
         query: ``[q, d]`` numpy array or tensor.
@@ -63,11 +64,12 @@ def gnn_rerank_reference(query, gallery, *, k1: int = 26, k2: int = 7, iteration
         k1, k2, iterations, lamb, normalize: as :func:`triton_rerank.gnn_rerank`
             (not validated here: this is an oracle, not a user entry point).
         dtype: ``torch.float64`` (default) or ``torch.float32``.
+        device: where to compute (the CPU by default; the GPU check times it on CUDA).
 
     Returns:
         ``[q, g]`` tensor of ``dtype``.
     """
-    xq, xg = _as_tensor(query, dtype), _as_tensor(gallery, dtype)
+    xq, xg = _as_tensor(query, dtype, device), _as_tensor(gallery, dtype, device)
     if normalize:
         xq, xg = _normalize_rows(xq), _normalize_rows(xg)
     n_query = xq.shape[0]

@@ -98,6 +98,12 @@ def fits_float16(x: torch.Tensor, y: torch.Tensor) -> bool:
     return float(largest) < _FP16_SAFE_MAX
 
 
+def candidate_count(k: int, n_cols: int, margin: int = DEFAULT_MARGIN) -> int:
+    """Candidates per row of the float16 pass: ``k + margin`` rounded up to the
+    kernel's power-of-two width, at most every column and ``MAX_STREAMING_K``."""
+    return min(n_cols, MAX_STREAMING_K, triton.next_power_of_2(k + margin))
+
+
 def certified_topk(x: torch.Tensor, y: torch.Tensor, k: int, *,
                    margin: int = DEFAULT_MARGIN):
     """Top-``k`` of ``x @ y.T`` per row, exact, by candidates + certificate (see module doc).
@@ -116,7 +122,7 @@ def certified_topk(x: torch.Tensor, y: torch.Tensor, k: int, *,
         certificate and were recomputed by the exact kernel.
     """
     n_rows, n_cols = x.shape[0], y.shape[0]
-    n_cand = min(n_cols, MAX_STREAMING_K, triton.next_power_of_2(k + margin))
+    n_cand = candidate_count(k, n_cols, margin)
     x_half = x.half()
     y_half = x_half if y is x else y.half()
     approx_values, candidates = streaming_topk(n_cand, n_rows, n_cols, x=x_half, y=y_half)
