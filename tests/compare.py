@@ -71,3 +71,18 @@ def half_unit_vectors(rng: np.random.Generator, n: int, d: int = 4) -> np.ndarra
     """Rows with entries +-1/sqrt(d) (d a power of 4): unit norm and exact dot products,
     so ties are exact in fp32 and fp64 alike. With d=4 there are only 16 distinct rows."""
     return (rng.choice([-1.0, 1.0], size=(n, d)) / np.sqrt(d)).astype(np.float32)
+
+
+def gaussian(rng, n_query, n_gallery, d=16):
+    """Continuous rows: no two similarities tie."""
+    return (rng.standard_normal((n_query, d)).astype(np.float32),
+            rng.standard_normal((n_gallery, d)).astype(np.float32))
+
+
+def exact_with_duplicates(rng, n_query, n_gallery):
+    """Exactly representable unit rows (so fp32 and fp64 tie alike), with deliberate
+    duplicates: every 7th gallery row copies its neighbour, the last copies a query."""
+    xq, xg = four_halves_vectors(rng, n_query), four_halves_vectors(rng, n_gallery)
+    xg[1::7] = xg[0::7][: len(xg[1::7])]
+    xg[-1] = xq[0]
+    return xq, xg

@@ -13,6 +13,7 @@ from triton_rerank.integrations.faiss import (
 )
 
 from tests.compare import assert_same_topk, four_halves_vectors
+from tests.compare import gaussian as gaussian_rows
 from triton_rerank import gnn_rerank
 from triton_rerank.metrics import list_recall
 from triton_rerank.reference import gnn_rerank_reference
@@ -81,9 +82,7 @@ def expected_distances(index, scores):
 
 @pytest.fixture(scope="module")
 def gaussian():
-    rng = np.random.default_rng(7)
-    return (rng.standard_normal((25, 16)).astype(np.float32),
-            rng.standard_normal((400, 16)).astype(np.float32))
+    return gaussian_rows(np.random.default_rng(7), 25, 400)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import torch
 from compare import (
     assert_same_ranking,
     assert_same_topk,
-    four_halves_vectors,
+    exact_with_duplicates,
+    gaussian,
     half_unit_vectors,
     ranking,
     to_numpy,
@@ -16,22 +17,6 @@ from compare import (
 
 from triton_rerank import GNNReranker, gnn_rerank
 from triton_rerank.reference import gnn_rerank_reference
-
-
-def gaussian(rng, n_query, n_gallery, d=16):
-    """Continuous rows: no two similarities tie."""
-    return (rng.standard_normal((n_query, d)).astype(np.float32),
-            rng.standard_normal((n_gallery, d)).astype(np.float32))
-
-
-def exact_with_duplicates(rng, n_query, n_gallery):
-    """Exactly representable unit rows (so fp32 and fp64 tie alike), with deliberate
-    duplicates: every 7th gallery row copies its neighbour, the last copies a query."""
-    xq, xg = four_halves_vectors(rng, n_query), four_halves_vectors(rng, n_gallery)
-    xg[1::7] = xg[0::7][: len(xg[1::7])]
-    xg[-1] = xq[0]
-    return xq, xg
-
 
 GRID = list(itertools.product([0.0, 0.3], [1, 7], [1, 2, 3]))
 

@@ -5,8 +5,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from compare import assert_same_ranking, assert_same_topk, half_unit_vectors
-from test_rerank import exact_with_duplicates, gaussian
+from compare import (
+    assert_same_ranking,
+    assert_same_topk,
+    exact_with_duplicates,
+    gaussian,
+    half_unit_vectors,
+)
 
 from triton_rerank import gnn_rerank
 from triton_rerank.reference import gnn_rerank_reference
@@ -33,18 +38,16 @@ def test_matches_reference(lamb, k2, iterations, make_data, kernel_device):
     rng = np.random.default_rng(int(lamb * 10) + 10 * k2 + 100 * iterations)
     xq, xg = _on(kernel_device, *make_data(rng, 12, 70))
     kwargs = dict(k1=12, k2=k2, iterations=iterations, lamb=lamb)
+    assert_scores_and_topk_match_reference(xq, xg, kwargs, topk=8)
+
+
+def assert_scores_and_topk_match_reference(xq, xg, kwargs, *, topk):
+    """backend="triton" agrees with the dense reference: full scores (float32, on the
+    features' device) and the top-k."""
     ref = gnn_rerank_reference(xq, xg, **kwargs)
     scores = gnn_rerank(xq, xg, backend="triton", **kwargs)
     assert scores.device == xq.device and scores.dtype == torch.float32
     assert_same_ranking(scores, ref)
-    values, indices = gnn_rerank(xq, xg, topk=8, backend="triton", **kwargs)
-    assert_same_topk(values, indices, ref, 8)
-
-
-def assert_scores_and_topk_match_reference(xq, xg, kwargs, *, topk):
-    """backend="triton" agrees with the dense reference: full scores and the top-k."""
-    ref = gnn_rerank_reference(xq, xg, **kwargs)
-    assert_same_ranking(gnn_rerank(xq, xg, backend="triton", **kwargs), ref)
     values, indices = gnn_rerank(xq, xg, topk=topk, backend="triton", **kwargs)
     assert_same_topk(values, indices, ref, topk)
 
