@@ -11,18 +11,20 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .jit import njit
+
 # Rows per parallel task (at least): each task owns one dense scratch row of n_cols
 # entries, so the number of tasks is capped too (scratch rows cost O(tasks * n_cols)).
 _ROWS_PER_TASK = 64
 _MAX_TASKS = 256
 
 
-@nb.njit(cache=True)
+@njit()
 def _rows_per_task(n_out):
     return max(_ROWS_PER_TASK, (n_out + _MAX_TASKS - 1) // _MAX_TASKS)
 
 
-@nb.njit(parallel=True, cache=True)
+@njit(parallel=True)
 def count_row_nnz(rows, nbr_idx, s_indptr, s_indices, n_cols):
     """Number of non-zeros of each output row (the union of its neighbours' supports).
 
@@ -55,7 +57,7 @@ def count_row_nnz(rows, nbr_idx, s_indptr, s_indices, n_cols):
     return counts
 
 
-@nb.njit(parallel=True, cache=True)
+@njit(parallel=True)
 def fill_rows(rows, nbr_idx, nbr_w, s_indptr, s_indices, s_values, n_cols,
               out_indptr, out_indices, out_values, out_norms, normalize, eps):
     """Write the aggregated rows into a CSR whose ``out_indptr`` came from the counts.
@@ -117,7 +119,7 @@ def fill_rows(rows, nbr_idx, nbr_w, s_indptr, s_indices, s_values, n_cols,
                 acc[touched[p]] = 0.0
 
 
-@nb.njit(parallel=True, cache=True)
+@njit(parallel=True)
 def row_norms(rows, nbr_idx, nbr_w, s_indptr, s_indices, s_values, n_cols):
     """L2 norm of each aggregated row, without storing the rows.
 

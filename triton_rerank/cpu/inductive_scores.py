@@ -27,8 +27,10 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .jit import njit
 
-@nb.njit(cache=True)
+
+@njit()
 def _add(col, value, acc, stamp_of, stamp, touched, n_touched):
     """``acc[col] += value`` in a sparse accumulator; returns the new touched count."""
     if stamp_of[col] != stamp:
@@ -40,12 +42,12 @@ def _add(col, value, acc, stamp_of, stamp, touched, n_touched):
     return n_touched
 
 
-@nb.njit(cache=True)
+@njit()
 def _get(col, acc, stamp_of, stamp):
     return acc[col] if stamp_of[col] == stamp else np.float32(0.0)
 
 
-@nb.njit(cache=True, fastmath=True)
+@njit(fastmath=True)
 def _similarities(query, vectors, positions):
     """``[len(positions)]`` float32 inner products of ``query`` with those database rows."""
     sims = np.empty(positions.shape[0], np.float32)
@@ -57,7 +59,7 @@ def _similarities(query, vectors, positions):
     return sims
 
 
-@nb.njit(cache=True)
+@njit()
 def _top_by_value(values, keys, m):
     """Indices of the ``m`` largest ``values`` (all when fewer), by descending value,
     equal values by smaller key: a partition, then a sort of the survivors only."""
@@ -72,7 +74,7 @@ def _top_by_value(values, keys, m):
     return chosen[:m]
 
 
-@nb.njit(parallel=True, cache=True)
+@njit(parallel=True)
 def rerank_shortlists(queries, cand_pos, tie_keys, vectors, knn_idx, w_idx, w_val, kth_value,
                       k2th_value, m_indptr, m_indices, m_values, inv_norm, rev_indptr, rev_rows,
                       rev_w, n_rounds, row_budget, lamb, eps, n_tasks, out_val, out_pos):

@@ -12,18 +12,20 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .jit import njit
+
 # Columns per parallel task in update_from_columns: small enough to keep the cached
 # thresholds in L1, large enough to amortise the task.
 _COLUMN_CHUNK = 256
 
 
-@nb.njit(cache=True, inline="always")
+@njit(inline="always")
 def _before(value_a, index_a, value_b, index_b):
     """Whether (value_a, index_a) ranks before (value_b, index_b)."""
     return value_a > value_b or (value_a == value_b and index_a < index_b)
 
 
-@nb.njit(cache=True, inline="always")
+@njit(inline="always")
 def _insert(values, indices, value, index):
     """Insert (value, index) into a sorted list known to accept it (it ranks before the last)."""
     j = values.shape[0] - 1
@@ -35,7 +37,7 @@ def _insert(values, indices, value, index):
     indices[j] = index
 
 
-@nb.njit(parallel=True, cache=True)
+@njit(parallel=True)
 def update_from_rows(block, row_start, col_start, top_values, top_indices):
     """Offer ``block[r, c]`` to node ``row_start + r`` as neighbour ``col_start + c``.
 
@@ -57,7 +59,7 @@ def update_from_rows(block, row_start, col_start, top_values, top_indices):
                 _insert(values, indices, v, col_start + c)
 
 
-@nb.njit(parallel=True, cache=True)
+@njit(parallel=True)
 def update_from_columns(block, row_start, col_start, first_col, top_values, top_indices):
     """Offer ``block[r, c]`` to node ``col_start + c`` as neighbour ``row_start + r``.
 

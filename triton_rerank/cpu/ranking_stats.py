@@ -12,14 +12,16 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .jit import njit
 
-@nb.njit(cache=True)
+
+@njit()
 def _is_ahead(score_a, index_a, score_b, index_b):
     """Whether item a ranks before item b: higher score, or equal score and smaller index."""
     return score_a > score_b or (score_a == score_b and index_a < index_b)
 
 
-@nb.njit(parallel=True, cache=True)
+@njit(parallel=True)
 def match_ranks(scores, q_pids, g_pids, q_cams, g_cams, rank_offsets, ranks):
     """Write, for each query, the 0-based ranks of its correct matches among kept items.
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
+from .jit import njit
 
-@nb.njit(cache=True)
+
+@njit()
 def transpose(indptr, indices, values, n_cols, out_indices, out_values):
     """Transpose a ``[n_rows, n_cols]`` CSR matrix into caller-provided arrays.
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .jit import njit
+
 # Parallel tasks per call; each owns one dense scratch row of N floats for its queries.
 _TASKS = 64
 
 
-@nb.njit(parallel=True, cache=True)
+@njit(parallel=True)
 def score_queries(q_indptr, q_indices, q_values, m_indptr, m_indices, m_values,
                   g_idx, g_val, g_inv_norm, lamb, out):
     """Write ``(1 - lamb) * score + lamb * out`` into ``out`` (``out`` holds the base).
