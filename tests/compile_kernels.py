@@ -33,7 +33,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from triton_rerank.kernels import (  # noqa: E402
     aggregate,
-    certified_topk,
+    canonical,
     scoring,
     topk_similarity,
 )
@@ -88,9 +88,13 @@ VARIANTS = {
     "knn bf16 k=60": streaming_variant(60, torch.bfloat16, True, False),
     "knn fp32 k=256": streaming_variant(256, torch.float32, True, False),
     "certified knn: fp16 candidates k=64": streaming_variant(64, torch.float16, True, False),
-    "certified knn: rescoring": (certified_topk._rescore_kernel, {"cand_ptr": "i64"},
-                                 dict(BLOCK_C=64, BLOCK_D=certified_topk.RESCORE_LAUNCH["BLOCK_D"]),
-                                 certified_topk.RESCORE_LAUNCH["num_warps"]),
+    "certified knn: canonical rescoring": (canonical._rescore_kernel, {"cand_ptr": "i64"},
+                                           dict(BLOCK_C=64),
+                                           canonical.RESCORE_LAUNCH["num_warps"]),
+    "certified knn: canonical close calls": (
+        canonical._block_kernel, {},
+        {n: v for n, v in canonical.BLOCK_LAUNCH.items() if n != "num_warps"},
+        canonical.BLOCK_LAUNCH["num_warps"]),
     "top-100 fp32, lamb in (0, 1)": streaming_variant(100, torch.float32, True, True),
     "top-100, lamb = 0": streaming_variant(100, torch.float32, False, True),
     "score block, lamb in (0, 1)": score_block_variant(True),

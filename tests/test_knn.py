@@ -10,7 +10,7 @@ from triton_rerank.graph import knn_graph
 
 
 def reference_knn(nodes: np.ndarray, k: int):
-    values, indices = reference.knn(torch.from_numpy(nodes).double(), k)
+    values, indices = reference.knn(torch.from_numpy(nodes), k)
     return values.numpy(), indices.numpy()
 
 

@@ -55,7 +55,7 @@ def test_propagated_rows_match_reference(k2, iterations):
     n_query, k1 = 30, 15
     values, indices, _ = knn_graph(torch.from_numpy(nodes), k1)
     graph = propagate(values, indices, n_query=n_query, k2=k2, iterations=iterations)
-    ref_rows = reference.propagated_rows(torch.from_numpy(nodes).double(), k1=k1, k2=k2,
+    ref_rows = reference.propagated_rows(torch.from_numpy(nodes), k1=k1, k2=k2,
                                          iterations=iterations).numpy()
     # columns are internal node ids: internal id p is node node_order[p]
     order = graph.node_order

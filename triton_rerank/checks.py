@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import canonical
+
 FLOAT_DTYPES_TORCH = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -40,19 +42,33 @@ def as_numpy(x) -> np.ndarray:
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
+    """``x`` (a numpy array or a tensor) as a dense floating-point tensor that autograd does
+    not track, on x's device; numpy's float128/longdouble becomes float64."""
     if isinstance(x, torch.Tensor):
+        if x.layout != torch.strided:
+            raise TypeError(f"{name} is a {x.layout} tensor; pass a dense tensor "
+                            f"(e.g. {name}.to_dense())")
         if x.dtype not in FLOAT_DTYPES_TORCH:
             raise TypeError(
                 f"{name} must be a floating-point tensor (float16, bfloat16, float32 or "
                 f"float64), got dtype {x.dtype}"
             )
-        return x
+        if x.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device, which holds no values")
+        return x.detach()  # model outputs and nn.Parameters: re-ranking is not differentiated
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(
             f"{name} must be a floating-point array (float16, float32 or float64), "
             f"got dtype {x.dtype}"
         )
-    return torch.from_numpy(np.ascontiguousarray(x))
+    if x.dtype.itemsize > 8:  # longdouble: float64 holds every value re-ranking can use
+        with np.errstate(over="ignore"):
+            wide = x.astype(np.float64)
+        if np.isfinite(x).all() and not np.isfinite(wide).all():
+            raise ValueError(f"{name} has values beyond the float64 range")
+        x = wide
+    # native byte order, C order (big-endian arrays from files, transposed views)
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("=")))
 
 
 def _as_matrix(x, name: str) -> torch.Tensor:
@@ -82,6 +98,8 @@ def check_features(query, gallery, *, normalize: bool) -> FeaturePair:
         ValueError: wrong ndim, empty, feature-dim mismatch, NaN/inf, zero-norm rows
             (with ``normalize=True``) or tensors on different devices.
     """
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise TypeError(f"normalize must be True or False, got {normalize!r}")
     types = []
     for name, x in (("query", query), ("gallery", gallery)):
         if isinstance(x, torch.Tensor):
@@ -127,9 +145,10 @@ def check_features(query, gallery, *, normalize: bool) -> FeaturePair:
 
 
 def _copy_rows(t: torch.Tensor, name: str, out: torch.Tensor, normalize: bool) -> None:
-    """Copy ``t`` into the float32 ``out``, L2-normalised when ``normalize``, after
-    rejecting NaN/inf rows (and zero rows when normalising)."""
-    t = t.to(torch.float32)
+    """Copy ``t`` into the float32 ``out``, as canonical unit rows when ``normalize``
+    (``canonical.unit_rows``: scale-aware, so any finite non-zero row works), after
+    rejecting NaN/inf rows (and zero rows when normalising, or values beyond float32's
+    range when not)."""
     bad = ~torch.isfinite(t).all(dim=1)
     if bool(bad.any()):
         rows = torch.nonzero(bad).flatten()
@@ -139,16 +158,38 @@ def _copy_rows(t: torch.Tensor, name: str, out: torch.Tensor, normalize: bool) -
         )
     if not normalize:
         out.copy_(t)
+        overflow = ~torch.isfinite(out).all(dim=1)
+        if bool(overflow.any()):
+            row = int(torch.nonzero(overflow).flatten()[0])
+            raise ValueError(f"{name} has values beyond the float32 range (first in row "
+                             f"{row}); with normalize=False the rows are used as float32")
         return
-    norms = torch.linalg.vector_norm(t, dim=1)
-    zero = norms == 0
+    zero = (t == 0).all(dim=1)
     if bool(zero.any()):
         rows = torch.nonzero(zero).flatten()
         raise ValueError(
             f"{name} has {rows.numel()} zero-norm row(s) (first at row {int(rows[0])}), "
             f"which cannot be L2-normalised; remove them or pass normalize=False"
         )
-    torch.div(t, norms[:, None], out=out)
+    canonical.unit_rows(t, out)
+
+
+def check_unnormalised_scale(features: FeaturePair, k2: int) -> None:
+    """With ``normalize=False``, reject rows so long that the propagation's float32 sums
+    could overflow: weights are squared similarities (up to ``|x|**4``) and a propagated
+    row's squared norm sums up to N entries of ``2 * k2`` weights each.
+
+    Raises:
+        ValueError: the largest row norm is above that limit (the message gives both).
+    """
+    n = features.nodes.shape[0]
+    limit = (1e37 / (4.0 * n * k2 * k2)) ** 0.125
+    largest = float(canonical.row_norms(features.nodes).max())
+    if largest > limit:
+        raise ValueError(f"with normalize=False the rows are used as they are, and the "
+                         f"longest has norm {largest:.4g}: above {limit:.4g}, squared "
+                         f"similarities would overflow float32 in the propagation; pass "
+                         f"normalize=True or scale the features down")
 
 
 def check_unit_rows(x, name: str, dim: int) -> tuple[np.ndarray, str, torch.device]:

@@ -3,8 +3,9 @@
 Mirrors the CPU path (``rerank._run_cpu``: kNN, ``propagate``, ``rerank_scores``) on the
 features' device: a CUDA GPU, or the CPU under ``TRITON_INTERPRET=1``.
 
-1. kNN: the streaming top-k kernel over ``U @ U.T`` (never written whole), certified
-   from a float16 pass for float32 features (``kernels/certified_topk.py``).
+1. kNN: the canonical lists (``triton_rerank/canonical.py``, equal to the CPU path's):
+   the streaming top-k kernel over ``U @ U.T`` (never written whole) as a float16 pass,
+   canonical rescoring of its candidates and a certificate (``kernels/certified_topk.py``).
 2. Propagation on sparse CSR rows: ``A + A.T`` once per round (a torch coalesce), then
    the sparse aggregation kernel (normalised rows straight to CSR). As on the CPU path,
    the last round is built for the queries only; the gallery needs only its norms (see
@@ -26,6 +27,7 @@ import torch
 
 from .checks import FeaturePair
 from .kernels.aggregate import CsrRows, aggregate_dense, aggregate_sparse
+from .kernels.canonical import canonical_topk
 from .kernels.scoring import score_block, topk_block
 from .kernels.tiles import TwoHopTerms
 from .kernels.topk_similarity import MAX_STREAMING_K, topk_similarity
@@ -64,21 +66,15 @@ def _blocks(n_rows: int, row_bytes: int):
 
 
 def knn(nodes: torch.Tensor, k: int):
-    """Top-``k`` inner-product neighbours of each row of ``nodes [N, d]``, self included.
+    """The canonical top-``k`` neighbours of each row of ``nodes [N, d]`` (float32), self
+    included (``triton_rerank/canonical.py``: the same lists as the CPU path).
 
     Returns:
         ``(values [N, k] float32, indices [N, k] int64)``, descending, ties by smaller id.
     """
     if k <= MAX_STREAMING_K:
         return topk_similarity(nodes, nodes, k)
-    n = nodes.shape[0]
-    values = torch.empty(n, k, dtype=torch.float32, device=nodes.device)
-    indices = torch.empty(n, k, dtype=torch.int64, device=nodes.device)
-    for start, stop in _blocks(n, 4 * n):
-        block = torch.empty(stop - start, n, dtype=torch.float32, device=nodes.device)
-        score_block(nodes[start:stop], nodes, lamb=1.0, two_hop=None, out=block)
-        values[start:stop], indices[start:stop] = topk_rows(block, k)
-    return values, indices
+    return canonical_topk(nodes, nodes, k)
 
 
 def symmetrise(a: CsrRows) -> CsrRows:

@@ -1,8 +1,13 @@
 """Dense, obviously-correct GNN re-ranking: the test oracle and the benchmarks' baseline.
 
-Every matrix here is a dense ``[N, N]`` tensor, exactly as DESIGN.md §1 writes the
-algorithm. Memory is several ``N * N`` buffers, so keep N small (tests) or accept
-gigabytes (benchmarks). Deliberately shares no code with the fast path.
+Every matrix here is a dense ``[N, N]`` tensor, exactly as the algorithm is written
+(docs: the design), with the canonical values of ``triton_rerank/canonical.py`` spelled out
+densely: unit rows scaled by a power of two and summed in order, and the kNN similarity
+of every pair summed in float64 in order k = 0, 1, ... (one ``N x N`` update per feature
+dimension), rounded to float32. So the oracle is tie-exact on any data: exact duplicate
+rows tie exactly. Memory is several ``N * N`` buffers, so keep N small (tests) or accept
+gigabytes (benchmarks; ``similarity="matmul"`` times a plain matrix product instead).
+Deliberately shares no code with the fast path.
 """
 
 from __future__ import annotations
@@ -24,21 +29,50 @@ def _normalize_rows(x: torch.Tensor) -> torch.Tensor:
     return x / torch.clamp(norms, min=NORM_EPS)
 
 
-def knn(nodes: torch.Tensor, k: int):
-    """Top-k of ``nodes @ nodes.T`` per row by a full stable sort (ties: smaller column).
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Canonical float32 unit rows: ``y = x * 2**-e`` (``max |y|`` in [0.5, 1)), then
+    ``y / sqrt(y_0**2 + y_1**2 + ...)`` summed in that order, all in float64."""
+    x = x.to(torch.float64)
+    _, exponent = torch.frexp(x.abs().amax(dim=1, keepdim=True))
+    half = -exponent // 2
+    y = torch.ldexp(torch.ldexp(x, half), -exponent - half)
+    square_sum = torch.zeros(x.shape[0], 1, dtype=torch.float64, device=x.device)
+    for k in range(x.shape[1]):
+        square_sum = square_sum + y[:, k:k + 1] * y[:, k:k + 1]
+    return (y / torch.sqrt(square_sum)).to(torch.float32)
+
+
+def canonical_similarities(nodes: torch.Tensor) -> torch.Tensor:
+    """``[N, N]`` float32 canonical similarities of float32 rows: float64 sums of the
+    products in order k = 0, 1, ..., d - 1, rounded to float32."""
+    x = nodes.to(torch.float64)
+    total = torch.zeros(x.shape[0], x.shape[0], dtype=torch.float64, device=x.device)
+    for k in range(x.shape[1]):
+        total = total + x[:, k:k + 1] * x[:, k]
+    return total.to(torch.float32)
+
+
+def knn(nodes: torch.Tensor, k: int, similarity: str = "canonical"):
+    """Top-k per row of the similarities of ``nodes`` by a full stable sort (ties: smaller
+    column): canonical similarities of the float32 rows, or (``similarity="matmul"``) a
+    plain ``nodes @ nodes.T`` in the rows' dtype.
 
     Returns:
         ``(values [N, k], indices [N, k] int64)``.
     """
-    order = torch.sort(nodes @ nodes.T, dim=1, descending=True, stable=True)
+    sims = canonical_similarities(nodes) if similarity == "canonical" else nodes @ nodes.T
+    order = torch.sort(sims, dim=1, descending=True, stable=True)
     return order.values[:, :k], order.indices[:, :k]
 
 
-def propagated_rows(nodes: torch.Tensor, *, k1: int, k2: int, iterations: int) -> torch.Tensor:
-    """Steps 1-4: the final dense ``[N, N]`` rows A, on ``nodes``' device."""
+def propagated_rows(nodes: torch.Tensor, *, k1: int, k2: int, iterations: int,
+                    similarity: str = "canonical", dtype: torch.dtype = torch.float64):
+    """Steps 1-4: the final dense ``[N, N]`` rows A in ``dtype``, on ``nodes``' device
+    (``nodes``: float32 rows as the kNN compares them)."""
     n = nodes.shape[0]
-    values, indices = knn(nodes, k1)
-    a = torch.zeros(n, n, dtype=nodes.dtype, device=nodes.device)
+    values, indices = knn(nodes, k1, similarity)
+    values = values.to(dtype)
+    a = torch.zeros(n, n, dtype=dtype, device=nodes.device)
     a.scatter_(1, indices, 1.0)
     if k2 == 1:
         return a
@@ -55,7 +89,8 @@ def propagated_rows(nodes: torch.Tensor, *, k1: int, k2: int, iterations: int) -
 def gnn_rerank_reference(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2,
                          lamb: float = 0.3, normalize: bool = True,
                          dtype: torch.dtype = torch.float64,
-                         device: torch.device | str = "cpu") -> torch.Tensor:
+                         device: torch.device | str = "cpu",
+                         similarity: str = "canonical") -> torch.Tensor:
     """Re-ranked ``[q, g]`` similarity, computed densely in ``dtype`` on ``device``.
 
     Args:
@@ -63,19 +98,30 @@ def gnn_rerank_reference(query, gallery, *, k1: int = 26, k2: int = 7, iteration
         gallery: ``[g, d]``.
         k1, k2, iterations, lamb, normalize: as :func:`triton_rerank.gnn_rerank`
             (not validated here: this is an oracle, not a user entry point).
-        dtype: ``torch.float64`` (default) or ``torch.float32``.
+        dtype: of the propagation and the scores, ``torch.float64`` (default) or
+            ``torch.float32``.
         device: where to compute (the CPU by default; the GPU check times it on CUDA).
+        similarity: ``"canonical"`` (the library's definition, tie-exact) or ``"matmul"``
+            (normalise and multiply in ``dtype``: the plain dense algorithm, for timings).
 
     Returns:
         ``[q, g]`` tensor of ``dtype``.
     """
-    xq, xg = _as_tensor(query, dtype, device), _as_tensor(gallery, dtype, device)
-    if normalize:
-        xq, xg = _normalize_rows(xq), _normalize_rows(xg)
+    if similarity == "canonical":
+        xq, xg = (_as_tensor(x, torch.float64, device) for x in (query, gallery))
+        xq, xg = (unit_rows(x) if normalize else x.to(torch.float32) for x in (xq, xg))
+    else:
+        xq, xg = _as_tensor(query, dtype, device), _as_tensor(gallery, dtype, device)
+        if normalize:
+            xq, xg = _normalize_rows(xq), _normalize_rows(xg)
     n_query = xq.shape[0]
-    a = propagated_rows(torch.cat([xq, xg]), k1=k1, k2=k2, iterations=iterations)
+    nodes = torch.cat([xq, xg])
+    a = propagated_rows(nodes, k1=k1, k2=k2, iterations=iterations, similarity=similarity,
+                        dtype=dtype)
     sim = a[:n_query] @ a[n_query:].T
-    return (1 - lamb) * sim + lamb * (xq @ xg.T)
+    base = (canonical_similarities(nodes)[:n_query, n_query:] if similarity == "canonical"
+            else xq @ xg.T)
+    return (1 - lamb) * sim + lamb * base.to(dtype)
 
 
 def ranking(scores: torch.Tensor) -> torch.Tensor:

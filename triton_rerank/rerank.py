@@ -10,7 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checks import FeaturePair, check_features, check_rerank_params, check_similarity_blocks
+from .checks import (
+    FeaturePair,
+    check_features,
+    check_rerank_params,
+    check_similarity_blocks,
+    check_unnormalised_scale,
+)
 from .graph import NeighbourLists, knn_graph
 from .propagate import propagate
 from .scoring import rerank_scores
@@ -141,6 +147,8 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
     k1, k2, iterations, lamb, topk = check_rerank_params(
         k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk,
         n_nodes=n_query + n_gallery, n_gallery=n_gallery)
+    if not normalize:
+        check_unnormalised_scale(features, k2)
     device = features.device if features.array_type == "torch" else None
     run = _run_cpu
     if resolve_backend(backend, device) == "triton":

@@ -2,11 +2,11 @@
 
 ``gnn_rerank(xq, xb)`` makes queries and database items nodes of one graph. The
 database-to-database part of that graph's kNN step does not depend on the queries,
-so it can be computed once (e.g. with FAISS) and reused: a new batch only adds
-its query-query and query-database similarities to copies of the cached lists
-(the tie rule is a total order, so the result does not depend on that order).
-Propagation and scoring then run as in :func:`triton_rerank.gnn_rerank`, and the
-results are the same.
+so it can be computed once and reused: a new batch only adds its query-query and
+query-database similarities (``graph.knn_with_database``). The lists are the canonical
+ones either way (the tie rule is a total order, so they do not depend on the order in
+which candidates arrive). Propagation and scoring then run as in
+:func:`triton_rerank.gnn_rerank`, and the results are the same.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .graph import NeighbourLists, offer_query_strips, rows_per_strip
+from .graph import knn_with_database
 from .propagate import propagate
 from .rerank import keeps_query_gallery
 from .scoring import rerank_scores
@@ -28,8 +28,8 @@ def rerank_against_database(query: torch.Tensor, database: torch.Tensor,
     Args:
         query: ``[q, d]`` float32 CPU tensor of unit rows.
         database: ``[g, d]`` float32 CPU tensor of unit rows.
-        database_values: ``[g, k]`` float32, each database row's top-``k`` similarities
-            among the database (``k = min(k1, g)``), sorted by the tie rule.
+        database_values: ``[g, k]`` float32, each database row's top-``k`` canonical
+            similarities among the database (``k = min(k1, g)``), sorted by the tie rule.
         database_indices: ``[g, k]`` int64 their database positions.
         k1, k2, iterations, lamb, topk: as :func:`triton_rerank.gnn_rerank` (checked).
 
@@ -37,17 +37,11 @@ def rerank_against_database(query: torch.Tensor, database: torch.Tensor,
         As :func:`triton_rerank.gnn_rerank`, as CPU tensors.
     """
     n_query, n_gallery = query.shape[0], database.shape[0]
-    n = n_query + n_gallery
-    lists = NeighbourLists(n, k1)
-    k_cached = database_indices.shape[1]
-    lists.values[n_query:, :k_cached] = database_values
-    lists.indices[n_query:, :k_cached] = np.where(database_indices >= 0,
-                                                  database_indices + n_query, -1)
-    nodes = torch.cat([query, database])
     keep_base = keeps_query_gallery(n_query, n_gallery, lamb=lamb, topk=topk)
-    base = torch.empty(n_query, n_gallery, dtype=torch.float32) if keep_base else None
-    offer_query_strips(nodes, n_query, lists, min(n_query, rows_per_strip(n)), base)
-    graph = propagate(lists.values, lists.indices, n_query=n_query, k2=k2,
-                      iterations=iterations)
+    nodes = torch.cat([query, database])
+    values, indices, base = knn_with_database(nodes, n_query, database_values,
+                                              database_indices, k1,
+                                              keep_query_gallery=keep_base)
+    graph = propagate(values, indices, n_query=n_query, k2=k2, iterations=iterations)
     return rerank_scores(graph, nodes[:n_query], nodes[n_query:], lamb=lamb, topk=topk,
                          base=base)

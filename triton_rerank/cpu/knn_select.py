@@ -5,6 +5,10 @@ block to these kernels, which keep every node's best ``k`` (value, column) pairs
 far, ordered by value descending and, for equal values, column ascending (the tie
 rule). The order is total, so the result does not depend on the order in which
 blocks arrive.
+
+Blocks are float32, or bfloat16 (the fast candidate pass) passed as their uint16 bit
+patterns: a bfloat16 value is the top half of a float32, so it is widened exactly by a
+16-bit shift, one row (or row chunk) at a time.
 """
 
 from __future__ import annotations
@@ -14,27 +18,59 @@ import numpy as np
 
 from .jit import njit
 
-# Columns per parallel task in update_from_columns: small enough to keep the cached
+# Columns per parallel task in the column kernels: small enough to keep the cached
 # thresholds in L1, large enough to amortise the task.
 _COLUMN_CHUNK = 256
 
 
 @njit(inline="always")
-def _before(value_a, index_a, value_b, index_b):
+def before(value_a, index_a, value_b, index_b):
     """Whether (value_a, index_a) ranks before (value_b, index_b)."""
     return value_a > value_b or (value_a == value_b and index_a < index_b)
 
 
 @njit(inline="always")
-def _insert(values, indices, value, index):
+def insert(values, indices, value, index):
     """Insert (value, index) into a sorted list known to accept it (it ranks before the last)."""
     j = values.shape[0] - 1
-    while j > 0 and _before(value, index, values[j - 1], indices[j - 1]):
+    while j > 0 and before(value, index, values[j - 1], indices[j - 1]):
         values[j] = values[j - 1]
         indices[j] = indices[j - 1]
         j -= 1
     values[j] = value
     indices[j] = index
+
+
+@njit()
+def _widen_bf16(bits, out_bits):
+    """Write the float32 bit patterns of bfloat16 ``bits`` (uint16) into ``out_bits``
+    (uint32, at least as long); view ``out_bits`` as float32 to read the values."""
+    for c in range(bits.shape[0]):
+        out_bits[c] = np.uint32(bits[c]) << np.uint32(16)
+
+
+@njit()
+def _offer_row(row, col_start, values, indices):
+    """Offer ``row[c]`` as neighbour ``col_start + c`` to one node's sorted list."""
+    k = values.shape[0]
+    for c in range(row.shape[0]):
+        v = row[c]
+        if v >= values[k - 1] and before(v, col_start + c, values[k - 1], indices[k - 1]):
+            insert(values, indices, v, col_start + c)
+
+
+@njit()
+def _offer_columns(row, neighbour, first_node, thresholds, top_values, top_indices):
+    """Offer ``row[c]`` (one block row, a chunk of columns) as neighbour ``neighbour`` to
+    nodes ``first_node + c``; ``thresholds[c]`` caches their k-th values."""
+    k = top_values.shape[1]
+    for c in range(row.shape[0]):
+        v = row[c]
+        node = first_node + c
+        if v >= thresholds[c] and before(v, neighbour, top_values[node, k - 1],
+                                         top_indices[node, k - 1]):
+            insert(top_values[node], top_indices[node], v, neighbour)
+            thresholds[c] = top_values[node, k - 1]
 
 
 @njit(parallel=True)
@@ -47,16 +83,23 @@ def update_from_rows(block, row_start, col_start, top_values, top_indices):
         top_values: ``[n, k]`` float32 running top-k values, descending (updated in place).
         top_indices: ``[n, k]`` int64 their column ids (updated in place).
     """
-    n_rows, n_cols = block.shape
-    k = top_values.shape[1]
-    for r in nb.prange(n_rows):
-        node = row_start + r
-        values = top_values[node]
-        indices = top_indices[node]
-        for c in range(n_cols):
-            v = block[r, c]
-            if v >= values[k - 1] and _before(v, col_start + c, values[k - 1], indices[k - 1]):
-                _insert(values, indices, v, col_start + c)
+    for r in nb.prange(block.shape[0]):
+        _offer_row(block[r], col_start, top_values[row_start + r], top_indices[row_start + r])
+
+
+@njit(parallel=True)
+def update_from_rows_bf16(block, row_start, col_start, top_values, top_indices):
+    """:func:`update_from_rows` for a bfloat16 block given as ``[b, m]`` uint16 bits."""
+    for r in nb.prange(block.shape[0]):
+        bits = np.empty(block.shape[1], np.uint32)
+        _widen_bf16(block[r], bits)
+        _offer_row(bits.view(np.float32), col_start, top_values[row_start + r],
+                   top_indices[row_start + r])
+
+
+@njit()
+def _column_chunks(first_col, n_cols):
+    return (n_cols - first_col + _COLUMN_CHUNK - 1) // _COLUMN_CHUNK
 
 
 @njit(parallel=True)
@@ -68,20 +111,28 @@ def update_from_columns(block, row_start, col_start, first_col, top_values, top_
 
     Args: as :func:`update_from_rows`, plus ``first_col`` (local column index).
     """
-    n_rows, n_cols = block.shape
+    n_cols = block.shape[1]
     k = top_values.shape[1]
-    n_chunks = (n_cols - first_col + _COLUMN_CHUNK - 1) // _COLUMN_CHUNK
-    for chunk in nb.prange(n_chunks):
+    for chunk in nb.prange(_column_chunks(first_col, n_cols)):
         c0 = first_col + chunk * _COLUMN_CHUNK
         c1 = min(n_cols, c0 + _COLUMN_CHUNK)
-        thresholds = np.empty(c1 - c0, dtype=top_values.dtype)
-        for c in range(c0, c1):
-            thresholds[c - c0] = top_values[col_start + c, k - 1]
-        for r in range(n_rows):
-            for c in range(c0, c1):
-                v = block[r, c]
-                node = col_start + c
-                if v >= thresholds[c - c0] and _before(v, row_start + r, top_values[node, k - 1],
-                                                       top_indices[node, k - 1]):
-                    _insert(top_values[node], top_indices[node], v, row_start + r)
-                    thresholds[c - c0] = top_values[node, k - 1]
+        thresholds = top_values[col_start + c0:col_start + c1, k - 1].copy()
+        for r in range(block.shape[0]):
+            _offer_columns(block[r, c0:c1], row_start + r, col_start + c0, thresholds,
+                           top_values, top_indices)
+
+
+@njit(parallel=True)
+def update_from_columns_bf16(block, row_start, col_start, first_col, top_values, top_indices):
+    """:func:`update_from_columns` for a bfloat16 block given as ``[b, m]`` uint16 bits."""
+    n_cols = block.shape[1]
+    k = top_values.shape[1]
+    for chunk in nb.prange(_column_chunks(first_col, n_cols)):
+        c0 = first_col + chunk * _COLUMN_CHUNK
+        c1 = min(n_cols, c0 + _COLUMN_CHUNK)
+        thresholds = top_values[col_start + c0:col_start + c1, k - 1].copy()
+        bits = np.empty(c1 - c0, np.uint32)
+        for r in range(block.shape[0]):
+            _widen_bf16(block[r, c0:c1], bits)
+            _offer_columns(bits.view(np.float32), row_start + r, col_start + c0, thresholds,
+                           top_values, top_indices)

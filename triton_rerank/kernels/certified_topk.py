@@ -1,16 +1,18 @@
-"""Exact top-k inner products of float32 rows from a fast half-precision pass.
+"""Canonical top-k of float32 rows (``triton_rerank/canonical.py``) from a fast
+half-precision pass.
 
 1. Candidates: the streaming top-k kernel on float16 copies of x and y (tensor cores at
    full rate, products exact in fp32) keeps ``k_cand`` candidates per row, a few more
    than k.
-2. Rescoring: the candidates' inner products from the float32 rows (a gather kernel),
+2. Rescoring: the candidates' canonical similarities (``canonical.canonical_rescore``),
    sorted by descending value, equal values by smaller column.
 3. Certificate: every approximate score is within ``delta_i`` of the exact one
-   (:func:`error_bound`: float16 rounding of both rows, fp32 sums). A column that is not
-   a candidate scored at most ``a_i`` approximately (the row's last candidate), so at
-   most ``a_i + delta_i`` exactly. When the k-th rescored value is above that, the row's
-   top-k is exact, tie order included. The other rows (close calls) are recomputed by
-   the streaming kernel with fp32 FMA products ("ieee").
+   (:func:`error_bound`: float16 rounding of both rows, fp32 sums), and every canonical
+   value within ``canonical_error`` of it. A column that is not a candidate scored at most
+   ``a_i`` approximately (the row's last candidate), so at most ``a_i + delta_i +
+   canonical_error`` canonically. When the k-th rescored value is above that, the row's
+   top-k is exact, tie order included. The other rows (close calls) are recomputed
+   canonically over every column (``canonical.canonical_topk``).
 
 On unit-norm re-ID features ``delta`` is about 1e-3 and nearly every row passes.
 """
@@ -21,9 +23,10 @@ import math
 
 import torch
 import triton
-import triton.language as tl
 
+from .. import canonical as definition
 from ..topk import sort_by_value_then_index
+from .canonical import canonical_rescore, canonical_topk
 from .topk_similarity import MAX_STREAMING_K, streaming_topk
 
 # Extra candidates per row beyond k (rounded up to the kernel's power-of-two width).
@@ -32,44 +35,12 @@ _FP16_UNIT = 2.0**-11  # relative rounding error of float16 (normal range)
 _FP16_SUBNORMAL_ERROR = 2.0**-25  # absolute rounding error below float16's normal range
 _FP16_SAFE_MAX = 2.0**15  # |values| above this could round to inf in float16
 _FP32_SUM_UNIT = 2.0**-23  # per-addition error of an fp32 sum (truncating hardware too)
-RESCORE_LAUNCH = dict(BLOCK_D=32, num_warps=4)
-
-
-@triton.jit
-def _rescore_kernel(x_ptr, y_ptr, cand_ptr, out_ptr, dim, n_cand, stride_x, stride_y,
-                    BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
-    """``out[i, c] = <x[i], y[cand[i, c]]>`` in fp32, one program per row of x."""
-    i_r = tl.program_id(0).to(tl.int64)
-    o_c = tl.arange(0, BLOCK_C)
-    m_c = o_c < n_cand
-    b_cand = tl.load(cand_ptr + i_r * n_cand + o_c, mask=m_c, other=0)
-    b_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for d_start in range(0, dim, BLOCK_D):
-        o_d = d_start + tl.arange(0, BLOCK_D)
-        m_d = o_d < dim
-        b_x = tl.load(x_ptr + i_r * stride_x + o_d, mask=m_d, other=0.0)
-        b_y = tl.load(y_ptr + b_cand[:, None] * stride_y + o_d[None, :],
-                      mask=m_c[:, None] & m_d[None, :], other=0.0)
-        b_acc += tl.sum(b_y * b_x[None, :], axis=1)
-    tl.store(out_ptr + i_r * n_cand + o_c, b_acc, mask=m_c)
-
-
-def rescore(x: torch.Tensor, y: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """``[n, c]`` float32 inner products of ``x [n, d]`` with ``y[candidates[i]]``
-    (``candidates [n, c]`` int64, c <= 256; x, y contiguous float32)."""
-    n_rows, n_cand = candidates.shape
-    out = torch.empty(n_rows, n_cand, dtype=torch.float32, device=x.device)
-    if n_rows:
-        _rescore_kernel[(n_rows,)](x, y, candidates.contiguous(), out, x.shape[1], n_cand,
-                                   x.stride(0), y.stride(0),
-                                   BLOCK_C=triton.next_power_of_2(n_cand), **RESCORE_LAUNCH)
-    return out
 
 
 def error_bound(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``[n]`` float32: for each row i, a bound on ``|approx(x_i, y_j) - exact(x_i, y_j)|``
     over all j, where approx is the fp32 sum of products of float16-rounded values (any
-    order) and exact the rescored fp32 value.
+    order) and exact the inner product of the float32 rows.
 
     Rounding v to float16 moves it by at most ``u |v| + a`` (u = 2**-11 in the normal
     range, a = 2**-25 below it, where a value can double). So one product moves by at
@@ -77,7 +48,8 @@ def error_bound(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     dimensions (Cauchy-Schwarz: ``sum |x||y| <= |x_i| |y_j|``, ``sum |x| <= sqrt(d) |x_i|``)
     by ``rounding`` below. Each of the two fp32 sums is off by at most ``d * 2**-23``
     times the sum of its terms' magnitudes; a tensor core's block sums (aligned to the
-    largest term, truncated) stay within twice that, which the rescoring's share covers.
+    largest term, truncated) stay within twice that, which the second sum's share (the
+    float32 rescoring of earlier versions, now canonical) covers.
     """
     dim = x.shape[1]
     u, a = _FP16_UNIT, _FP16_SUBNORMAL_ERROR
@@ -106,7 +78,8 @@ def candidate_count(k: int, n_cols: int, margin: int = DEFAULT_MARGIN) -> int:
 
 def certified_topk(x: torch.Tensor, y: torch.Tensor, k: int, *,
                    margin: int = DEFAULT_MARGIN):
-    """Top-``k`` of ``x @ y.T`` per row, exact, by candidates + certificate (see module doc).
+    """The canonical top-``k`` of ``x @ y.T`` per row, by candidates + certificate (see the
+    module doc).
 
     Args:
         x: ``[n, d]`` contiguous float32 (checked by the caller, see
@@ -117,23 +90,25 @@ def certified_topk(x: torch.Tensor, y: torch.Tensor, k: int, *,
         margin: candidates beyond k per row (at least; the kernel's padding adds more).
 
     Returns:
-        ``(values [n, k] float32, indices [n, k] int64, n_recomputed)``: the top-k,
-        descending, equal values by smaller column; and how many rows failed the
-        certificate and were recomputed by the exact kernel.
+        ``(values [n, k] float32, indices [n, k] int64, n_recomputed)``: the canonical
+        top-k, descending, equal values by smaller column; and how many rows failed the
+        certificate and were recomputed canonically.
     """
     n_rows, n_cols = x.shape[0], y.shape[0]
     n_cand = candidate_count(k, n_cols, margin)
     x_half = x.half()
     y_half = x_half if y is x else y.half()
     approx_values, candidates = streaming_topk(n_cand, n_rows, n_cols, x=x_half, y=y_half)
-    values, indices = sort_by_value_then_index(rescore(x, y, candidates), candidates)
+    values, indices = sort_by_value_then_index(canonical_rescore(x, y, candidates), candidates)
     values, indices = values[:, :k].contiguous(), indices[:, :k].contiguous()
     if n_cand == n_cols:  # every column was a candidate
         return values, indices, 0
-    left_out_at_most = approx_values[:, -1] + error_bound(x, y)
-    uncertain = torch.nonzero(values[:, -1] <= left_out_at_most).flatten()
-    if uncertain.numel():  # exact fp32 products, like the rescoring (few rows)
-        values[uncertain], indices[uncertain] = streaming_topk(
-            k, uncertain.numel(), n_cols, x=x[uncertain].contiguous(), y=y,
-            tuning={"INPUT_PRECISION": "ieee"})
+    x_norms = definition.row_norms(x)
+    y_norm = float((x_norms if y is x else definition.row_norms(y)).max())
+    left_out_at_most = definition.certify_threshold(
+        approx_values[:, -1], error_bound(x, y).double(),
+        definition.canonical_error(x_norms, y_norm, x.shape[1]))
+    uncertain = torch.nonzero(values[:, -1].double() <= left_out_at_most).flatten()
+    if uncertain.numel():  # close calls: canonical values against every column
+        values[uncertain], indices[uncertain] = canonical_topk(x[uncertain].contiguous(), y, k)
     return values, indices, int(uncertain.numel())

@@ -156,9 +156,12 @@ def topk_similarity(x: torch.Tensor, y: torch.Tensor, k: int):
 
     Args:
         x: ``[n, d]`` float32, float16 or bfloat16 (products accumulate in fp32).
-            float32 rows go through ``certified_topk`` (a float16 pass, fp32 rescoring
-            and a certificate; close calls recomputed with fp32 products): the exact
-            top-k up to fp32 rounding, like a plain fp32 product, but faster.
+            float32 rows get the canonical similarities of ``triton_rerank/canonical.py``
+            (the kNN's definition, equal to the CPU path's bit for bit): through
+            ``certified_topk`` (a float16 pass, canonical rescoring and a certificate;
+            close calls recomputed canonically), or canonically over every column where
+            the float16 pass cannot run (values beyond float16's range, k near
+            ``MAX_STREAMING_K``).
         y: ``[m, d]`` same dtype and device (may be x itself).
         k: ``1 <= k <= min(m, MAX_STREAMING_K)``.
 
@@ -177,12 +180,14 @@ def topk_similarity(x: torch.Tensor, y: torch.Tensor, k: int):
     if not 1 <= k <= min(y.shape[0], MAX_STREAMING_K):
         raise ValueError(f"k must be in [1, min(m, {MAX_STREAMING_K})] with m = {y.shape[0]}, "
                          f"got {k}")
-    from .certified_topk import DEFAULT_MARGIN, certified_topk, fits_float16  # (a cycle)
+    from .canonical import canonical_topk  # (a cycle through certified_topk)
+    from .certified_topk import DEFAULT_MARGIN, certified_topk, fits_float16
 
     same = y is x
     x = x.contiguous()
     y = x if same else y.contiguous()
-    if (x.dtype == torch.float32 and k + DEFAULT_MARGIN <= MAX_STREAMING_K
-            and fits_float16(x, y)):
+    if x.dtype != torch.float32:
+        return streaming_topk(k, x.shape[0], y.shape[0], x=x, y=y)
+    if k + DEFAULT_MARGIN <= MAX_STREAMING_K and fits_float16(x, y):
         return certified_topk(x, y, k)[:2]
-    return streaming_topk(k, x.shape[0], y.shape[0], x=x, y=y)
+    return canonical_topk(x, y, k)

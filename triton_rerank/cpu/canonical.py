@@ -1,0 +1,155 @@
+"""Canonical similarities on the CPU (defined in ``triton_rerank/canonical.py``): float64
+sums of the exact float32 products in order k = 0, 1, ..., d-1, rounded to float32.
+
+Three kernels use them, all parallel over rows:
+
+- :func:`rescore_candidates`: the canonical values of each row's fast-pass candidates,
+  sorted by the tie rule, and whether the row's top-k is certified;
+- :func:`canonical_topk_above`: the canonical top-k of rows the certificate could not
+  prove, over the columns whose fast value is above a per-row threshold;
+- :func:`offer_to_columns`: like the previous one, but for the columns of a block (the
+  database nodes of a query batch, whose own lists are known);
+
+and :func:`canonical_list_values` gives the values of given neighbour lists.
+
+Nothing here may be compiled with ``fastmath``: the order of the sums is the definition.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from .jit import njit
+from .knn_select import before, insert
+
+
+@njit()
+def canonical_dot(x, y):
+    """The canonical similarity of two float32 rows of equal length."""
+    total = 0.0
+    for k in range(x.shape[0]):
+        total += np.float64(x[k]) * np.float64(y[k])
+    return np.float32(total)
+
+
+@njit()
+def _canonical_dots(x, nodes, columns, out):
+    """``out[c] = canonical_dot(x, nodes[columns[c]])``, four rows at a time: four
+    independent sums (each still in order k) hide the latency of the additions."""
+    n = columns.shape[0]
+    dim = x.shape[0]
+    c = 0
+    while c + 4 <= n:
+        y0, y1 = nodes[columns[c]], nodes[columns[c + 1]]
+        y2, y3 = nodes[columns[c + 2]], nodes[columns[c + 3]]
+        s0 = s1 = s2 = s3 = 0.0
+        for k in range(dim):
+            xk = np.float64(x[k])
+            s0 += xk * np.float64(y0[k])
+            s1 += xk * np.float64(y1[k])
+            s2 += xk * np.float64(y2[k])
+            s3 += xk * np.float64(y3[k])
+        out[c], out[c + 1], out[c + 2], out[c + 3] = (np.float32(s0), np.float32(s1),
+                                                      np.float32(s2), np.float32(s3))
+        c += 4
+    while c < n:
+        out[c] = canonical_dot(x, nodes[columns[c]])
+        c += 1
+
+
+@njit(parallel=True)
+def rescore_candidates(nodes, rows, candidates, thresholds, out_values, out_indices,
+                       certified):
+    """Canonical top-k of each row among its candidates, and the certificate.
+
+    Args:
+        nodes: ``[N, d]`` float32 rows.
+        rows: ``[r]`` int64 node of each row of ``candidates``.
+        candidates: ``[r, c]`` int64 column ids from the fast pass (all valid, distinct).
+        thresholds: ``[r]`` float64: the row is certified when its k-th canonical value is
+            above this (``-inf`` when the candidates are all the columns).
+        out_values: ``[r, k]`` float32 output, descending; out_indices ``[r, k]`` int64,
+            equal values by smaller column.
+        certified: ``[r]`` bool output.
+    """
+    n_rows, n_cand = candidates.shape
+    k = out_values.shape[1]
+    for i in nb.prange(n_rows):
+        scores = np.empty(n_cand, np.float32)
+        _canonical_dots(nodes[rows[i]], nodes, candidates[i], scores)
+        values, indices = out_values[i], out_indices[i]
+        values[:] = -np.inf
+        indices[:] = -1
+        for c in range(n_cand):
+            if before(scores[c], candidates[i, c], values[k - 1], indices[k - 1]):
+                insert(values, indices, scores[c], candidates[i, c])
+        certified[i] = np.float64(values[k - 1]) > thresholds[i]
+
+
+@njit(parallel=True)
+def canonical_topk_above(nodes, rows, block, thresholds, out_values, out_indices):
+    """Canonical top-k of each row over the columns whose fast value is high enough.
+
+    Args:
+        nodes: ``[N, d]`` float32 rows.
+        rows: ``[r]`` int64 node of each row of ``block``.
+        block: ``[r, N]`` float32 fast-pass values of those rows against every node.
+        thresholds: ``[r]`` float64: columns whose block value is below are left out (they
+            cannot reach the top-k canonically).
+        out_values, out_indices: ``[r, k]`` outputs (descending, ties by smaller column).
+    """
+    k = out_values.shape[1]
+    for i in nb.prange(rows.shape[0]):
+        x = nodes[rows[i]]
+        values, indices = out_values[i], out_indices[i]
+        values[:] = -np.inf
+        indices[:] = -1
+        for j in range(block.shape[1]):
+            if np.float64(block[i, j]) >= thresholds[i]:
+                v = canonical_dot(x, nodes[j])
+                if before(v, j, values[k - 1], indices[k - 1]):
+                    insert(values, indices, v, j)
+
+
+# Columns per parallel task of offer_to_columns (rows are read along a chunk).
+_COLUMN_CHUNK = 256
+
+
+@njit(parallel=True)
+def offer_to_columns(nodes, row_start, col_start, block, thresholds, top_values, top_indices):
+    """Offer the rows of a block to the lists of its columns, canonically.
+
+    Column ``c`` is node ``col_start + c`` with a canonical sorted list (``top_values``,
+    ``top_indices``); row ``r`` is node ``row_start + r``. Entries whose block value is at
+    least ``thresholds[c]`` get their canonical value and are offered to the column's list
+    (the others cannot enter it).
+
+    Args:
+        nodes: ``[N, d]`` float32 rows.
+        block: ``[b, m]`` float32 fast-pass values.
+        thresholds: ``[m]`` float64.
+        top_values, top_indices: ``[N, k]`` lists (updated in place for the block's columns).
+    """
+    n_rows, n_cols = block.shape
+    k = top_values.shape[1]
+    for chunk in nb.prange((n_cols + _COLUMN_CHUNK - 1) // _COLUMN_CHUNK):
+        c0 = chunk * _COLUMN_CHUNK
+        for r in range(n_rows):
+            for c in range(c0, min(n_cols, c0 + _COLUMN_CHUNK)):
+                if np.float64(block[r, c]) >= thresholds[c]:
+                    node = col_start + c
+                    v = canonical_dot(nodes[row_start + r], nodes[node])
+                    if before(v, row_start + r, top_values[node, k - 1],
+                              top_indices[node, k - 1]):
+                        insert(top_values[node], top_indices[node], v, row_start + r)
+
+
+@njit(parallel=True)
+def canonical_list_values(x, y, columns, out):
+    """``out[i, t] = canonical_dot(x[i], y[columns[i, t]])``, or ``-inf`` where
+    ``columns[i, t] < 0`` (``[r, t]`` lists of neighbour ids)."""
+    for i in nb.prange(columns.shape[0]):
+        for t in range(columns.shape[1]):
+            j = columns[i, t]
+            out[i, t] = canonical_dot(x[i], y[j]) if j >= 0 else -np.inf
