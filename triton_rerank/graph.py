@@ -34,12 +34,7 @@ import torch
 
 from . import canonical
 from .cpu.canonical import canonical_topk_above, offer_to_columns, rescore_candidates
-from .cpu.knn_select import (
-    update_from_columns,
-    update_from_columns_bf16,
-    update_from_rows,
-    update_from_rows_bf16,
-)
+from .cpu.knn_select import update_from_columns, update_from_rows
 from .knn_precision import knn_precision
 from .topk import sort_by_value_then_index
 
@@ -76,17 +71,14 @@ class NeighbourLists:
             to_rows: offer each row's entries to the row's node.
             columns_from: also offer columns ``columns_from:`` to the columns' nodes.
         """
-        by_rows, by_columns = update_from_rows, update_from_columns
         if isinstance(block, torch.Tensor):
-            if block.dtype == torch.bfloat16:
-                block = block.view(torch.int16).numpy().view(np.uint16)
-                by_rows, by_columns = update_from_rows_bf16, update_from_columns_bf16
-            else:
-                block = block.numpy()
+            block = (block.view(torch.int16).numpy().view(np.uint16)
+                     if block.dtype == torch.bfloat16 else block.numpy())
         if to_rows:
-            by_rows(block, row_start, col_start, self.values, self.indices)
+            update_from_rows(block, row_start, col_start, self.values, self.indices)
         if columns_from is not None and columns_from < block.shape[1]:
-            by_columns(block, row_start, col_start, columns_from, self.values, self.indices)
+            update_from_columns(block, row_start, col_start, columns_from, self.values,
+                                self.indices)
 
 
 @dataclass(frozen=True)
@@ -143,7 +135,7 @@ def _offer_full_strips(factors: torch.Tensor, first_row: int, strip_bytes: int,
 
 def knn_graph(nodes: torch.Tensor, k: int, *, strip_bytes: int = DEFAULT_STRIP_BYTES,
               n_query: int = 0, keep_query_gallery: bool = False,
-              precision: str | None = None):
+              precision: str | None = None, report: dict | None = None):
     """The canonical top-``k`` neighbours of every row of ``nodes``, self included.
 
     Args:
@@ -156,6 +148,8 @@ def knn_graph(nodes: torch.Tensor, k: int, *, strip_bytes: int = DEFAULT_STRIP_B
         precision: the fast pass, ``"bf16"`` or ``"fp32"`` (default:
             :func:`~triton_rerank.knn_precision.knn_precision`); the lists do not depend
             on it.
+        report: if given, receives ``precision``, ``candidates`` (per row) and
+            ``close_calls`` (rows the certificate could not prove, recomputed).
 
     Returns:
         ``(values [N, k] float32, indices [N, k] int64, query_gallery)``: numpy arrays
@@ -184,7 +178,11 @@ def knn_graph(nodes: torch.Tensor, k: int, *, strip_bytes: int = DEFAULT_STRIP_B
     if rounding is not None:
         last = torch.from_numpy(lists.values[low_rows, -1])
         fast_error[low_rows] = errors.bf16[low_rows] + canonical.bf16_output_slack(last)
-    values, indices = certified_lists(nodes, lists, k, fast_error, errors, strip_bytes)
+    values, indices, close_calls = certified_lists(nodes, lists, k, fast_error, errors,
+                                                   strip_bytes)
+    if report is not None:
+        report.update(precision=precision, candidates=lists.indices.shape[1],
+                      close_calls=close_calls)
     return values, indices, query_gallery
 
 
@@ -205,7 +203,8 @@ def certified_lists(nodes: torch.Tensor, candidates: NeighbourLists, k: int,
             values and the float32 recomputation of close calls).
 
     Returns:
-        ``(values [r, k] float32, indices [r, k] int64)``.
+        ``(values [r, k] float32, indices [r, k] int64, close_calls)``: the lists, and
+        how many rows the certificate could not prove (recomputed canonically).
     """
     n_rows, n_cand = candidates.indices.shape
     if n_cand == nodes.shape[0]:  # every column is a candidate
@@ -222,7 +221,7 @@ def certified_lists(nodes: torch.Tensor, candidates: NeighbourLists, k: int,
     close_calls = np.flatnonzero(~certified)
     if close_calls.size:
         recompute_close_calls(nodes, close_calls, values, indices, errors, strip_bytes)
-    return values, indices
+    return values, indices, int(close_calls.size)
 
 
 def recompute_close_calls(nodes: torch.Tensor, rows: np.ndarray, values: np.ndarray,
@@ -334,8 +333,9 @@ def knn_with_database(nodes: torch.Tensor, n_query: int, database_values: np.nda
         query_lists.offer(right, start, n_query)
         offer_to_columns(x, start, n_query, right.numpy(), db_thresholds, lists.values,
                          lists.indices)
-    query_values, query_indices = certified_lists(nodes, query_lists, k,
-                                                  errors.fp32[:n_query], errors, strip_bytes)
+    query_values, query_indices, _ = certified_lists(nodes, query_lists, k,
+                                                     errors.fp32[:n_query], errors,
+                                                     strip_bytes)
     lists.values[:n_query], lists.indices[:n_query] = query_values, query_indices
     return lists.values, lists.indices, query_gallery
 

@@ -17,10 +17,9 @@ Nothing here may be compiled with ``fastmath``: the order of the sums is the def
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
-from .jit import njit
+from .jit import njit, parallel_chunks
 from .knn_select import before, insert
 
 
@@ -58,9 +57,29 @@ def _canonical_dots(x, nodes, columns, out):
         c += 1
 
 
-@njit(parallel=True)
+# Columns of a block that offer_to_columns reads along at a time.
+_COLUMN_CHUNK = 256
+
+
+@njit(nogil=True)
+def _rescore_chunk(start, stop, nodes, rows, candidates, thresholds, out_values, out_indices,
+                   certified):
+    n_cand = candidates.shape[1]
+    k = out_values.shape[1]
+    scores = np.empty(n_cand, np.float32)
+    for i in range(start, stop):
+        _canonical_dots(nodes[rows[i]], nodes, candidates[i], scores)
+        values, indices = out_values[i], out_indices[i]
+        values[:] = -np.inf
+        indices[:] = -1
+        for c in range(n_cand):
+            if before(scores[c], candidates[i, c], values[k - 1], indices[k - 1]):
+                insert(values, indices, scores[c], candidates[i, c])
+        certified[i] = np.float64(values[k - 1]) > thresholds[i]
+
+
 def rescore_candidates(nodes, rows, candidates, thresholds, out_values, out_indices,
-                       certified):
+                       certified) -> None:
     """Canonical top-k of each row among its candidates, and the certificate.
 
     Args:
@@ -73,34 +92,14 @@ def rescore_candidates(nodes, rows, candidates, thresholds, out_values, out_indi
             equal values by smaller column.
         certified: ``[r]`` bool output.
     """
-    n_rows, n_cand = candidates.shape
+    parallel_chunks(_rescore_chunk, rows.shape[0], nodes, rows, candidates, thresholds,
+                    out_values, out_indices, certified)
+
+
+@njit(nogil=True)
+def _topk_above_chunk(start, stop, nodes, rows, block, thresholds, out_values, out_indices):
     k = out_values.shape[1]
-    for i in nb.prange(n_rows):
-        scores = np.empty(n_cand, np.float32)
-        _canonical_dots(nodes[rows[i]], nodes, candidates[i], scores)
-        values, indices = out_values[i], out_indices[i]
-        values[:] = -np.inf
-        indices[:] = -1
-        for c in range(n_cand):
-            if before(scores[c], candidates[i, c], values[k - 1], indices[k - 1]):
-                insert(values, indices, scores[c], candidates[i, c])
-        certified[i] = np.float64(values[k - 1]) > thresholds[i]
-
-
-@njit(parallel=True)
-def canonical_topk_above(nodes, rows, block, thresholds, out_values, out_indices):
-    """Canonical top-k of each row over the columns whose fast value is high enough.
-
-    Args:
-        nodes: ``[N, d]`` float32 rows.
-        rows: ``[r]`` int64 node of each row of ``block``.
-        block: ``[r, N]`` float32 fast-pass values of those rows against every node.
-        thresholds: ``[r]`` float64: columns whose block value is below are left out (they
-            cannot reach the top-k canonically).
-        out_values, out_indices: ``[r, k]`` outputs (descending, ties by smaller column).
-    """
-    k = out_values.shape[1]
-    for i in nb.prange(rows.shape[0]):
+    for i in range(start, stop):
         x = nodes[rows[i]]
         values, indices = out_values[i], out_indices[i]
         values[:] = -np.inf
@@ -112,12 +111,44 @@ def canonical_topk_above(nodes, rows, block, thresholds, out_values, out_indices
                     insert(values, indices, v, j)
 
 
-# Columns per parallel task of offer_to_columns (rows are read along a chunk).
-_COLUMN_CHUNK = 256
+def canonical_topk_above(nodes, rows, block, thresholds, out_values, out_indices) -> None:
+    """Canonical top-k of each row over the columns whose fast value is high enough.
+
+    Args:
+        nodes: ``[N, d]`` float32 rows.
+        rows: ``[r]`` int64 node of each row of ``block``.
+        block: ``[r, N]`` float32 fast-pass values of those rows against every node.
+        thresholds: ``[r]`` float64: columns whose block value is below are left out (they
+            cannot reach the top-k canonically).
+        out_values, out_indices: ``[r, k]`` outputs (descending, ties by smaller column).
+    """
+    parallel_chunks(_topk_above_chunk, rows.shape[0], nodes, rows, block, thresholds,
+                    out_values, out_indices)
 
 
-@njit(parallel=True)
-def offer_to_columns(nodes, row_start, col_start, block, thresholds, top_values, top_indices):
+@njit(nogil=True)
+def _offer_chunk(start, stop, nodes, row_start, col_start, block, thresholds, top_values,
+                 top_indices):
+    k = top_values.shape[1]
+    for c0 in range(start, stop, _COLUMN_CHUNK):
+        _offer_column_chunk(c0, min(stop, c0 + _COLUMN_CHUNK), nodes, row_start, col_start,
+                            block, thresholds, top_values, top_indices, k)
+
+
+@njit(nogil=True)
+def _offer_column_chunk(c0, c1, nodes, row_start, col_start, block, thresholds, top_values,
+                        top_indices, k):
+    for r in range(block.shape[0]):
+        for c in range(c0, c1):
+            if np.float64(block[r, c]) >= thresholds[c]:
+                node = col_start + c
+                v = canonical_dot(nodes[row_start + r], nodes[node])
+                if before(v, row_start + r, top_values[node, k - 1], top_indices[node, k - 1]):
+                    insert(top_values[node], top_indices[node], v, row_start + r)
+
+
+def offer_to_columns(nodes, row_start, col_start, block, thresholds, top_values,
+                     top_indices) -> None:
     """Offer the rows of a block to the lists of its columns, canonically.
 
     Column ``c`` is node ``col_start + c`` with a canonical sorted list (``top_values``,
@@ -131,25 +162,19 @@ def offer_to_columns(nodes, row_start, col_start, block, thresholds, top_values,
         thresholds: ``[m]`` float64.
         top_values, top_indices: ``[N, k]`` lists (updated in place for the block's columns).
     """
-    n_rows, n_cols = block.shape
-    k = top_values.shape[1]
-    for chunk in nb.prange((n_cols + _COLUMN_CHUNK - 1) // _COLUMN_CHUNK):
-        c0 = chunk * _COLUMN_CHUNK
-        for r in range(n_rows):
-            for c in range(c0, min(n_cols, c0 + _COLUMN_CHUNK)):
-                if np.float64(block[r, c]) >= thresholds[c]:
-                    node = col_start + c
-                    v = canonical_dot(nodes[row_start + r], nodes[node])
-                    if before(v, row_start + r, top_values[node, k - 1],
-                              top_indices[node, k - 1]):
-                        insert(top_values[node], top_indices[node], v, row_start + r)
+    parallel_chunks(_offer_chunk, block.shape[1], nodes, row_start, col_start, block,
+                    thresholds, top_values, top_indices, min_size=_COLUMN_CHUNK)
 
 
-@njit(parallel=True)
-def canonical_list_values(x, y, columns, out):
-    """``out[i, t] = canonical_dot(x[i], y[columns[i, t]])``, or ``-inf`` where
-    ``columns[i, t] < 0`` (``[r, t]`` lists of neighbour ids)."""
-    for i in nb.prange(columns.shape[0]):
+@njit(nogil=True)
+def _list_values_chunk(start, stop, x, y, columns, out):
+    for i in range(start, stop):
         for t in range(columns.shape[1]):
             j = columns[i, t]
             out[i, t] = canonical_dot(x[i], y[j]) if j >= 0 else -np.inf
+
+
+def canonical_list_values(x, y, columns, out) -> None:
+    """``out[i, t] = canonical_dot(x[i], y[columns[i, t]])``, or ``-inf`` where
+    ``columns[i, t] < 0`` (``[r, t]`` lists of neighbour ids)."""
+    parallel_chunks(_list_values_chunk, columns.shape[0], x, y, columns, out)

@@ -24,10 +24,10 @@ edges: the cost does not grow with the database size.
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
-from .jit import njit
+from .aggregate import kth_largest
+from .jit import njit, parallel_chunks
 
 
 @njit()
@@ -48,33 +48,223 @@ def _get(col, acc, stamp_of, stamp):
 
 
 @njit(fastmath=True)
-def _similarities(query, vectors, positions):
-    """``[len(positions)]`` float32 inner products of ``query`` with those database rows."""
-    sims = np.empty(positions.shape[0], np.float32)
+def _similarities(query, vectors, positions, out):
+    """``out[c]``: the float32 inner product of ``query`` with database row ``positions[c]``."""
     for c in range(positions.shape[0]):
         s = np.float32(0.0)
         for e in range(query.shape[0]):
             s += query[e] * vectors[positions[c], e]
-        sims[c] = s
-    return sims
+        out[c] = s
 
 
 @njit()
-def _top_by_value(values, keys, m):
-    """Indices of the ``m`` largest ``values`` (all when fewer), by descending value,
-    equal values by smaller key: a partition, then a sort of the survivors only."""
-    n = values.shape[0]
-    if m >= n:
-        chosen = np.arange(n)
-    else:
-        cutoff = -np.partition(-values, m - 1)[m - 1]
-        chosen = np.flatnonzero(values >= cutoff)
-    chosen = chosen[np.argsort(keys[chosen], kind="mergesort")]
-    chosen = chosen[np.argsort(-values[chosen], kind="mergesort")]
-    return chosen[:m]
+def _top_by_value(values, keys, m, chosen):
+    """Write into ``chosen`` the indices of the ``m`` largest ``values`` (all when fewer)
+    by descending value, equal values by smaller key (keys are distinct); returns their
+    number. An insertion into a sorted list of the best so far: candidates come roughly
+    by descending value, so after the first ``m`` most of them fail at one comparison."""
+    n_chosen = 0
+    m = min(m, values.shape[0])
+    if m <= 0:
+        return 0
+    for c in range(values.shape[0]):
+        v, key = values[c], keys[c]
+        if n_chosen < m:
+            j = n_chosen
+            n_chosen += 1
+        else:
+            last = chosen[m - 1]
+            if not (v > values[last] or (v == values[last] and key < keys[last])):
+                continue
+            j = m - 1
+        while j > 0:
+            prev = chosen[j - 1]
+            if not (v > values[prev] or (v == values[prev] and key < keys[prev])):
+                break
+            chosen[j] = prev
+            j -= 1
+        chosen[j] = c
+    return n_chosen
 
 
-@njit(parallel=True)
+@njit(nogil=True)
+def _rerank_queries(start, stop, queries, cand_pos, tie_keys, vectors, knn_idx, w_idx, w_val,
+                 kth_value, k2th_value, m_indptr, m_indices, m_values, inv_norm, rev_indptr,
+                 rev_rows, rev_w, n_rounds, row_budget, lamb, eps, out_val, out_pos):
+    """:func:`rerank_shortlists` for queries ``start .. stop - 1``."""
+    n_db = vectors.shape[0]
+    k1 = knn_idx.shape[1]
+    k2 = w_idx.shape[1]
+    top = out_val.shape[1]
+    self_id = n_db
+    # sparse accumulators over the database nodes plus the query (id g):
+    # x = the query's current row, y = its column, mq = M_r[q], z = M_{R-1} @ x
+    x_acc = np.zeros(n_db + 1, np.float32)
+    x_stamp = np.full(n_db + 1, -1, np.int64)
+    x_cols = np.empty(n_db + 1, np.int64)
+    y_acc = np.zeros(n_db + 1, np.float32)
+    y_stamp = np.full(n_db + 1, -1, np.int64)
+    y_cols = np.empty(n_db + 1, np.int64)
+    mq_acc = np.zeros(n_db + 1, np.float32)
+    mq_stamp = np.full(n_db + 1, -1, np.int64)
+    mq_cols = np.empty(n_db + 1, np.int64)
+    z_acc = np.zeros(n_db + 1, np.float32)
+    z_stamp = np.full(n_db + 1, -1, np.int64)
+    seen = np.full(n_db, -1, np.int64)
+    picked = np.empty(n_db + 1, np.float32)
+    # per query: the candidates (shortlist, then the added kNN lists), their similarities,
+    # keys and scores; the query's nearest candidates and the ranked results
+    capacity = cand_pos.shape[1] + max(k1 - 1, 0) * k1
+    pos = np.empty(capacity, np.int64)
+    sims = np.empty(capacity, np.float32)
+    keys = np.empty(capacity, np.int64)
+    scores = np.empty(capacity, np.float32)
+    order = np.empty(max(k1 - 1, 0), np.int64)
+    ranked = np.empty(top, np.int64)
+    stamp = 0
+    for i in range(start, stop):
+        # candidates: the shortlist, plus the kNN lists of its k1 - 1 items most
+        # similar to the query (they reach relevant items that the shortlist missed)
+        stamp += 1
+        n_short = 0
+        for c in range(cand_pos.shape[1]):
+            u = cand_pos[i, c]
+            if u >= 0:
+                pos[n_short] = u
+                keys[n_short] = tie_keys[u]
+                seen[u] = stamp
+                n_short += 1
+        _similarities(queries[i], vectors, pos[:n_short], sims[:n_short])
+        n_near = _top_by_value(sims[:n_short], keys[:n_short], k1 - 1, order)
+        n_valid = n_short
+        for t in range(n_near):
+            for u in knn_idx[pos[order[t]]]:
+                if u >= 0 and seen[u] != stamp:
+                    seen[u] = stamp
+                    pos[n_valid] = u
+                    keys[n_valid] = tie_keys[u]
+                    n_valid += 1
+        _similarities(queries[i], vectors, pos[n_short:n_valid], sims[n_short:n_valid])
+        # the query's own neighbours: by similarity, equal similarities by smaller key
+        n_nbr = _top_by_value(sims[:n_valid], keys[:n_valid], k1 - 1, order)
+
+        # round 0: mq = A0[q] + A0[:, q]; x holds A0[q]
+        stamp += 1
+        n_x = _add(self_id, np.float32(1.0), x_acc, x_stamp, stamp, x_cols, 0)
+        for t in range(n_nbr):
+            n_x = _add(pos[order[t]], np.float32(1.0), x_acc, x_stamp, stamp, x_cols, n_x)
+        n_mq = 0
+        for p in range(n_x):
+            col = x_cols[p]
+            n_mq = _add(col, x_acc[col], mq_acc, mq_stamp, stamp, mq_cols, n_mq)
+        n_mq = _add(self_id, np.float32(1.0), mq_acc, mq_stamp, stamp, mq_cols, n_mq)
+        for c in range(n_valid):
+            if sims[c] >= kth_value[pos[c]]:
+                n_mq = _add(pos[c], np.float32(1.0), mq_acc, mq_stamp, stamp, mq_cols, n_mq)
+
+        if n_rounds == 0:
+            for c in range(n_valid):
+                j = pos[c]
+                lists_query = sims[c] >= kth_value[j]
+                total = np.float32(1.0) if lists_query else np.float32(0.0)
+                for t in range(k1 - 1 if lists_query else k1):
+                    if knn_idx[j, t] >= 0:
+                        total += _get(knn_idx[j, t], x_acc, x_stamp, stamp)
+                scores[c] = total
+        else:
+            n_k2 = min(k2 - 1, n_valid)
+            for r in range(n_rounds):
+                base = m_indptr[r]
+                stamp += 1
+                # A_{r+1}[q] = normalise(M_r[q] + sum_t w_qt M_r[n_qt])
+                n_x = 0
+                for p in range(n_mq):
+                    col = mq_cols[p]
+                    n_x = _add(col, mq_acc[col], x_acc, x_stamp, stamp, x_cols, n_x)
+                for t in range(n_k2):
+                    c = order[t]
+                    n = pos[c]
+                    w = sims[c] * sims[c]
+                    for half in (n, n + n_db):       # A_r[n] and A_r.T[n]
+                        for s in range(base[half], base[half + 1]):
+                            n_x = _add(m_indices[s], w * m_values[s], x_acc, x_stamp,
+                                       stamp, x_cols, n_x)
+                    n_x = _add(self_id, w * _get(n, mq_acc, mq_stamp, stamp - 1), x_acc,
+                               x_stamp, stamp, x_cols, n_x)
+                square_sum = np.float32(0.0)
+                for p in range(n_x):
+                    square_sum += x_acc[x_cols[p]] * x_acc[x_cols[p]]
+                scale = np.float32(1.0) / max(np.sqrt(square_sum), eps)
+                for p in range(n_x):
+                    x_acc[x_cols[p]] *= scale
+                if r == n_rounds - 1:
+                    break
+                # A_{r+1}[:, q] from the database rows whose top-k2 touch M_r[q]
+                n_y = 0
+                for p in range(n_mq):
+                    n = mq_cols[p]
+                    if n == self_id:
+                        continue
+                    for s in range(rev_indptr[n], rev_indptr[n + 1]):
+                        n_y = _add(rev_rows[s], rev_w[s] * mq_acc[n], y_acc, y_stamp,
+                                   stamp, y_cols, n_y)
+                # M_{r+1}[q] = A_{r+1}[q] + A_{r+1}[:, q]
+                n_mq = 0
+                for p in range(n_x):
+                    col = x_cols[p]
+                    n_mq = _add(col, x_acc[col], mq_acc, mq_stamp, stamp, mq_cols, n_mq)
+                n_mq = _add(self_id, x_acc[self_id], mq_acc, mq_stamp, stamp, mq_cols,
+                            n_mq)
+                for p in range(n_y):
+                    j = y_cols[p]
+                    n_mq = _add(j, inv_norm[r, j] * y_acc[j], mq_acc, mq_stamp, stamp,
+                                mq_cols, n_mq)
+            # mq (stamp - 1 after the last round's stamp) is M_{R-1}[q]; x is A_R[q].
+            # z = M_{R-1} @ x over the database (M is symmetric, so z[n] is the dot
+            # product of x with row n), scattered from x's few hundred non-zeros
+            last = n_rounds - 1
+            base = m_indptr[last]
+            floor = -np.inf
+            if n_x > row_budget:
+                for p in range(n_x):
+                    picked[p] = x_acc[x_cols[p]]
+                floor = kth_largest(picked[:n_x], row_budget)
+            for p in range(n_x):
+                e = x_cols[p]
+                if e == self_id or x_acc[e] < floor:
+                    continue
+                x_e = x_acc[e]
+                for half in (e, e + n_db):
+                    for s in range(base[half], base[half + 1]):
+                        n = m_indices[s]
+                        if z_stamp[n] != stamp:
+                            z_stamp[n] = stamp
+                            z_acc[n] = 0.0
+                        z_acc[n] += x_e * m_values[s]
+            self_value = _get(self_id, x_acc, x_stamp, stamp)
+            # <A_R[q], M_{R-1}[q]>: the term of the candidates that take q into
+            # their own top-k2 (in place of their k2-th neighbour)
+            x_dot_mq = np.float32(0.0)
+            for p in range(n_x):
+                e = x_cols[p]
+                x_dot_mq += x_acc[e] * _get(e, mq_acc, mq_stamp, stamp - 1)
+            for c in range(n_valid):
+                j = pos[c]
+                takes_query = sims[c] >= k2th_value[j]
+                total = sims[c] * sims[c] * x_dot_mq if takes_query else np.float32(0.0)
+                for t in range(k2 - 1 if takes_query else k2):
+                    n = w_idx[j, t]
+                    total += w_val[j, t] * (_get(n, z_acc, z_stamp, stamp) + self_value
+                                            * _get(n, mq_acc, mq_stamp, stamp - 1))
+                scores[c] = inv_norm[last, j] * total
+        for c in range(n_valid):
+            scores[c] = (np.float32(1.0) - lamb) * scores[c] + lamb * sims[c]
+        n_ranked = _top_by_value(scores[:n_valid], keys[:n_valid], top, ranked)
+        for t in range(n_ranked):
+            out_val[i, t] = scores[ranked[t]]
+            out_pos[i, t] = pos[ranked[t]]
+
+
 def rerank_shortlists(queries, cand_pos, tie_keys, vectors, knn_idx, w_idx, w_val, kth_value,
                       k2th_value, m_indptr, m_indices, m_values, inv_norm, rev_indptr, rev_rows,
                       rev_w, n_rounds, row_budget, lamb, eps, n_tasks, out_val, out_pos):
@@ -101,169 +291,12 @@ def rerank_shortlists(queries, cand_pos, tie_keys, vectors, knn_idx, w_idx, w_va
         row_budget: the query's last row enters ``z`` with its largest entries only.
         lamb: weight of the cosine similarity in the final score.
         eps: the norm floor.
-        n_tasks: parallel tasks (each owns scratch rows of g + 1 entries).
+        n_tasks: at most this many parallel chunks of queries (each owns scratch rows of
+            g + 1 entries).
         out_val: ``[b, k]`` float32 output, ``-inf`` where fewer than k candidates.
         out_pos: ``[b, k]`` int64 output positions, -1 where fewer than k candidates.
     """
-    n_batch, n_cand = cand_pos.shape
-    n_db, dim = vectors.shape
-    k1 = knn_idx.shape[1]
-    k2 = w_idx.shape[1]
-    top = out_val.shape[1]
-    self_id = n_db
-    n_tasks = min(n_batch, n_tasks)
-    for task in nb.prange(n_tasks):
-        # sparse accumulators over the database nodes plus the query (id g):
-        # x = the query's current row, y = its column, mq = M_r[q], z = M_{R-1} @ x
-        x_acc = np.zeros(n_db + 1, np.float32)
-        x_stamp = np.full(n_db + 1, -1, np.int64)
-        x_cols = np.empty(n_db + 1, np.int64)
-        y_acc = np.zeros(n_db + 1, np.float32)
-        y_stamp = np.full(n_db + 1, -1, np.int64)
-        y_cols = np.empty(n_db + 1, np.int64)
-        mq_acc = np.zeros(n_db + 1, np.float32)
-        mq_stamp = np.full(n_db + 1, -1, np.int64)
-        mq_cols = np.empty(n_db + 1, np.int64)
-        z_acc = np.zeros(n_db + 1, np.float32)
-        z_stamp = np.full(n_db + 1, -1, np.int64)
-        seen = np.full(n_db, -1, np.int64)
-        stamp = 0
-        for i in range(task * n_batch // n_tasks, (task + 1) * n_batch // n_tasks):
-            # candidates: the shortlist, plus the kNN lists of its k1 - 1 items most
-            # similar to the query (they reach relevant items that the shortlist missed)
-            stamp += 1
-            shortlist = cand_pos[i][cand_pos[i] >= 0]
-            for c in range(shortlist.shape[0]):
-                seen[shortlist[c]] = stamp
-            sims = _similarities(queries[i], vectors, shortlist)
-            nearest = _top_by_value(sims, tie_keys[shortlist], k1 - 1)
-            extra = np.empty(nearest.shape[0] * k1, np.int64)
-            n_extra = 0
-            for t in range(nearest.shape[0]):
-                for u in knn_idx[shortlist[nearest[t]]]:
-                    if u >= 0 and seen[u] != stamp:
-                        seen[u] = stamp
-                        extra[n_extra] = u
-                        n_extra += 1
-            pos = np.concatenate((shortlist, extra[:n_extra]))
-            sims = np.concatenate((sims, _similarities(queries[i], vectors, extra[:n_extra])))
-            keys = tie_keys[pos]
-            n_valid = pos.shape[0]
-            # the query's own neighbours: by similarity, equal similarities by smaller key
-            order = _top_by_value(sims, keys, k1 - 1)
-            n_nbr = order.shape[0]
-
-            # round 0: mq = A0[q] + A0[:, q]; x holds A0[q]
-            stamp += 1
-            n_x = _add(self_id, np.float32(1.0), x_acc, x_stamp, stamp, x_cols, 0)
-            for t in range(n_nbr):
-                n_x = _add(pos[order[t]], np.float32(1.0), x_acc, x_stamp, stamp, x_cols, n_x)
-            n_mq = 0
-            for p in range(n_x):
-                col = x_cols[p]
-                n_mq = _add(col, x_acc[col], mq_acc, mq_stamp, stamp, mq_cols, n_mq)
-            n_mq = _add(self_id, np.float32(1.0), mq_acc, mq_stamp, stamp, mq_cols, n_mq)
-            for c in range(n_valid):
-                if sims[c] >= kth_value[pos[c]]:
-                    n_mq = _add(pos[c], np.float32(1.0), mq_acc, mq_stamp, stamp, mq_cols, n_mq)
-
-            scores = np.empty(n_valid, np.float32)
-            if n_rounds == 0:
-                for c in range(n_valid):
-                    j = pos[c]
-                    lists_query = sims[c] >= kth_value[j]
-                    total = np.float32(1.0) if lists_query else np.float32(0.0)
-                    for t in range(k1 - 1 if lists_query else k1):
-                        if knn_idx[j, t] >= 0:
-                            total += _get(knn_idx[j, t], x_acc, x_stamp, stamp)
-                    scores[c] = total
-            else:
-                n_k2 = min(k2 - 1, n_valid)
-                for r in range(n_rounds):
-                    base = m_indptr[r]
-                    stamp += 1
-                    # A_{r+1}[q] = normalise(M_r[q] + sum_t w_qt M_r[n_qt])
-                    n_x = 0
-                    for p in range(n_mq):
-                        col = mq_cols[p]
-                        n_x = _add(col, mq_acc[col], x_acc, x_stamp, stamp, x_cols, n_x)
-                    for t in range(n_k2):
-                        c = order[t]
-                        n = pos[c]
-                        w = sims[c] * sims[c]
-                        for half in (n, n + n_db):       # A_r[n] and A_r.T[n]
-                            for s in range(base[half], base[half + 1]):
-                                n_x = _add(m_indices[s], w * m_values[s], x_acc, x_stamp,
-                                           stamp, x_cols, n_x)
-                        n_x = _add(self_id, w * _get(n, mq_acc, mq_stamp, stamp - 1), x_acc,
-                                   x_stamp, stamp, x_cols, n_x)
-                    square_sum = np.float32(0.0)
-                    for p in range(n_x):
-                        square_sum += x_acc[x_cols[p]] * x_acc[x_cols[p]]
-                    scale = np.float32(1.0) / max(np.sqrt(square_sum), eps)
-                    for p in range(n_x):
-                        x_acc[x_cols[p]] *= scale
-                    if r == n_rounds - 1:
-                        break
-                    # A_{r+1}[:, q] from the database rows whose top-k2 touch M_r[q]
-                    n_y = 0
-                    for p in range(n_mq):
-                        n = mq_cols[p]
-                        if n == self_id:
-                            continue
-                        for s in range(rev_indptr[n], rev_indptr[n + 1]):
-                            n_y = _add(rev_rows[s], rev_w[s] * mq_acc[n], y_acc, y_stamp,
-                                       stamp, y_cols, n_y)
-                    # M_{r+1}[q] = A_{r+1}[q] + A_{r+1}[:, q]
-                    n_mq = 0
-                    for p in range(n_x):
-                        col = x_cols[p]
-                        n_mq = _add(col, x_acc[col], mq_acc, mq_stamp, stamp, mq_cols, n_mq)
-                    n_mq = _add(self_id, x_acc[self_id], mq_acc, mq_stamp, stamp, mq_cols,
-                                n_mq)
-                    for p in range(n_y):
-                        j = y_cols[p]
-                        n_mq = _add(j, inv_norm[r, j] * y_acc[j], mq_acc, mq_stamp, stamp,
-                                    mq_cols, n_mq)
-                # mq (stamp - 1 after the last round's stamp) is M_{R-1}[q]; x is A_R[q].
-                # z = M_{R-1} @ x over the database (M is symmetric, so z[n] is the dot
-                # product of x with row n), scattered from x's few hundred non-zeros
-                last = n_rounds - 1
-                base = m_indptr[last]
-                floor = -np.inf
-                if n_x > row_budget:
-                    floor = np.sort(x_acc[x_cols[:n_x]])[n_x - row_budget]
-                for p in range(n_x):
-                    e = x_cols[p]
-                    if e == self_id or x_acc[e] < floor:
-                        continue
-                    x_e = x_acc[e]
-                    for half in (e, e + n_db):
-                        for s in range(base[half], base[half + 1]):
-                            n = m_indices[s]
-                            if z_stamp[n] != stamp:
-                                z_stamp[n] = stamp
-                                z_acc[n] = 0.0
-                            z_acc[n] += x_e * m_values[s]
-                self_value = _get(self_id, x_acc, x_stamp, stamp)
-                # <A_R[q], M_{R-1}[q]>: the term of the candidates that take q into
-                # their own top-k2 (in place of their k2-th neighbour)
-                x_dot_mq = np.float32(0.0)
-                for p in range(n_x):
-                    e = x_cols[p]
-                    x_dot_mq += x_acc[e] * _get(e, mq_acc, mq_stamp, stamp - 1)
-                for c in range(n_valid):
-                    j = pos[c]
-                    takes_query = sims[c] >= k2th_value[j]
-                    total = sims[c] * sims[c] * x_dot_mq if takes_query else np.float32(0.0)
-                    for t in range(k2 - 1 if takes_query else k2):
-                        n = w_idx[j, t]
-                        total += w_val[j, t] * (_get(n, z_acc, z_stamp, stamp) + self_value
-                                                * _get(n, mq_acc, mq_stamp, stamp - 1))
-                    scores[c] = inv_norm[last, j] * total
-            for c in range(n_valid):
-                scores[c] = (np.float32(1.0) - lamb) * scores[c] + lamb * sims[c]
-            ranked = _top_by_value(scores, keys, top)
-            for t in range(ranked.shape[0]):
-                out_val[i, t] = scores[ranked[t]]
-                out_pos[i, t] = pos[ranked[t]]
+    parallel_chunks(_rerank_queries, cand_pos.shape[0], queries, cand_pos, tie_keys, vectors,
+                    knn_idx, w_idx, w_val, kth_value, k2th_value, m_indptr, m_indices, m_values,
+                    inv_norm, rev_indptr, rev_rows, rev_w, n_rounds, row_budget, lamb, eps,
+                    out_val, out_pos, max_chunks=n_tasks)

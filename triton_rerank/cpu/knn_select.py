@@ -13,13 +13,11 @@ patterns: a bfloat16 value is the top half of a float32, so it is widened exactl
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
-from .jit import njit
+from .jit import njit, parallel_chunks
 
-# Columns per parallel task in the column kernels: small enough to keep the cached
-# thresholds in L1, large enough to amortise the task.
+# Columns whose cached thresholds a column kernel keeps at a time (in L1).
 _COLUMN_CHUNK = 256
 
 
@@ -73,37 +71,66 @@ def _offer_columns(row, neighbour, first_node, thresholds, top_values, top_indic
             thresholds[c] = top_values[node, k - 1]
 
 
-@njit(parallel=True)
-def update_from_rows(block, row_start, col_start, top_values, top_indices):
-    """Offer ``block[r, c]`` to node ``row_start + r`` as neighbour ``col_start + c``.
-
-    Args:
-        block: ``[b, m]`` float32, ``block[r, c] = <u[row_start + r], u[col_start + c]>``.
-        row_start, col_start: global node ids of the block's first row and column.
-        top_values: ``[n, k]`` float32 running top-k values, descending (updated in place).
-        top_indices: ``[n, k]`` int64 their column ids (updated in place).
-    """
-    for r in nb.prange(block.shape[0]):
+@njit(nogil=True)
+def _rows_chunk(start, stop, block, row_start, col_start, top_values, top_indices):
+    for r in range(start, stop):
         _offer_row(block[r], col_start, top_values[row_start + r], top_indices[row_start + r])
 
 
-@njit(parallel=True)
-def update_from_rows_bf16(block, row_start, col_start, top_values, top_indices):
-    """:func:`update_from_rows` for a bfloat16 block given as ``[b, m]`` uint16 bits."""
-    for r in nb.prange(block.shape[0]):
-        bits = np.empty(block.shape[1], np.uint32)
+@njit(nogil=True)
+def _rows_chunk_bf16(start, stop, block, row_start, col_start, top_values, top_indices):
+    bits = np.empty(block.shape[1], np.uint32)
+    for r in range(start, stop):
         _widen_bf16(block[r], bits)
         _offer_row(bits.view(np.float32), col_start, top_values[row_start + r],
                    top_indices[row_start + r])
 
 
-@njit()
-def _column_chunks(first_col, n_cols):
-    return (n_cols - first_col + _COLUMN_CHUNK - 1) // _COLUMN_CHUNK
+def update_from_rows(block, row_start, col_start, top_values, top_indices) -> None:
+    """Offer ``block[r, c]`` to node ``row_start + r`` as neighbour ``col_start + c``.
+
+    Args:
+        block: ``[b, m]`` float32, ``block[r, c] = <u[row_start + r], u[col_start + c]>``;
+            or bfloat16 values as their ``[b, m]`` uint16 bits.
+        row_start, col_start: global node ids of the block's first row and column.
+        top_values: ``[n, k]`` float32 running top-k values, descending (updated in place).
+        top_indices: ``[n, k]`` int64 their column ids (updated in place).
+    """
+    kernel = _rows_chunk_bf16 if block.dtype == np.uint16 else _rows_chunk
+    parallel_chunks(kernel, block.shape[0], block, row_start, col_start, top_values,
+                    top_indices)
 
 
-@njit(parallel=True)
-def update_from_columns(block, row_start, col_start, first_col, top_values, top_indices):
+@njit(nogil=True)
+def _columns_chunk(start, stop, block, row_start, col_start, first_col, top_values,
+                   top_indices):
+    """Columns ``first_col + start .. first_col + stop``, ``_COLUMN_CHUNK`` at a time."""
+    k = top_values.shape[1]
+    for c0 in range(first_col + start, first_col + stop, _COLUMN_CHUNK):
+        c1 = min(first_col + stop, c0 + _COLUMN_CHUNK)
+        thresholds = top_values[col_start + c0:col_start + c1, k - 1].copy()
+        for r in range(block.shape[0]):
+            _offer_columns(block[r, c0:c1], row_start + r, col_start + c0, thresholds,
+                           top_values, top_indices)
+
+
+@njit(nogil=True)
+def _columns_chunk_bf16(start, stop, block, row_start, col_start, first_col, top_values,
+                        top_indices):
+    """:func:`_columns_chunk` for bfloat16 bits, widened row by row."""
+    k = top_values.shape[1]
+    bits = np.empty(_COLUMN_CHUNK, np.uint32)
+    for c0 in range(first_col + start, first_col + stop, _COLUMN_CHUNK):
+        c1 = min(first_col + stop, c0 + _COLUMN_CHUNK)
+        thresholds = top_values[col_start + c0:col_start + c1, k - 1].copy()
+        for r in range(block.shape[0]):
+            _widen_bf16(block[r, c0:c1], bits)
+            _offer_columns(bits[:c1 - c0].view(np.float32), row_start + r, col_start + c0,
+                           thresholds, top_values, top_indices)
+
+
+def update_from_columns(block, row_start, col_start, first_col, top_values,
+                        top_indices) -> None:
     """Offer ``block[r, c]`` to node ``col_start + c`` as neighbour ``row_start + r``.
 
     Only columns ``c >= first_col`` are used: the caller skips the columns whose
@@ -111,28 +138,6 @@ def update_from_columns(block, row_start, col_start, first_col, top_values, top_
 
     Args: as :func:`update_from_rows`, plus ``first_col`` (local column index).
     """
-    n_cols = block.shape[1]
-    k = top_values.shape[1]
-    for chunk in nb.prange(_column_chunks(first_col, n_cols)):
-        c0 = first_col + chunk * _COLUMN_CHUNK
-        c1 = min(n_cols, c0 + _COLUMN_CHUNK)
-        thresholds = top_values[col_start + c0:col_start + c1, k - 1].copy()
-        for r in range(block.shape[0]):
-            _offer_columns(block[r, c0:c1], row_start + r, col_start + c0, thresholds,
-                           top_values, top_indices)
-
-
-@njit(parallel=True)
-def update_from_columns_bf16(block, row_start, col_start, first_col, top_values, top_indices):
-    """:func:`update_from_columns` for a bfloat16 block given as ``[b, m]`` uint16 bits."""
-    n_cols = block.shape[1]
-    k = top_values.shape[1]
-    for chunk in nb.prange(_column_chunks(first_col, n_cols)):
-        c0 = first_col + chunk * _COLUMN_CHUNK
-        c1 = min(n_cols, c0 + _COLUMN_CHUNK)
-        thresholds = top_values[col_start + c0:col_start + c1, k - 1].copy()
-        bits = np.empty(c1 - c0, np.uint32)
-        for r in range(block.shape[0]):
-            _widen_bf16(block[r, c0:c1], bits)
-            _offer_columns(bits.view(np.float32), row_start + r, col_start + c0, thresholds,
-                           top_values, top_indices)
+    kernel = _columns_chunk_bf16 if block.dtype == np.uint16 else _columns_chunk
+    parallel_chunks(kernel, block.shape[1] - first_col, block, row_start, col_start,
+                    first_col, top_values, top_indices, min_size=_COLUMN_CHUNK)
