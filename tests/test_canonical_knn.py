@@ -143,6 +143,20 @@ def test_unit_rows_of_float64_rows_beyond_float32(scale):
     np.testing.assert_array_equal(ours, reference.unit_rows(torch.from_numpy(x * scale)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32,
+                                   torch.float64])
+def test_unit_rows_on_the_cpu_and_with_torch_are_bit_identical(dtype):
+    # the CPU kernel and the torch version (what CUDA tensors use) of one definition
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((300, 70)) * 10.0 ** rng.uniform(-3, 3, (300, 1))
+    x = torch.from_numpy(x).to(dtype)
+    ours, with_torch = torch.empty(300, 70), torch.empty(300, 70)
+    canonical.unit_rows(x, ours)
+    canonical.unit_rows_with_torch(x, with_torch)
+    assert torch.equal(ours, with_torch)
+    assert torch.equal(ours, reference.unit_rows(x))
+
+
 def test_duplicate_rows_across_query_and_gallery_normalise_identically():
     rng = np.random.default_rng(4)
     xq = rng.standard_normal((5, 37)) * 1e-3
@@ -181,24 +195,17 @@ def test_a_query_batch_against_cached_database_lists_equals_one_graph(kind):
     np.testing.assert_allclose(base.numpy(), x[:n_query] @ x[n_query:].T, atol=1e-6)
 
 
-def test_the_certificate_sends_near_ties_to_the_canonical_recomputation(monkeypatch):
-    recomputed = []
-    real = graph_module.recompute_close_calls
-
-    def spy(nodes, rows, *args, **kwargs):
-        recomputed.append(len(rows))
-        return real(nodes, rows, *args, **kwargs)
-
-    monkeypatch.setattr(graph_module, "recompute_close_calls", spy)
+def test_the_certificate_sends_near_ties_to_the_canonical_recomputation():
     x = data("near-ties at the bound", np.random.default_rng(7), 200, 32, 26)
-    values, indices, _ = knn_graph(torch.from_numpy(x), 26, precision="bf16")
-    assert recomputed and recomputed[0] > 100      # bf16 cannot separate 1e-4 gaps
+    report = {}
+    values, indices, _ = knn_graph(torch.from_numpy(x), 26, precision="bf16", report=report)
+    assert report["close_calls"] > 100       # bf16 cannot separate 1e-4 gaps
     ref_values, ref_indices = reference.knn(torch.from_numpy(x), 26)
     np.testing.assert_array_equal(indices, ref_indices.numpy())
     # well-separated rows are all proven by the fast pass
-    recomputed.clear()
-    knn_graph(torch.from_numpy(data("gaussian", np.random.default_rng(8), 400, 64, 10)), 10)
-    assert recomputed == []
+    gaussian = torch.from_numpy(data("gaussian", np.random.default_rng(8), 400, 64, 10))
+    knn_graph(gaussian, 10, report=report)
+    assert report["close_calls"] == 0
 
 
 def _bound_cases(rng):

@@ -52,6 +52,17 @@ BAD_INPUTS = [
     (XQ, XG, {"topk": 0}, ValueError, r"topk must be >= 1, got 0"),
     (XQ, XG, {"backend": "cuda"}, ValueError, r"backend must be one of \('auto', 'torch', "
                                               r"'triton'\), got 'cuda'"),
+    (XQ, XG, {"normalize": "yes"}, TypeError, r"normalize must be True or False, got 'yes'"),
+    (torch.from_numpy(XQ).to_sparse(), torch.from_numpy(XG), {}, TypeError,
+     r"query is a torch.sparse_coo tensor; pass a dense tensor"),
+    (torch.empty(4, 8, device="meta"), torch.empty(20, 8, device="meta"), {}, ValueError,
+     r"query is on the meta device, which holds no values"),
+    (XQ.astype(np.float64) * 1e39, XG, {"normalize": False}, ValueError,
+     r"query has values beyond the float32 range \(first in row 0\); with normalize=False"),
+    (XQ * 1e5, XG, {"normalize": False}, ValueError,
+     r"with normalize=False .* the longest has norm .* squared similarities would overflow"),
+    (XQ.astype(np.longdouble) * np.longdouble("1e4000"), XG, {}, ValueError,
+     r"query has values beyond the float64 range"),
 ]
 
 
@@ -60,6 +71,20 @@ BAD_INPUTS = [
 def test_bad_input_message(query, gallery, kwargs, exception, pattern):
     with pytest.raises(exception, match=pattern):
         gnn_rerank(query, gallery, k1=kwargs.pop("k1", 5), k2=kwargs.pop("k2", 3), **kwargs)
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: torch.nn.Parameter(torch.from_numpy(x)),                  # a model's weights
+    lambda x: torch.from_numpy(x).requires_grad_() * 2,                  # a model's output
+    lambda x: x.astype(np.longdouble),
+    lambda x: x.astype(">f4"),                                           # big-endian file data
+    lambda x: np.asfortranarray(x),
+], ids=["parameter", "requires-grad", "longdouble", "big-endian", "fortran-order"])
+def test_array_kinds_users_pass_are_re_ranked_like_float32(make):
+    want = gnn_rerank(XQ, XG, k1=5, k2=3)
+    ours = gnn_rerank(make(XQ), make(XG), k1=5, k2=3)
+    ours = ours.numpy() if isinstance(ours, torch.Tensor) else ours
+    np.testing.assert_allclose(ours, want, rtol=0, atol=1e-6)
 
 
 def test_zero_rows_are_fine_without_normalisation():
@@ -77,3 +102,20 @@ def test_mixed_devices_without_a_gpu():
 def test_mixed_devices():
     with pytest.raises(ValueError, match=r"same device, got query on cpu and gallery on cuda"):
         gnn_rerank(torch.from_numpy(XQ), torch.from_numpy(XG).cuda(), k1=5, k2=3)
+
+
+def test_a_score_matrix_that_cannot_fit_suggests_topk(monkeypatch):
+    import triton_rerank.memory as memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 4 * 4 * 19)
+    with pytest.raises(MemoryError, match=r"the \[4, 20\] float32 score matrix \(topk=None\) "
+                                          r"needs .* pass topk=K"):
+        gnn_rerank(XQ, XG, k1=5, k2=3)
+    values, indices = gnn_rerank(XQ, XG, k1=5, k2=3, topk=3)  # the top-K path still runs
+    assert values.shape == (4, 3)
+
+
+def test_available_memory_is_read_from_the_host():
+    from triton_rerank.memory import available_bytes
+
+    assert available_bytes() is None or available_bytes() > 2**20

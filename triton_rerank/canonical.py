@@ -60,9 +60,21 @@ def unit_rows(x: torch.Tensor, out: torch.Tensor) -> None:
 
     Args:
         x: ``[n, d]`` finite floating-point rows, none all-zero (checked by the caller),
-            on any device.
+            on any device (CPU tensors: ``cpu/unit_rows.py``, the same arithmetic in one
+            pass).
         out: ``[n, d]`` float32 on x's device.
     """
+    if x.device.type == "cpu" and out.is_contiguous():
+        from .cpu.unit_rows import unit_rows as unit_rows_on_cpu  # numba: CPU path only
+
+        source = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # exact
+        unit_rows_on_cpu(source.contiguous().numpy(), out.numpy())
+    else:
+        unit_rows_with_torch(x, out)
+
+
+def unit_rows_with_torch(x: torch.Tensor, out: torch.Tensor) -> None:
+    """:func:`unit_rows` with torch operations (any device; the CUDA path)."""
     for start in range(0, x.shape[0], _UNIT_ROWS_PER_CHUNK):
         stop = min(x.shape[0], start + _UNIT_ROWS_PER_CHUNK)
         rows = x[start:stop].to(torch.float64)

@@ -35,9 +35,11 @@ class FeaturePair:
 
 
 def as_numpy(x) -> np.ndarray:
-    """A numpy view of ``x`` (a tensor on any device, an array, or array-like)."""
+    """A numpy view of ``x`` (a tensor on any device, an array, or array-like); bfloat16
+    tensors, which numpy cannot hold, become float32 (exactly)."""
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     return np.asarray(x)
 
 
