@@ -104,19 +104,27 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 26, k2: int = 7, lamb: fl
             euclidean; exact for L2-normalised features, an approximation with a warning
             otherwise) or ``"cosine"`` (``1 - cos``).
 
+    Any float dtype works (float16 and bfloat16 are read as float32, exactly), and so do
+    tensors that require grad (they are read detached).
+
     Returns:
         ``[q, g]`` float32 numpy re-ranked distances, smaller is better, on the input
         metric's scale (``2 - 2 s`` for euclidean, ``1 - s`` for cosine, where ``s`` is
         the re-ranked similarity).
 
     Raises:
+        TypeError: a matrix that is not an array, or holds no floats.
         ValueError: unknown metric, bad shapes, NaN/inf, or bad k1/k2/lamb.
     """
+    from triton_rerank.checks import check_similarity_blocks
     from triton_rerank.rerank import gnn_rerank_similarities
 
     _check_metric(metric)
-    q_g_dist = as_numpy(q_g_dist)
-    if metric == "euclidean" and q_g_dist.size:
+    # the result is numpy whatever the input, as torchreid's: a tensor is read on the CPU
+    q_g_dist = q_g_dist.detach().cpu() if isinstance(q_g_dist, torch.Tensor) else \
+        as_numpy(q_g_dist)
+    check_similarity_blocks(q_g_dist, q_q_dist, g_g_dist)  # before reading any value
+    if metric == "euclidean":
         # unnormalised features show in every block; the query-gallery one is checked
         largest = float(q_g_dist.max())
         if largest > _UNIT_SQUARED_DISTANCE_MAX:
@@ -124,6 +132,8 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 26, k2: int = 7, lamb: fl
     scale = -0.5 if metric == "euclidean" else -1.0  # similarity = 1 + scale * distance
     scores = gnn_rerank_similarities(q_g_dist, q_q_dist, g_g_dist, k1=k1, k2=k2, lamb=lamb,
                                      scale=scale, offset=1.0)
+    if isinstance(scores, torch.Tensor):
+        scores = scores.numpy()  # a CPU tensor: a view
     scores -= 1.0  # back to the input's distance scale, in place
     scores /= scale
     return scores
@@ -191,6 +201,18 @@ def use_gnn_reranking(k1: int = 26, k2: int = 7, lamb: float = 0.3, metric: str 
 RERANK_MODES = ("gnn", "none", "k-reciprocal")
 
 
+def _float32_features(x, name: str) -> torch.Tensor:
+    """``x`` as a detached float32 CPU tensor (bfloat16 included, which numpy lacks),
+    after checking it is 2-D."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu().float()
+    else:
+        t = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, d], got shape {list(t.shape)}")
+    return t
+
+
 def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, *, rerank: str = "gnn",
              metric: str = "euclidean", normalize_feature: bool = True, max_rank: int = 50,
              k1: int = 26, k2: int = 7, lamb: float = 0.3):
@@ -203,8 +225,11 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, *, rerank: str = "gnn",
     and the metrics come from :func:`triton_rerank.metrics.evaluate`.
 
     Args:
-        qf, gf: ``[q, d]`` / ``[g, d]`` features (numpy or torch).
-        q_pids, g_pids, q_camids, g_camids: labels.
+        qf, gf: ``[q, d]`` / ``[g, d]`` features (numpy or torch, any float dtype; tensors
+            that require grad are read detached).
+        q_pids, g_pids, q_camids, g_camids: labels, checked before anything is computed
+            (see :func:`triton_rerank.metrics.check_labels`: 1-D, one per row of qf / gf,
+            integers, integer-valued floats or strings).
         rerank: ``"gnn"``, ``"none"`` or ``"k-reciprocal"`` (torchreid's own re_ranking,
             k1=20, k2=6, lambda=0.3).
         metric: ``"euclidean"`` or ``"cosine"``, as torchreid's ``dist_metric``.
@@ -214,15 +239,24 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, *, rerank: str = "gnn",
 
     Returns:
         ``(cmc [max_rank] float32 numpy, mAP float)``, as torchreid's ``evaluate_rank``.
+
+    Raises:
+        TypeError: labels of an unsupported kind (see ``check_labels``).
+        ValueError: unknown rerank mode or metric, features that are not 2-D, labels of
+            the wrong length or shape, NaN/inf or non-integer float labels; then whatever
+            the re-ranking and :func:`triton_rerank.metrics.evaluate` raise.
     """
+    from triton_rerank.metrics import check_labels
     from triton_rerank.metrics import evaluate as evaluate_scores
     from triton_rerank.rerank import gnn_rerank
 
     if rerank not in RERANK_MODES:
         raise ValueError(f"rerank must be one of {RERANK_MODES}, got {rerank!r}")
     _check_metric(metric)
-    qf = torch.as_tensor(as_numpy(qf), dtype=torch.float32)
-    gf = torch.as_tensor(as_numpy(gf), dtype=torch.float32)
+    qf, gf = _float32_features(qf, "qf"), _float32_features(gf, "gf")
+    labels = check_labels(q_pids, g_pids, q_camids, g_camids, n_query=qf.shape[0],
+                          n_gallery=gf.shape[0], query_source=f"qf {list(qf.shape)}",
+                          gallery_source=f"gf {list(gf.shape)}")
     if normalize_feature:
         qf = torch.nn.functional.normalize(qf, p=2, dim=1)
         gf = torch.nn.functional.normalize(gf, p=2, dim=1)
@@ -236,5 +270,5 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, *, rerank: str = "gnn",
             distmat = k_reciprocal(distmat, distance(qf, qf, metric).numpy(),
                                    distance(gf, gf, metric).numpy())
         scores = -distmat
-    result = evaluate_scores(scores, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
+    result = evaluate_scores(scores, *labels, max_rank=max_rank)
     return result.cmc.astype(np.float32), result.mAP

@@ -47,6 +47,10 @@ def assert_same_topk(values, indices, ref, k: int, atol: float = SCORE_ATOL) -> 
     values, indices, ref = to_numpy(values), to_numpy(indices), to_numpy(ref).astype(np.float64)
     assert values.shape == indices.shape == (ref.shape[0], k)
     assert indices.dtype == np.int64
+    # (a negative index would wrap around in take_along_axis below)
+    out_of_range = (indices < 0) | (indices >= ref.shape[1])
+    assert not out_of_range.any(), f"indices outside [0, {ref.shape[1]}): " \
+        f"{indices[out_of_range][:5]} at {np.argwhere(out_of_range)[:5].tolist()}"
     ref_order = ranking(ref)
     ref_sorted = np.take_along_axis(ref, ref_order, 1)
     np.testing.assert_allclose(values, ref_sorted[:, :k], rtol=0, atol=atol)

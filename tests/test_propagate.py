@@ -3,8 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from compare import assert_same_ranking, assert_same_topk
 
-from triton_rerank import reference
+import triton_rerank.memory as memory
+import triton_rerank.propagate as propagate_module
+from triton_rerank import gnn_rerank, reference
+from triton_rerank.cpu.dense_rows import symmetrise_in_place
 from triton_rerank.graph import knn_graph
 from triton_rerank.propagate import adjacency, aggregate, propagate, symmetrise
 from triton_rerank.sparse_rows import SparseRows
@@ -67,3 +71,48 @@ def test_propagated_rows_match_reference(k2, iterations):
     gallery_rows = np.einsum("gt,gtc->gc", graph.gallery_val, m[graph.gallery_idx])
     gallery_rows *= graph.gallery_inv_norm[:, None]
     np.testing.assert_allclose(gallery_rows, ref_internal[n_query:], atol=1e-6)
+
+
+def degenerate(kind: str, n: int, d: int = 12) -> np.ndarray:
+    """Features whose propagated rows are dense: all identical, or half identical."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x[: n if kind == "all identical" else n // 2] = x[0]
+    return x
+
+
+@pytest.mark.parametrize("kind", ["all identical", "half identical"])
+@pytest.mark.parametrize("k2, iterations, lamb, topk", [(7, 2, 0.3, None), (4, 1, 0.0, 9),
+                                                        (5, 3, 0.3, 20)])
+def test_dense_rows_on_degenerate_data_match_the_reference(kind, k2, iterations, lamb, topk,
+                                                           monkeypatch):
+    monkeypatch.setattr(propagate_module, "DENSE_MIN_BYTES", 0)  # dense at any size
+    x = degenerate(kind, 160)
+    kwargs = dict(k1=15, k2=k2, iterations=iterations, lamb=lamb)
+    graph = propagate(*knn_graph(torch.from_numpy(x / np.linalg.norm(x, axis=1)[:, None]),
+                                 15)[:2], n_query=30, k2=k2, iterations=iterations)
+    if iterations >= 2:  # the first aggregation round makes the rows dense
+        assert isinstance(graph.mixing, np.ndarray)
+        assert isinstance(graph.query_rows, np.ndarray)
+    ref = reference.gnn_rerank_reference(x[:30], x[30:], **kwargs)
+    if topk is None:
+        assert_same_ranking(gnn_rerank(x[:30], x[30:], **kwargs), ref)
+    else:
+        assert_same_topk(*gnn_rerank(x[:30], x[30:], topk=topk, **kwargs), ref, topk)
+
+
+def test_symmetrise_in_place_is_exactly_a_plus_a_transpose():
+    a = np.random.default_rng(3).random((150, 150), dtype=np.float32)  # several tiles
+    expected = a + a.T
+    symmetrise_in_place(a)
+    np.testing.assert_array_equal(a, expected)
+    np.testing.assert_array_equal(a, a.T)
+
+
+def test_dense_rows_that_do_not_fit_are_a_clear_error(monkeypatch):
+    monkeypatch.setattr(propagate_module, "DENSE_MIN_BYTES", 0)
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 10_000)
+    x = degenerate("all identical", 120)
+    with pytest.raises(MemoryError, match=r"dense float32 \[120, 120\] matrix needs .* remove "
+                                          r"duplicate features"):
+        gnn_rerank(x[:20], x[20:], k1=10, k2=4, topk=5)

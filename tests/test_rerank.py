@@ -15,7 +15,7 @@ from compare import (
     to_numpy,
 )
 
-from triton_rerank import GNNReranker, gnn_rerank
+from triton_rerank import GNNReranker, gnn_rerank, rerank, scoring
 from triton_rerank.reference import gnn_rerank_reference
 
 GRID = list(itertools.product([0.0, 0.3], [1, 7], [1, 2, 3]))
@@ -56,6 +56,52 @@ def test_single_query_or_gallery_item(n_query, n_gallery):
     assert_same_ranking(gnn_rerank(xq, xg, **kwargs), ref)
     values, indices = gnn_rerank(xq, xg, topk=n_gallery, **kwargs)
     assert_same_topk(values, indices, ref, n_gallery)
+
+
+@pytest.mark.parametrize("lamb, k2", [(0.3, 4), (0.0, 1)], ids=["lamb0.3-k2_4", "lamb0-k2_1"])
+def test_more_queries_than_scoring_tasks_matches_reference(lamb, k2):
+    # the CPU scoring cuts the queries into a few chunks per thread, each reusing one
+    # scratch row for its queries: with 150 queries every chunk scores many, so a row left
+    # dirty shows
+    import numba
+
+    from triton_rerank.cpu import jit
+
+    n_query = 150
+    assert n_query > 2 * jit.CHUNKS_PER_THREAD * numba.get_num_threads()
+    rng = np.random.default_rng(21)
+    xq, xg = exact_with_duplicates(rng, n_query, 40)
+    kwargs = dict(k1=8, k2=k2, iterations=2, lamb=lamb)
+    ref = gnn_rerank_reference(xq, xg, **kwargs)
+    assert_same_ranking(gnn_rerank(xq, xg, **kwargs), ref)
+    values, indices = gnn_rerank(xq, xg, topk=6, **kwargs)
+    assert_same_topk(values, indices, ref, 6)
+
+
+TOPK_BLOCKS = [(0.3, True), (0.3, False), (0.0, False)]
+
+
+@pytest.mark.parametrize("lamb, keeps_base", TOPK_BLOCKS,
+                         ids=["kept-base", "base-per-block", "lamb0"])
+def test_topk_in_several_score_blocks_matches_reference(lamb, keeps_base, monkeypatch):
+    # 7 queries per [block, g] score block: 25 queries take 4 blocks, the last partial.
+    # The base similarity either comes from the kNN step (one [q, g] buffer) or is
+    # computed per block (BASE_KEEP_BYTES 0; always so with lamb = 0)
+    n_query, n_gallery = 25, 130
+    monkeypatch.setattr(scoring, "DEFAULT_BLOCK_BYTES", 4 * n_gallery * 7)
+    if not keeps_base:
+        monkeypatch.setattr(rerank, "BASE_KEEP_BYTES", 0)
+    topk = 10
+    assert rerank.keeps_query_gallery(n_query, n_gallery, lamb=lamb, topk=topk) == keeps_base
+    rng = np.random.default_rng(22)
+    xq, xg = exact_with_duplicates(rng, n_query, n_gallery)
+    kwargs = dict(k1=20, k2=7, iterations=2, lamb=lamb)
+    values, indices = gnn_rerank(xq, xg, topk=topk, **kwargs)
+    assert_same_topk(values, indices, gnn_rerank_reference(xq, xg, **kwargs), topk)
+    monkeypatch.undo()
+    one_block = gnn_rerank(xq, xg, topk=topk, **kwargs)
+    np.testing.assert_array_equal(values, one_block[0])
+    np.testing.assert_array_equal(indices, one_block[1])
 
 
 def test_lamb_zero_tie_block_is_ordered_by_gallery_index():

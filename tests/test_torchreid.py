@@ -7,13 +7,21 @@ weights extracts features; torchreid's own ImageSoftmaxEngine evaluates.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from compare import assert_same_ranking, four_halves_vectors
+
+pytest.importorskip("torchreid", reason="torchreid is not installed (pip install "
+                    "'triton-rerank[torchreid]')")
+
 from triton_rerank.integrations.torchreid import (
     UnnormalisedFeaturesWarning,
     disable_gnn_reranking,
@@ -57,7 +65,6 @@ def write_digit_images(root):
 
 @pytest.fixture(scope="module")
 def engine_setup(tmp_path_factory):
-    pytest.importorskip("torchreid", reason="install the torchreid extra")
     data_module = torchreid_module("data")
     root = tmp_path_factory.mktemp("digits_reid")
     splits = write_digit_images(root)
@@ -204,3 +211,88 @@ def test_module_paths_resolve():
     assert re.match(r"torchreid(\.reid)?\.metrics$", torchreid_module("metrics").__name__)
     with pytest.raises(ImportError, match="no module 'not_a_module'"):
         torchreid_module("not_a_module")
+
+
+def exact_split(n_query=15, n_gallery=90):
+    """Exact unit features and labels: 6 identities, query cameras 0, gallery cameras 1."""
+    rng = np.random.default_rng(3)
+    qf = torch.from_numpy(four_halves_vectors(rng, n_query))
+    gf = torch.from_numpy(four_halves_vectors(rng, n_gallery))
+    labels = dict(q_pids=np.arange(n_query) % 6, g_pids=np.arange(n_gallery) % 6,
+                  q_camids=np.zeros(n_query, np.int64), g_camids=np.ones(n_gallery, np.int64))
+    return qf, gf, labels
+
+
+BAD_EVALUATE_LABELS = [
+    # (replaced labels, exception, message pattern)
+    (dict(q_pids=np.zeros(14)), ValueError,
+     r"q_pids must have shape \[15\] to match qf \[15, 16\], got \(14,\)"),
+    (dict(g_camids=np.ones(91)), ValueError,
+     r"g_camids must have shape \[90\] to match gf \[90, 16\], got \(91,\)"),
+    (dict(g_pids=np.ones((2, 45))), ValueError, r"g_pids must have shape \[90\]"),
+    (dict(q_camids=np.r_[np.nan, np.zeros(14)]), ValueError,
+     r"q_camids contains nan at position 0"),
+    (dict(g_pids=np.r_[np.zeros(89), 2.5]), ValueError,
+     r"g_pids must hold integer-valued labels, got 2.5 at position 89"),
+    (dict(q_pids=np.arange(15).astype(str)), TypeError,
+     r"q_pids holds strings and g_pids numbers"),
+]
+
+
+@pytest.mark.parametrize("changes, exception, pattern", BAD_EVALUATE_LABELS,
+                         ids=["short-q_pids", "long-g_camids", "2-d-g_pids", "nan-q_camids",
+                              "non-integer-g_pids", "strings-with-numbers"])
+def test_evaluate_checks_every_label_before_re_ranking(changes, exception, pattern):
+    qf, gf, labels = exact_split()
+    qf[3, 0] = float("nan")  # the re-ranking would fail on this row: the labels fail first
+    with pytest.raises(exception, match=pattern):
+        evaluate(qf, gf, **{**labels, **changes}, rerank="gnn", **GNN)
+    with pytest.raises(ValueError, match=r"query contains NaN"):  # with good labels
+        evaluate(qf, gf, **labels, rerank="gnn", **GNN)
+
+
+def test_evaluate_needs_2d_features():
+    qf, gf, labels = exact_split()
+    with pytest.raises(ValueError, match=r"qf must be 2-D \[n, d\], got shape \[16\]"):
+        evaluate(qf[0], gf, **labels)
+
+
+@pytest.mark.parametrize("rerank", ["gnn", "none"])
+def test_evaluate_takes_bfloat16_features_and_tensors_that_require_grad(rerank):
+    qf, gf, labels = exact_split()  # exact in bfloat16
+    expected = evaluate(qf, gf, **labels, rerank=rerank, **GNN)
+    cmc, mAP = evaluate(qf.bfloat16(), gf.bfloat16(), **labels, rerank=rerank, **GNN)
+    np.testing.assert_array_equal(cmc, expected[0])
+    assert mAP == expected[1]
+    linear = torch.nn.Linear(16, 16)
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(16))
+        linear.bias.zero_()
+    model_qf, model_gf = linear(qf), linear(gf)  # model outputs without torch.no_grad()
+    assert model_qf.requires_grad
+    for features in ((model_qf, model_gf), (torch.nn.Parameter(qf), gf)):
+        cmc, mAP = evaluate(*features, **labels, rerank=rerank, **GNN)
+        np.testing.assert_array_equal(cmc, expected[0])
+        assert mAP == expected[1]
+
+
+@pytest.mark.slow
+def test_files_that_use_torchreid_skip_without_it(tmp_path):
+    """The torchreid tests skip, and the rest of test_metrics.py runs, where ``import
+    torchreid`` fails as it does when torchreid is not installed (a ``torchreid`` module
+    first on PYTHONPATH raising ModuleNotFoundError: subprocesses see it too)."""
+    (tmp_path / "torchreid.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'torchreid'\", name='torchreid')\n")
+    tests = Path(__file__).resolve().parent
+    python_path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         str(tests / "test_torchreid.py"), str(tests / "test_metrics.py"),
+         "-k", "not pku and not files_that_use_torchreid"],
+        cwd=tests.parent, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": python_path})
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:]
+    assert "torchreid is not installed" in out  # test_torchreid.py, skipped as a module
+    assert "the comparison needs the torchreid extra" in out  # test_metrics.py's comparisons
+    assert re.search(r"\d+ passed", out) and " failed" not in out and " error" not in out

@@ -9,7 +9,14 @@ import pytest
 import torch
 from compare import assert_same_topk, four_halves_vectors
 
-pytestmark = pytest.mark.interpreter
+triton = pytest.importorskip("triton", reason="the Triton kernel tests need triton")
+tl = pytest.importorskip("triton.language")
+tiles = pytest.importorskip("triton_rerank.kernels.tiles")
+pack_keys, unpack_keys = tiles.pack_keys, tiles.unpack_keys
+
+# Every launcher's new output buffers start as NaN / -7 (see conftest.py), so an element
+# a kernel leaves unwritten fails the comparisons.
+pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("poisoned_kernel_outputs")]
 
 TOPK_CASES = [
     # (n, m, d, k, dtype)
@@ -18,7 +25,19 @@ TOPK_CASES = [
     (20, 130, 16, 1, torch.float32),  # k = 1
     (17, 300, 8, 128, torch.bfloat16),  # k = 128: one running top-k per 128-column tile
     (5, 64, 3, 64, torch.float32),  # k = m
+    # k = m unaligned: the 128-wide tile has 58 masked columns, which score 0 and beat
+    # every negative score unless masked out of the top-k
+    (5, 70, 3, 70, torch.float32),  # (through the certified path: all columns candidates)
+    (6, 70, 5, 70, torch.float16),  # (the streaming kernel alone)
 ]
+
+
+def test_kernel_outputs_start_poisoned(poisoned_kernel_outputs):
+    from triton_rerank.kernels import topk_similarity
+
+    values = topk_similarity.torch.empty(2, 3, dtype=torch.float32)
+    indices = topk_similarity.torch.empty(2, 3, dtype=torch.int64)
+    assert torch.isnan(values).all() and torch.all(indices == -7)
 
 
 def _features(rng, n, d, dtype, device):
@@ -60,6 +79,40 @@ def test_topk_similarity_tie_rule_equal_scores_by_smaller_column(kernel_device):
     ref = torch.sort(x.cpu() @ y.cpu().T, dim=1, descending=True, stable=True)
     assert torch.equal(indices.cpu(), ref.indices[:, :40])
     assert torch.equal(values.cpu(), ref.values[:, :40])
+
+
+@triton.jit
+def _pack_keys_probe(scores_ptr, cols_ptr, keys_ptr, values_ptr, out_cols_ptr,
+                     BLOCK: tl.constexpr):
+    """Keys of one row of scores (``tiles.pack_keys``), and the keys unpacked again."""
+    o = tl.arange(0, BLOCK)
+    b_keys = pack_keys(tl.load(scores_ptr + o)[None, :], tl.load(cols_ptr + o))
+    tl.store(keys_ptr + o[None, :], b_keys)
+    b_values, b_cols = unpack_keys(b_keys)
+    tl.store(values_ptr + o[None, :], b_values)
+    tl.store(out_cols_ptr + o[None, :], b_cols)
+
+
+def test_pack_keys_ties_negative_zero_with_positive_zero(kernel_device):
+    # exact zeros of both signs (an inner product of orthogonal rows, or a tiny negative
+    # one scaled by lamb, is -0.0 or +0.0), among the smallest non-zero scores
+    tiny = 2.0**-149
+    scores = [0.0, -0.0, -0.0, 0.0, 1.0, -1.0, tiny, -tiny]
+    cols = [5, 2, 7, 0, 3, 4, 1, 6]
+    assert np.signbit(scores).tolist() == [False, True, True, False, False, True, False, True]
+    scores_t = torch.tensor(scores, dtype=torch.float32, device=kernel_device)
+    cols_t = torch.tensor(cols, dtype=torch.int32, device=kernel_device)
+    keys, values, out_cols = (torch.empty(8, dtype=dtype, device=kernel_device)
+                              for dtype in (torch.int64, torch.float32, torch.int64))
+    _pack_keys_probe[(1,)](scores_t, cols_t, keys, values, out_cols, BLOCK=8)
+    keys = keys.cpu()
+    # (score descending, column ascending) with -0.0 == +0.0: the four zeros by column
+    order = torch.argsort(keys, descending=True)
+    assert [cols[i] for i in order] == [3, 1, 0, 2, 5, 7, 6, 4]
+    zero = keys[scores_t.cpu() == 0]  # equal scores: keys differ in the column bits only
+    assert torch.equal(zero >> 32, torch.zeros(4, dtype=torch.int64))
+    assert torch.equal(out_cols.cpu(), torch.tensor(cols))
+    assert torch.equal(values.cpu(), scores_t.cpu())  # (-0.0 == 0.0 for torch.equal)
 
 
 @pytest.mark.parametrize("kwargs, pattern", [

@@ -8,6 +8,7 @@ by smaller gallery index.
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -37,13 +38,96 @@ class RankingMetrics(NamedTuple):
     num_valid_queries: int
 
 
+def _label_array(x, name: str, n: int, source: str) -> np.ndarray:
+    """``x`` as a 1-D numpy array of ``n`` labels: int64, or str for string labels.
+
+    Raises:
+        TypeError: not integer, integer-valued float or string labels.
+        ValueError: the wrong shape, NaN/inf, or a float that is not an integer in the
+            int64 range.
+    """
+    x = as_numpy(x)
+    if x.ndim == 2 and 1 in x.shape:  # MATLAB-style 1 x n label rows
+        x = x.reshape(-1)
+    if x.ndim != 1 or x.shape[0] != n:
+        raise ValueError(f"{name} must have shape [{n}] to match {source}, got {x.shape}")
+    if x.dtype.kind == "O":  # e.g. a pandas column: strings, or numbers as Python objects
+        for kind, dtype in ((str, str), (numbers.Integral, np.int64), (numbers.Real, np.float64)):
+            if all(isinstance(v, kind) and not isinstance(v, bool) for v in x):
+                x = x.astype(dtype)
+                break
+    if x.dtype.kind in "US":
+        return x
+    if x.dtype.kind in "biu":
+        return x.astype(np.int64)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{name} must hold integer or string labels, got dtype {x.dtype}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        at = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} contains {x[at]} at position {at}: labels must be finite "
+                         f"integers")
+    bad = x != np.round(x)
+    if bad.any():
+        at = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} must hold integer-valued labels, got {x[at]} at position "
+                         f"{at}")
+    bad = (x < -(2.0**63)) | (x >= 2.0**63)
+    if bad.any():
+        at = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} has the label {x[at]} at position {at}, beyond the int64 "
+                         f"range")
+    return x.astype(np.int64)
+
+
+def check_labels(q_pids, g_pids, q_camids, g_camids, *, n_query: int, n_gallery: int,
+                 query_source: str, gallery_source: str):
+    """Validate re-ID labels and return them as int64 arrays (see :func:`evaluate`).
+
+    Args:
+        q_pids, g_pids, q_camids, g_camids: the labels (numpy, torch or lists).
+        n_query, n_gallery: the expected lengths.
+        query_source, gallery_source: what the lengths come from, for the messages
+            (e.g. ``"scores (5, 40)"``).
+
+    Returns:
+        ``(q_pids, g_pids, q_camids, g_camids)`` 1-D int64 numpy arrays; string labels
+        are numbered jointly for query and gallery (equal strings, equal numbers).
+
+    Raises:
+        TypeError: labels that are neither integers, integer-valued floats nor strings, or
+            a string array paired with a numeric one.
+        ValueError: a wrong shape (1 x n rows are accepted), NaN/inf, non-integer floats
+            or floats beyond the int64 range; each message names the array.
+    """
+    out = []
+    for (q_name, q), (g_name, g) in ((("q_pids", q_pids), ("g_pids", g_pids)),
+                                     (("q_camids", q_camids), ("g_camids", g_camids))):
+        q = _label_array(q, q_name, n_query, query_source)
+        g = _label_array(g, g_name, n_gallery, gallery_source)
+        strings = q.dtype.kind in "US", g.dtype.kind in "US"
+        if strings[0] != strings[1]:
+            kinds = ["strings" if s else "numbers" for s in strings]
+            raise TypeError(f"{q_name} holds {kinds[0]} and {g_name} {kinds[1]}: pass both "
+                            f"as strings or both as numbers")
+        if strings[0]:
+            _, codes = np.unique(np.concatenate([q.astype(str), g.astype(str)]),
+                                 return_inverse=True)
+            q, g = codes[:n_query].astype(np.int64), codes[n_query:].astype(np.int64)
+        out += [q, g]
+    return tuple(out)
+
+
 def evaluate(scores, q_pids, g_pids, q_camids, g_camids, *, max_rank: int = 50) -> RankingMetrics:
     """mAP, CMC and mINP of a ``[q, g]`` similarity matrix.
 
     Args:
         scores: ``[q, g]`` similarities (numpy or torch), higher is better.
-        q_pids, g_pids: ``[q]`` / ``[g]`` identity labels.
-        q_camids, g_camids: ``[q]`` / ``[g]`` camera ids.
+        q_pids, g_pids: ``[q]`` / ``[g]`` identity labels (numpy, torch or lists; ``1 x n``
+            rows are accepted): integers, integer-valued floats, or strings. String
+            labels are compared as strings, across query and gallery alike (they are
+            numbered jointly); a string array with a numeric partner is a TypeError.
+        q_camids, g_camids: ``[q]`` / ``[g]`` camera ids, likewise.
         max_rank: length of the CMC curve (capped at g, like torchreid).
 
     Returns:
@@ -51,7 +135,10 @@ def evaluate(scores, q_pids, g_pids, q_camids, g_camids, *, max_rank: int = 50) 
         (which returns ``(cmc, mAP)``) when no scores tie.
 
     Raises:
-        ValueError: bad shapes, NaN scores, ``max_rank < 1``, or no query with a valid match.
+        TypeError: labels of another kind (complex, objects other than strings), or
+            strings paired with numbers; see :func:`check_labels`.
+        ValueError: bad shapes, NaN/inf/non-integer float labels, NaN scores,
+            ``max_rank < 1``, or no query with a valid match.
 
     Example:
         >>> m = evaluate(np.array([[0.9, 0.1]]), [1], [1, 2], [0], [1])
@@ -62,24 +149,15 @@ def evaluate(scores, q_pids, g_pids, q_camids, g_camids, *, max_rank: int = 50) 
     if scores.ndim != 2:
         raise ValueError(f"scores must be 2-D [q, g], got shape {scores.shape}")
     n_query, n_gallery = scores.shape
-    labels = {}
-    for name, x, n in (("q_pids", q_pids, n_query), ("g_pids", g_pids, n_gallery),
-                       ("q_camids", q_camids, n_query), ("g_camids", g_camids, n_gallery)):
-        x = as_numpy(x)
-        if x.ndim == 2 and 1 in x.shape:  # MATLAB-style 1 x n label rows
-            x = x.reshape(-1)
-        if x.ndim != 1 or x.shape[0] != n:
-            raise ValueError(
-                f"{name} must have shape [{n}] to match scores {scores.shape}, got {x.shape}")
-        labels[name] = x
+    q_pids, g_pids, q_cams, g_cams = check_labels(
+        q_pids, g_pids, q_camids, g_camids, n_query=n_query, n_gallery=n_gallery,
+        query_source=f"scores {scores.shape}", gallery_source=f"scores {scores.shape}")
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN")
     if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
     max_rank = min(int(max_rank), n_gallery)
 
-    q_pids, g_pids = labels["q_pids"].astype(np.int64), labels["g_pids"].astype(np.int64)
-    q_cams, g_cams = labels["q_camids"].astype(np.int64), labels["g_camids"].astype(np.int64)
     # correct matches per query: same identity, other camera
     n_match = np.zeros(n_query, dtype=np.int64)
     rows_per_block = max(1, _PAIRS_PER_BLOCK // max(1, n_gallery))

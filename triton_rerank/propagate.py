@@ -10,6 +10,11 @@ Nodes are renumbered internally (reverse Cuthill-McKee order of the kNN graph) s
 that a row's neighbours sit close together in memory: the sums are the same, the
 memory traffic of propagation and scoring is smaller (about 1.5x faster at
 Market-1501 scale when queries and gallery come in no particular order).
+
+Degenerate data (many identical features) makes the rows dense: then a round whose CSR
+would be larger than half a dense ``[N, N]`` float32 matrix is built dense instead
+(``cpu/dense_rows.py``), symmetrised in place, and the rest of the pipeline uses dense
+rows, so memory stays at about one ``N x N`` float32 matrix whatever the data.
 """
 
 from __future__ import annotations
@@ -21,11 +26,19 @@ from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from .cpu import unsigned
 from .cpu.aggregate import count_row_nnz, fill_rows, row_norms
+from .cpu.dense_rows import aggregate_to_dense, dense_row_norms, symmetrise_in_place
 from .cpu.transpose import transpose
+from .memory import check_fits
 from .sparse_rows import SparseRows
 
 # Floor of a row's L2 norm: a row of norm 0 stays 0 instead of becoming NaN.
 NORM_EPS = 1e-12
+
+# A round is built dense when its CSR (12 bytes an entry) would take more than this share
+# of the dense float32 rows (4 bytes an entry; CSR also needs copies to symmetrise), and
+# the dense rows take at least DENSE_MIN_BYTES (below, memory is no concern).
+DENSE_WHEN_CSR_EXCEEDS = 0.5
+DENSE_MIN_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -41,20 +54,34 @@ class PropagatedGraph:
     node ``node_order[p]``.
 
     Attributes:
-        query_rows: ``[q, N]`` the final rows of the queries.
-        mixing: ``[N, N]`` symmetric M (``A + A.T`` of the last round, or the identity).
+        query_rows: ``[q, N]`` the final rows of the queries (sparse, or a dense float32
+            array when ``mixing`` is dense).
+        mixing: ``[N, N]`` symmetric M (``A + A.T`` of the last round, or the identity):
+            sparse rows, or a dense float32 array on degenerate data.
         gallery_idx: ``[g, t]`` int64 node ids.
         gallery_val: ``[g, t]`` float32 weights.
         gallery_inv_norm: ``[g]`` float32.
         node_order: ``[N]`` int64 permutation, internal id -> caller's node id.
     """
 
-    query_rows: SparseRows
-    mixing: SparseRows
+    query_rows: SparseRows | np.ndarray
+    mixing: SparseRows | np.ndarray
     gallery_idx: np.ndarray
     gallery_val: np.ndarray
     gallery_inv_norm: np.ndarray
     node_order: np.ndarray
+
+    @property
+    def n_query(self) -> int:
+        rows = self.query_rows
+        return rows.shape[0] if isinstance(rows, np.ndarray) else rows.n_rows
+
+    @property
+    def query_ids(self) -> np.ndarray:
+        """``[q]`` int64 internal id of each query."""
+        internal = np.empty(self.node_order.shape[0], np.int64)
+        internal[self.node_order] = np.arange(self.node_order.shape[0])
+        return internal[:self.n_query]
 
 
 def adjacency(knn_indices: np.ndarray, n_cols: int | None = None) -> SparseRows:
@@ -68,45 +95,70 @@ def adjacency(knn_indices: np.ndarray, n_cols: int | None = None) -> SparseRows:
     return SparseRows.from_dense_rows(knn_indices, np.ones(knn_indices.shape, np.float32), n_cols)
 
 
-def symmetrise(a: SparseRows) -> SparseRows:
-    """``A + A.T`` for a square A, with exactly symmetric values.
+def symmetrise(a: SparseRows | np.ndarray) -> SparseRows | np.ndarray:
+    """``A + A.T`` for a square A, with exactly symmetric values (dense A: in place).
 
-    Built as an aggregation: row i of the stacked matrix ``[A; A.T]`` gives ``A[i]``
-    and row ``n + i`` gives ``A.T[i]``, each with weight 1.
+    Sparse A is built as an aggregation: row i of the stacked matrix ``[A; A.T]`` gives
+    ``A[i]`` and row ``n + i`` gives ``A.T[i]``, each with weight 1.
     """
+    if isinstance(a, np.ndarray):
+        symmetrise_in_place(a)
+        return a
     n, nnz = a.n_rows, a.nnz
     indices = np.empty(2 * nnz, dtype=np.int64)
     values = np.empty(2 * nnz, dtype=np.float32)
     indices[:nnz], values[:nnz] = a.indices, a.values
-    t_indptr = transpose(unsigned(a.indptr), unsigned(a.indices), a.values, a.n_cols,
-                         unsigned(indices[nnz:]), values[nnz:])
+    # int64 ids as they are (not unsigned): the argument types of the inductive graph's
+    # transpose of W, so that both share one compiled kernel
+    t_indptr = transpose(a.indptr, a.indices, a.values, a.n_cols, indices[nnz:], values[nnz:])
     stacked = SparseRows(np.concatenate([a.indptr, t_indptr[1:] + nnz]), indices, values,
                          a.n_cols)
     rows = np.arange(n, dtype=np.int64)
     own_and_transposed = np.stack([rows, rows + n], axis=1)
     return aggregate(rows, own_and_transposed, np.ones((n, 2), np.float32), stacked,
-                     normalize=False)
+                     normalize=False, dense_allowed=False)
 
 
-def aggregate(rows: np.ndarray, nbr_idx: np.ndarray, nbr_w: np.ndarray, s: SparseRows,
-              *, normalize: bool = True) -> SparseRows:
+def aggregate(rows: np.ndarray, nbr_idx: np.ndarray, nbr_w: np.ndarray,
+              s: SparseRows | np.ndarray, *, normalize: bool = True,
+              dense_allowed: bool = True) -> SparseRows | np.ndarray:
     """Rows ``rows`` of ``W @ S``, each L2-normalised when ``normalize``.
 
     Args:
         rows: ``[r]`` int64 row ids to build.
         nbr_idx: ``[N, t]`` int64 the non-zero columns of W per row.
         nbr_w: ``[N, t]`` float32 their values.
-        s: ``[N, N]`` sparse rows.
+        s: ``[N, N]`` sparse rows, or a dense float32 array.
+        dense_allowed: build dense rows when the predicted CSR is larger than
+            ``DENSE_WHEN_CSR_EXCEEDS`` of the dense size (at least ``DENSE_MIN_BYTES``);
+            rows aggregated from a dense S are always dense.
 
     Returns:
-        ``[r, N]`` sparse rows.
+        ``[r, N]`` sparse rows, or a dense float32 array.
     """
-    counts = count_row_nnz(unsigned(rows), unsigned(nbr_idx), unsigned(s.indptr),
-                           unsigned(s.indices), s.n_cols)
+    n_cols = s.shape[1] if isinstance(s, np.ndarray) else s.n_cols
+    if not isinstance(s, np.ndarray):
+        counts = count_row_nnz(unsigned(rows), unsigned(nbr_idx), unsigned(s.indptr),
+                               unsigned(s.indices), s.n_cols)
+        nnz = int(counts.sum())
+    dense_bytes = 4 * rows.shape[0] * n_cols
+    if isinstance(s, np.ndarray) or (dense_allowed and dense_bytes >= DENSE_MIN_BYTES
+                                     and 12 * nnz > DENSE_WHEN_CSR_EXCEEDS * dense_bytes):
+        check_fits(dense_bytes,
+                   f"propagating these features ({n_cols} nodes whose rows are dense: many "
+                   f"identical or near-identical features) as a dense float32 "
+                   f"[{rows.shape[0]}, {n_cols}] matrix",
+                   "remove duplicate features or re-rank fewer items at a time")
+        out = np.empty((rows.shape[0], n_cols), np.float32)
+        source = s if isinstance(s, np.ndarray) else (s.indptr, s.indices, s.values)
+        aggregate_to_dense(rows, nbr_idx, nbr_w, source, n_cols, out,
+                           np.empty(rows.shape[0], np.float32), normalize=normalize,
+                           eps=np.float32(NORM_EPS))
+        return out
     indptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
-    indices = np.empty(int(indptr[-1]), dtype=np.int64)
-    values = np.empty(int(indptr[-1]), dtype=np.float32)
+    indices = np.empty(nnz, dtype=np.int64)
+    values = np.empty(nnz, dtype=np.float32)
     norms = np.empty(rows.shape[0], dtype=np.float32)
     fill_rows(unsigned(rows), unsigned(nbr_idx), nbr_w, unsigned(s.indptr), unsigned(s.indices),
               s.values, s.n_cols, indptr, unsigned(indices), values, norms, normalize,
@@ -155,10 +207,14 @@ def propagate(knn_values: np.ndarray, knn_indices: np.ndarray, *, n_query: int, 
         a = aggregate(all_rows, nbr_idx, nbr_w, symmetrise(a))
     mixing = symmetrise(a)
     del a
-    query_rows = aggregate(query_ids, nbr_idx, nbr_w, mixing)
-    gallery_norms = row_norms(unsigned(gallery_ids), unsigned(nbr_idx), nbr_w,
-                              unsigned(mixing.indptr), unsigned(mixing.indices), mixing.values,
-                              mixing.n_cols)
+    # the query rows are dense exactly when M is (the scoring multiplies them)
+    query_rows = aggregate(query_ids, nbr_idx, nbr_w, mixing, dense_allowed=False)
+    if isinstance(mixing, np.ndarray):
+        gallery_norms = dense_row_norms(gallery_ids, nbr_idx, nbr_w, mixing)
+    else:
+        gallery_norms = row_norms(unsigned(gallery_ids), unsigned(nbr_idx), nbr_w,
+                                  unsigned(mixing.indptr), unsigned(mixing.indices),
+                                  mixing.values, mixing.n_cols)
     return PropagatedGraph(
         query_rows=query_rows,
         mixing=mixing,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import math
+import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from .checks import (
     check_unnormalised_scale,
 )
 from .graph import NeighbourLists, knn_graph
+from .memory import check_fits
 from .propagate import propagate
 from .scoring import rerank_scores
 
@@ -132,6 +135,9 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
         ValueError: bad shapes, empty input, NaN/inf, zero rows with ``normalize=True``,
             out-of-range ``k1``/``k2``/``iterations``/``lamb``/``topk``, mixed devices,
             unknown backend, or ``"triton"`` where it cannot run.
+        MemoryError: the ``[q, g]`` output of ``topk=None`` (or the dense rows of
+            degenerate data) does not fit in the memory available; the message says
+            what to do.
 
     Example:
         >>> import numpy as np
@@ -149,6 +155,11 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
         n_nodes=n_query + n_gallery, n_gallery=n_gallery)
     if not normalize:
         check_unnormalised_scale(features, k2)
+    if topk is None:
+        check_fits(4 * n_query * n_gallery,
+                   f"the [{n_query}, {n_gallery}] float32 score matrix (topk=None)",
+                   "pass topk=K to get the K best gallery items of each query instead",
+                   features.device)
     device = features.device if features.array_type == "torch" else None
     run = _run_cpu
     if resolve_backend(backend, device) == "triton":
@@ -159,20 +170,65 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
 
 # Rows of a similarity matrix converted at a time by gnn_rerank_similarities.
 _SIMILARITY_CHUNK_BYTES = 64 * 2**20
+# Tensor dtypes that numpy cannot hold (bfloat16) or would scale in their own precision
+# (float16: numpy's float16 loop rounds each product to 16 bits): converted to float32
+# first, exactly, and scaled there.
+_NARROW_TENSOR_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _check_affine(scale, offset) -> tuple[float, float]:
+    """``scale`` and ``offset`` as floats after checking they are finite real numbers
+    and ``scale != 0``.
+
+    Raises:
+        TypeError: not a real number (bools included).
+        ValueError: NaN or inf, or ``scale == 0``.
+    """
+    for name, value in (("scale", scale), ("offset", offset)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a finite real number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    if scale == 0:
+        raise ValueError(f"scale must be non-zero (every similarity would be the offset), "
+                         f"got {scale!r}")
+    return float(scale), float(offset)
 
 
 def _similarity_rows(matrix, start: int, stop: int, scale: float, offset: float,
                      out: np.ndarray, name: str) -> np.ndarray:
     """Rows ``start:stop`` of ``matrix`` as float32 similarities ``offset + scale * x``,
-    written into (a prefix of) the flat buffer ``out``."""
+    written into (a prefix of) the flat buffer ``out``.
+
+    float16 and bfloat16 rows are converted to float32 first (exactly, into ``out``) and
+    scaled there, so they give the same similarities as their float32 values; other
+    floats are scaled in their own precision and rounded once. Tensors on any device
+    are copied chunk by chunk, and never tracked by autograd.
+    """
     rows = matrix[start:stop]
     if isinstance(rows, torch.Tensor):
-        rows = rows.detach().cpu().numpy()
-    block = out[: rows.size].reshape(rows.shape)
-    np.multiply(rows, scale, out=block, casting="unsafe")
-    block += np.float32(offset)
+        rows = rows.detach()
+        block = out[: rows.numel()].reshape(rows.shape)
+        if rows.dtype in _NARROW_TENSOR_DTYPES:
+            torch.from_numpy(block).copy_(rows)  # exact, and from any device
+            rows = block
+        else:
+            rows = rows.cpu().numpy()
+    else:
+        block = out[: rows.size].reshape(rows.shape)
+        if rows.dtype == np.float16:
+            block[...] = rows  # exact
+            rows = block
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+        np.multiply(rows, scale, out=block, casting="unsafe")
+        block += np.float32(offset)
     if not (np.isfinite(block.min()) and np.isfinite(block.max())):  # NaN propagates
         bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+        raw = matrix[bad]
+        raw = raw.detach().double().cpu().numpy() if isinstance(raw, torch.Tensor) else raw
+        if np.isfinite(raw).all():
+            raise ValueError(f"{name} row {bad} overflows float32 as similarities "
+                             f"offset + scale * x with scale={scale!r}, offset={offset!r}")
         raise ValueError(f"{name} contains NaN or inf (first in row {bad})")
     return block
 
@@ -190,19 +246,27 @@ def gnn_rerank_similarities(q_g, q_q, g_g, *, k1: int = 26, k2: int = 7, iterati
 
     Args:
         q_g: ``[q, g]`` query-gallery similarities (numpy or torch; types may be mixed).
+            Any float dtype: float16 and bfloat16 are converted to float32 exactly, one
+            chunk at a time; tensors that require grad (``nn.Parameter``, model outputs)
+            are read detached.
         q_q: ``[q, q]`` query-query similarities.
         g_g: ``[g, g]`` gallery-gallery similarities.
         k1, k2, iterations, lamb, topk: as :func:`gnn_rerank`.
-        scale, offset: the affine map from the given entries to similarities.
+        scale, offset: the affine map from the given entries to similarities (finite
+            real numbers, ``scale != 0``).
 
     Returns:
         As :func:`gnn_rerank`, as numpy arrays, or as torch tensors on ``q_g``'s device
         when ``q_g`` is a tensor.
 
     Raises:
-        TypeError, ValueError: bad matrices (see ``check_similarity_blocks``), NaN/inf
-            entries, or bad hyper-parameters.
+        TypeError: a non-number ``scale``/``offset``; a matrix that is not a numpy array
+            or a tensor, or holds no floats (integers, bool, complex, object), naming it.
+        ValueError: NaN/inf ``scale``/``offset`` or ``scale == 0``; bad shapes; NaN/inf
+            entries (or entries that overflow float32 once scaled), naming the matrix and
+            the row; bad hyper-parameters.
     """
+    scale, offset = _check_affine(scale, offset)
     n_query, n_gallery = check_similarity_blocks(q_g, q_q, g_g)
     n = n_query + n_gallery
     k1, k2, iterations, lamb, topk = check_rerank_params(

@@ -11,12 +11,14 @@ import numpy as np
 import torch
 
 from .cpu import unsigned
-from .cpu.two_hop_scores import score_queries
+from .cpu.two_hop_scores import score_from_z, score_queries
 from .propagate import PropagatedGraph
 from .topk import topk_rows
 
 # Size of one [block, g] score block in the top-K path.
 DEFAULT_BLOCK_BYTES = 64 * 2**20
+# Queries whose dense z rows are computed at a time (dense rows only).
+_DENSE_Z_ROWS = 256
 
 
 def score_block(graph: PropagatedGraph, start: int, stop: int, lamb: float,
@@ -26,9 +28,18 @@ def score_block(graph: PropagatedGraph, start: int, stop: int, lamb: float,
     When ``lamb > 0``, ``out`` must hold the base similarity ``Xq @ Xg.T`` of those
     queries on entry; it is overwritten with ``(1 - lamb) * gnn + lamb * base``.
     """
-    rows = graph.query_rows.row_slice(start, stop)
     m = graph.mixing
-    score_queries(unsigned(rows.indptr), unsigned(rows.indices), rows.values,
+    if isinstance(m, np.ndarray):  # dense rows (degenerate data): z is a matrix product
+        for a in range(start, stop, _DENSE_Z_ROWS):
+            b = min(stop, a + _DENSE_Z_ROWS)
+            z = graph.query_rows[a:b] @ m
+            score_from_z(z, unsigned(graph.gallery_idx), graph.gallery_val,
+                         graph.gallery_inv_norm, np.float32(lamb), out[a - start:b - start])
+        return
+    rows = graph.query_rows.row_slice(start, stop)
+    # queries in graph order (their internal ids): neighbours share rows of M in cache
+    order = np.argsort(graph.query_ids[start:stop], kind="stable")
+    score_queries(order, unsigned(rows.indptr), unsigned(rows.indices), rows.values,
                   unsigned(m.indptr), unsigned(m.indices), m.values,
                   unsigned(graph.gallery_idx), graph.gallery_val, graph.gallery_inv_norm,
                   np.float32(lamb), out)
@@ -37,7 +48,7 @@ def score_block(graph: PropagatedGraph, start: int, stop: int, lamb: float,
 def rerank_scores(graph: PropagatedGraph, query: torch.Tensor | None,
                   gallery: torch.Tensor | None, *,
                   lamb: float, topk: int | None, base: torch.Tensor | None = None,
-                  block_bytes: int = DEFAULT_BLOCK_BYTES):
+                  block_bytes: int | None = None):
     """Final re-ranked scores.
 
     Args:
@@ -49,11 +60,13 @@ def rerank_scores(graph: PropagatedGraph, query: torch.Tensor | None,
         topk: None for the full matrix, else K.
         base: optional ``[q, g]`` float32 ``query @ gallery.T`` already computed (by the
             kNN step); it is overwritten. Without it the product is computed per block.
+        block_bytes: size of one ``[block, g]`` score block of the top-K path; None for
+            ``DEFAULT_BLOCK_BYTES`` as it is at call time.
 
     Returns:
         ``scores [q, g]`` float32 tensor, or ``(D [q, K] float32, I [q, K] int64)``.
     """
-    n_query, n_gallery = graph.query_rows.n_rows, graph.gallery_idx.shape[0]
+    n_query, n_gallery = graph.n_query, graph.gallery_idx.shape[0]
     if topk is None:
         scores = base
         if scores is None:
@@ -62,6 +75,8 @@ def rerank_scores(graph: PropagatedGraph, query: torch.Tensor | None,
                 torch.matmul(query, gallery.T, out=scores)
         score_block(graph, 0, n_query, lamb, scores.numpy())
         return scores
+    if block_bytes is None:
+        block_bytes = DEFAULT_BLOCK_BYTES
     rows_per_block = int(max(1, min(n_query, block_bytes // (4 * n_gallery))))
     buffer = None if base is not None else torch.empty(rows_per_block * n_gallery)
     top_values = torch.empty(n_query, topk, dtype=torch.float32)

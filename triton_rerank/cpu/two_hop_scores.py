@@ -13,54 +13,75 @@ Market-1501 scale).
 
 The last propagation round gives ``M = A + A.T`` (symmetric) and ``g_val`` = the
 gallery's squared-similarity weights; without propagation M is the identity and the
-gallery rows are the binary kNN rows.
+gallery rows are the binary kNN rows. On degenerate data (dense rows, see
+``dense_rows.py``) Z is a dense matrix product, and :func:`score_from_z` does the rest.
 """
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
-from .jit import njit
-
-# Parallel tasks per call; each owns one dense scratch row of N floats for its queries.
-_TASKS = 64
+from .jit import njit, parallel_chunks
 
 
-@njit(parallel=True)
-def score_queries(q_indptr, q_indices, q_values, m_indptr, m_indices, m_values,
-                  g_idx, g_val, g_inv_norm, lamb, out):
+@njit(nogil=True)
+def _gallery_scores(z, g_idx, g_val, g_inv_norm, lamb, out_row):
+    """``out_row[j] = (1 - lamb) * score_j + lamb * out_row[j]`` from one query's ``z``
+    (``out_row`` holds the base similarity on entry when ``lamb > 0``)."""
+    keep = np.float32(1.0 - lamb)
+    mix = np.float32(lamb)
+    for j in range(out_row.shape[0]):
+        total = np.float32(0.0)
+        for t in range(g_idx.shape[1]):
+            total += g_val[j, t] * z[g_idx[j, t]]
+        score = total * g_inv_norm[j]
+        if lamb == 0.0:
+            out_row[j] = score
+        else:
+            out_row[j] = keep * score + mix * out_row[j]
+
+
+@njit(nogil=True)
+def _score_chunk(start, stop, order, q_indptr, q_indices, q_values, m_indptr, m_indices,
+                 m_values, g_idx, g_val, g_inv_norm, lamb, out):
+    """Queries ``order[start:stop]``, in one dense scratch row of N floats."""
+    z = np.zeros(m_indptr.shape[0] - 1, dtype=np.float32)
+    for position in range(start, stop):
+        i = order[position]
+        for p in range(q_indptr[i], q_indptr[i + 1]):
+            c = q_indices[p]
+            v = q_values[p]
+            for s in range(m_indptr[c], m_indptr[c + 1]):
+                z[m_indices[s]] += v * m_values[s]
+        _gallery_scores(z, g_idx, g_val, g_inv_norm, lamb, out[i])
+        z[:] = 0.0
+
+
+def score_queries(order, q_indptr, q_indices, q_values, m_indptr, m_indices, m_values,
+                  g_idx, g_val, g_inv_norm, lamb, out) -> None:
     """Write ``(1 - lamb) * score + lamb * out`` into ``out`` (``out`` holds the base).
 
     Args:
+        order: ``[b]`` the order in which to score the queries (rows of ``out``): queries
+            close in the graph share rows of M, which then stay in cache.
         q_indptr, q_indices, q_values: CSR of the block's query rows of A, ``[b, N]``.
         m_indptr, m_indices, m_values: CSR of the symmetric matrix M, ``[N, N]``.
         g_idx: ``[g, t]`` int64 node ids making up each gallery row.
         g_val: ``[g, t]`` float32 their weights.
         g_inv_norm: ``[g]`` float32 scale of each gallery row.
-        lamb: mixing weight of the base similarity; with 0 the base is not read.
+        lamb: float32 mixing weight of the base similarity; with 0 the base is not read.
         out: ``[b, g]`` float32; holds ``Xq @ Xg.T`` on entry when ``lamb > 0``.
     """
-    n_queries, n_gallery = out.shape
-    n_nodes = m_indptr.shape[0] - 1
-    keep = np.float32(1.0 - lamb)
-    mix = np.float32(lamb)
-    n_tasks = min(n_queries, _TASKS)
-    for task in nb.prange(n_tasks):
-        z = np.zeros(n_nodes, dtype=np.float32)
-        for i in range(task * n_queries // n_tasks, (task + 1) * n_queries // n_tasks):
-            for p in range(q_indptr[i], q_indptr[i + 1]):
-                c = q_indices[p]
-                v = q_values[p]
-                for s in range(m_indptr[c], m_indptr[c + 1]):
-                    z[m_indices[s]] += v * m_values[s]
-            for j in range(n_gallery):
-                total = np.float32(0.0)
-                for t in range(g_idx.shape[1]):
-                    total += g_val[j, t] * z[g_idx[j, t]]
-                score = total * g_inv_norm[j]
-                if lamb == 0.0:
-                    out[i, j] = score
-                else:
-                    out[i, j] = keep * score + mix * out[i, j]
-            z[:] = 0.0
+    parallel_chunks(_score_chunk, out.shape[0], order, q_indptr, q_indices, q_values,
+                    m_indptr, m_indices, m_values, g_idx, g_val, g_inv_norm, lamb, out)
+
+
+@njit(nogil=True)
+def _from_z_chunk(start, stop, z, g_idx, g_val, g_inv_norm, lamb, out):
+    for i in range(start, stop):
+        _gallery_scores(z[i], g_idx, g_val, g_inv_norm, lamb, out[i])
+
+
+def score_from_z(z, g_idx, g_val, g_inv_norm, lamb, out) -> None:
+    """:func:`score_queries` given ``z [b, N]`` float32 (``A[queries] @ M``, dense)."""
+    parallel_chunks(_from_z_chunk, out.shape[0], z, g_idx, g_val, g_inv_norm, lamb, out)
