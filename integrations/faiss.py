@@ -59,9 +59,9 @@ from triton_rerank.checks import (
     check_unit_interval,
     check_unit_rows,
 )
-from triton_rerank.graph import sorted_neighbour_lists
+from triton_rerank.graph import knn_graph
+from triton_rerank.graph_file import database_fingerprint
 from triton_rerank.inductive import DEFAULT_ROW_BUDGET, InductiveGraph
-from triton_rerank.topk import topk_rows
 from triton_rerank.transductive import rerank_against_database
 
 MODES = ("exact", "inductive")
@@ -69,10 +69,6 @@ METRICS = {faiss.METRIC_INNER_PRODUCT: "inner product", faiss.METRIC_L2: "L2"}
 
 # Database rows searched at a time while building the inductive graph.
 GRAPH_SEARCH_BATCH = 16384
-
-# Extra neighbours fetched from FAISS so that ties at the k-th place can be settled.
-_TIE_MARGIN = 8
-
 
 class UnnormalisedVectorsWarning(UserWarning):
     """The index stores vectors that are not unit-norm, so its own search (the
@@ -130,6 +126,17 @@ def database_ids(index) -> np.ndarray:
     return np.arange(index.ntotal, dtype=np.int64)
 
 
+def is_exact_index(index) -> bool:
+    """Whether ``index``'s search is exact: a flat index (CPU or GPU), or an
+    ``IndexIDMap``, ``IndexShards`` or ``IndexReplicas`` of flat indexes."""
+    index = _concrete(index)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return is_exact_index(index.index)
+    if isinstance(index, (faiss.IndexShards, faiss.IndexReplicas)):
+        return all(is_exact_index(child) for child in _children(index))
+    return isinstance(index, faiss.IndexFlat) or type(index).__name__.startswith("GpuIndexFlat")
+
+
 def database_vectors(index) -> np.ndarray:
     """``[ntotal, d]`` float32: every stored vector, read back from the index.
 
@@ -181,30 +188,13 @@ class _IdsToPositions:
 
 
 def _database_knn(vectors: np.ndarray, k: int):
-    """Exact top-``k`` lists of the database rows among themselves, by the tie rule.
-
-    FAISS's exact k-NN (on the GPU when faiss-gpu sees one) finds ``k + 8`` candidates
-    per row. FAISS does not choose among equal similarities by smaller id, so a row
-    whose k-th similarity is still tied at the last candidate is recomputed here
-    (one matrix product and an exact top-k per such row).
+    """The canonical top-``k`` lists of the database rows among themselves
+    (:func:`triton_rerank.graph.knn_graph`: a certified fast pass, exact by the tie rule).
 
     Returns:
         ``(values [g, k] float32, indices [g, k] int64)`` sorted by the tie rule.
     """
-    n = vectors.shape[0]
-    fetch = min(n, k + _TIE_MARGIN)
-    if hasattr(faiss, "knn_gpu") and faiss.get_num_gpus() > 0:
-        found = faiss.knn_gpu(faiss.StandardGpuResources(), vectors, vectors, fetch,
-                              metric=faiss.METRIC_INNER_PRODUCT)
-    else:
-        found = faiss.knn(vectors, vectors, fetch, metric=faiss.METRIC_INNER_PRODUCT)
-    values, indices = (np.ascontiguousarray(a[:, :k]) for a in sorted_neighbour_lists(*found))
-    unsettled = np.flatnonzero(found[0].min(axis=1) == values[:, -1]) if fetch < n else []
-    x = torch.from_numpy(vectors)
-    for start in range(0, len(unsettled), 1024):
-        rows = unsettled[start:start + 1024]
-        top_values, top_indices = topk_rows(x[rows] @ x.T, k)
-        values[rows], indices[rows] = top_values.numpy(), top_indices.numpy()
+    values, indices, _ = knn_graph(torch.from_numpy(vectors), k)
     return values, indices
 
 
@@ -297,7 +287,8 @@ class RerankedIndex:
         if self._cached_ntotal is not None and self._cached_ntotal != self.ntotal:
             self.invalidate()
 
-    def _unit_database(self, *, warn_unnormalised: bool = False) -> np.ndarray:
+    def _unit_database(self, *, warn_unnormalised: bool = False):
+        """``(stored vectors [g, d] float32, their canonical unit rows)``."""
         vectors = np.ascontiguousarray(database_vectors(self.index), dtype=np.float32)
         unit = check_unit_rows(vectors, "the index's stored vectors", self.d)[0]
         if warn_unnormalised:
@@ -309,14 +300,24 @@ class RerankedIndex:
                     f"search does not rank by cosine similarity, so the inductive shortlists "
                     f"miss cosine neighbours; add faiss.normalize_L2-ed vectors instead",
                     UnnormalisedVectorsWarning, stacklevel=3)
-        return unit
+        return vectors, unit
+
+    def _database_ids(self) -> np.ndarray:
+        """The index's ids (:func:`database_ids`), which must be non-negative: FAISS marks
+        "no result" with -1, and the inductive shortlist maps ids back to vectors."""
+        ids = database_ids(self.index)
+        if ids.size and ids.min() < 0:
+            raise ValueError(f"the index holds negative ids (e.g. {int(ids.min())}), which "
+                             f"FAISS search results cannot tell from 'no result' (-1); "
+                             f"re-ranking needs ids >= 0")
+        return ids
 
     # -- exact mode ----------------------------------------------------------------------
 
     def _exact_database(self):
         if self._database is None:
-            vectors = self._unit_database()
-            self._database = (torch.from_numpy(vectors), database_ids(self.index),
+            vectors = self._unit_database()[1]
+            self._database = (torch.from_numpy(vectors), self._database_ids(),
                               *_database_knn(vectors, min(self.k1, vectors.shape[0])))
             self._cached_ntotal = self.ntotal
         return self._database
@@ -341,7 +342,10 @@ class RerankedIndex:
         Args:
             graph_index: the FAISS index that finds each database vector's ``k1``
                 neighbours (approximate allowed, e.g. HNSW or IVF); it must hold the same
-                vectors under the same ids. Default: the wrapped index.
+                vectors under the same ids. Default: the wrapped index. An exact index
+                (flat, or ``IndexIDMap``/``IndexShards`` of flat ones) is not searched:
+                the lists are then the canonical kNN (:func:`triton_rerank.graph.knn_graph`),
+                the same as exact mode's.
             row_budget: entries kept per propagated row; bounds the graph's rows to
                 ``16 * ntotal * (k1 + (iterations - 1) * row_budget)`` bytes (plus a copy
                 of the unit vectors) and the work per query.
@@ -356,18 +360,24 @@ class RerankedIndex:
                              f"holds {self.ntotal}: they must hold the same database")
         check_int(self.k1, "k1", minimum=1, maximum=self.ntotal,
                   maximum_reason=f"the index holds {self.ntotal} vectors")
-        vectors = self._unit_database(warn_unnormalised=True)
-        ids = database_ids(self.index)
-        to_positions = _IdsToPositions(ids)
-        neighbours = np.empty((vectors.shape[0], self.k1), dtype=np.int64)
-        for start in range(0, vectors.shape[0], GRAPH_SEARCH_BATCH):
-            stop = min(vectors.shape[0], start + GRAPH_SEARCH_BATCH)
-            _, labels = search_index.search(vectors[start:stop], self.k1)
-            neighbours[start:stop] = to_positions(labels)
         row_budget = check_int(row_budget, "row_budget", minimum=1)
+        ids = self._database_ids()
+        stored, vectors = self._unit_database(warn_unnormalised=True)
+        to_positions = _IdsToPositions(ids)
+        if is_exact_index(search_index):
+            neighbours = knn_graph(torch.from_numpy(vectors), self.k1)[1]
+        else:
+            neighbours = np.empty((vectors.shape[0], self.k1), dtype=np.int64)
+            for start in range(0, vectors.shape[0], GRAPH_SEARCH_BATCH):
+                stop = min(vectors.shape[0], start + GRAPH_SEARCH_BATCH)
+                _, labels = search_index.search(vectors[start:stop], self.k1)
+                neighbours[start:stop] = to_positions(labels)
+        # the fingerprint of the database as the index stores it: load_graph refuses a
+        # file built for another
         self._graph = InductiveGraph.build(vectors, neighbours, k2=self.k2,
                                            iterations=self.iterations, row_budget=row_budget,
-                                           ids=ids)
+                                           ids=ids,
+                                           fingerprint=database_fingerprint(stored, ids))
         self._graph_positions = to_positions
         self._cached_ntotal = self.ntotal
         return self._graph
@@ -382,19 +392,38 @@ class RerankedIndex:
     def load_graph(self, path) -> None:
         """Load an inductive graph saved by :meth:`save_graph` for this database.
 
+        The file is validated in full (:meth:`InductiveGraph.load`), then checked against
+        the wrapped index: the parameters, the dimension, the size and ids, and the
+        fingerprint of the stored vectors recorded when the graph was built.
+
         Raises:
             FileNotFoundError: no such file.
-            ValueError: not a graph file, built with other ``k1``/``k2``/``iterations``,
-                or for another database (size or ids differ).
+            ValueError: not a graph file, damaged or edited, built with other
+                ``k1``/``k2``/``iterations``, or for another database (dimension, size,
+                ids or stored vectors differ): the message names the file.
         """
         graph = InductiveGraph.load(path)
         built = (graph.k1, graph.k2, graph.iterations)
         if built != (self.k1, self.k2, self.iterations):
             raise ValueError(f"{path} was built with (k1, k2, iterations) = {built}, but this "
                              f"RerankedIndex uses {(self.k1, self.k2, self.iterations)}")
-        if graph.size != self.ntotal or not np.array_equal(graph.ids, database_ids(self.index)):
+        if graph.vectors.shape[1] != self.d:
+            raise ValueError(f"{path} was built for another database: its vectors have "
+                             f"dimension {graph.vectors.shape[1]}, the index's {self.d}; "
+                             f"rebuild the graph")
+        ids = self._database_ids()
+        if graph.size != self.ntotal or not np.array_equal(graph.ids, ids):
             raise ValueError(f"{path} was built for another database ({graph.size} vectors; "
                              f"the index holds {self.ntotal} or different ids)")
+        if graph.fingerprint is None:
+            raise ValueError(f"{path} records no fingerprint of the database it was built "
+                             f"for, so it cannot be checked against this index; rebuild "
+                             f"the graph with RerankedIndex.build_graph")
+        if graph.fingerprint != database_fingerprint(database_vectors(self.index), ids):
+            raise ValueError(f"{path} was built for another database: the index holds as "
+                             f"many vectors under the same ids, but they differ from those "
+                             f"the graph was built from (re-extracted features?); rebuild "
+                             f"the graph")
         self._graph = graph
         self._graph_positions = _IdsToPositions(graph.ids)
         self._cached_ntotal = self.ntotal

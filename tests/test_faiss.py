@@ -14,7 +14,7 @@ from triton_rerank.integrations.faiss import (
 
 from tests.compare import assert_same_topk, four_halves_vectors
 from tests.compare import gaussian as gaussian_rows
-from triton_rerank import gnn_rerank
+from triton_rerank import gnn_rerank, reference
 from triton_rerank.metrics import list_recall
 from triton_rerank.reference import gnn_rerank_reference
 from triton_rerank.synthetic import clustered_vectors
@@ -354,3 +354,51 @@ def test_gpu_index_exact_mode_equals_gnn_rerank(gaussian):
     assert I.is_cuda
     np.testing.assert_array_equal(I.cpu().numpy(), want_i)
     np.testing.assert_allclose(D.cpu().numpy(), want_d, rtol=0, atol=1e-5)
+
+
+# -- canonical kNN lists ------------------------------------------------------------------
+
+def gaussian_with_copies(seed: int, n: int = 310, d: int = 16):
+    """Gaussian vectors, a third of them exact copies of others (scattered)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x[rng.integers(0, n, n // 3)] = x[rng.integers(0, n, n // 3)]
+    return x[:30], np.ascontiguousarray(x[30:])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_mode_equals_gnn_rerank_on_duplicate_vectors(seed):
+    xq, xb = gaussian_with_copies(seed)
+    reranked = RerankedIndex(flat_ip(xb), **PARAMS)
+    D, I = reranked.search(xq, 20)
+    want_d, want_i = gnn_rerank(xq, xb, topk=20, **PARAMS)
+    np.testing.assert_array_equal(I, want_i)
+    np.testing.assert_array_equal(D, want_d)
+    # the cached database lists are the canonical kNN of the database alone
+    _, _, db_values, db_indices = reranked._exact_database()
+    ref_values, ref_indices = reference.knn(torch.from_numpy(xb / np.linalg.norm(
+        xb, axis=1, keepdims=True)).float(), PARAMS["k1"])
+    np.testing.assert_array_equal(db_indices, ref_indices.numpy())
+
+
+def test_inductive_graph_of_an_exact_index_has_the_canonical_lists():
+    _, xb = gaussian_with_copies(7)
+    xb = xb / np.linalg.norm(xb, axis=1, keepdims=True)
+    for index in (flat_ip(xb), id_map(xb), shards(xb)):
+        graph = RerankedIndex(index, mode="inductive", **PARAMS).build_graph()
+        # back to the caller's positions: internal node p is position caller_position[p]
+        lists = graph.caller_position[graph.knn_indices][np.argsort(graph.caller_position)]
+        want = reference.knn(torch.from_numpy(xb.astype(np.float32)), PARAMS["k1"])[1]
+        np.testing.assert_array_equal(lists, want.numpy())
+
+
+def test_negative_ids_are_refused_by_both_modes(gaussian):
+    xq, xb = gaussian
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(xb.shape[1]))
+    index.add_with_ids(xb, np.arange(xb.shape[0]) - 5)
+    for mode in MODES_UNDER_TEST:
+        with pytest.raises(ValueError, match=r"negative ids \(e.g. -5\).* ids >= 0"):
+            RerankedIndex(index, mode=mode, **PARAMS).search(xq, 5)
+
+
+MODES_UNDER_TEST = ("exact", "inductive")

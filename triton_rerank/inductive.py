@@ -32,32 +32,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import numba
 import numpy as np
-import torch
 
 from .cpu.aggregate import count_row_nnz, fill_rows, row_norms
+from .cpu.canonical import canonical_list_values
 from .cpu.inductive_scores import rerank_shortlists
 from .cpu.transpose import transpose
 from .graph import sorted_neighbour_lists
+from .graph_file import (
+    GRAPH_FORMAT,  # noqa: F401 (re-exported: the version of the graph file format)
+    read_graph_file,
+    write_graph_file,
+)
 from .propagate import NORM_EPS, locality_order
 from .sparse_rows import SparseRows
-
-GRAPH_FORMAT = 1
 
 # Entries kept per propagated row (database rows, and the query's last row): bounds
 # the graph's memory and the work per query. Rows of clustered data have hundreds of
 # entries, most of them tiny.
 DEFAULT_ROW_BUDGET = 128
 
-# Database rows whose neighbour similarities are recomputed at a time.
-_ROWS_PER_CHUNK = 8192
-
-
 def scored_neighbour_lists(vectors: np.ndarray, neighbours: np.ndarray):
-    """Exact similarities of searched neighbour lists, self ensured, re-sorted.
+    """Canonical similarities of searched neighbour lists, self ensured, re-sorted.
 
     Args:
         vectors: ``[g, d]`` float32 unit rows.
@@ -66,23 +64,16 @@ def scored_neighbour_lists(vectors: np.ndarray, neighbours: np.ndarray):
     Returns:
         ``(values [g, k] float32, indices [g, k] int64)``: each row holds the node itself
         (replacing the last entry when the search missed it), sorted by descending
-        similarity, equal similarities by smaller position, missing entries
-        (``-inf``, -1) last.
+        canonical similarity (``triton_rerank/canonical.py``), equal similarities by
+        smaller position, missing entries (``-inf``, -1) last.
     """
     n, k = neighbours.shape
     indices = np.array(neighbours, dtype=np.int64)
     own = np.arange(n, dtype=np.int64)
     missing_self = ~(indices == own[:, None]).any(axis=1)
     indices[missing_self, -1] = own[missing_self]
-    values = np.full((n, k), -np.inf, dtype=np.float32)
-    x = torch.from_numpy(vectors)
-    for start in range(0, n, _ROWS_PER_CHUNK):
-        stop = min(n, start + _ROWS_PER_CHUNK)
-        ids = torch.from_numpy(indices[start:stop])
-        found = ids >= 0
-        gathered = x[ids.clamp(min=0)]                       # [rows, k, d]
-        sims = torch.einsum("rkd,rd->rk", gathered, x[start:stop])
-        values[start:stop] = torch.where(found, sims, torch.tensor(-np.inf)).numpy()
+    values = np.empty((n, k), dtype=np.float32)
+    canonical_list_values(vectors, vectors, indices, values)
     return sorted_neighbour_lists(values, indices)
 
 
@@ -185,6 +176,9 @@ class InductiveGraph:
         inv_norm: ``[R, g]`` float32 ``1 / max(|A_{r+1}[j]|, 1e-12)``.
         reverse: ``[g, g]`` rows of ``W.T``: row n lists the nodes j having n among
             their top-k2, with weight ``w_jn``.
+        fingerprint: :func:`~triton_rerank.graph_file.database_fingerprint` of the
+            database the graph was built for (``RerankedIndex.build_graph`` records it,
+            ``RerankedIndex.load_graph`` checks it), or None.
     """
 
     k1: int
@@ -201,6 +195,7 @@ class InductiveGraph:
     m_values: np.ndarray
     inv_norm: np.ndarray
     reverse: SparseRows
+    fingerprint: str | None = None
 
     @property
     def n_rounds(self) -> int:
@@ -213,8 +208,8 @@ class InductiveGraph:
 
     @classmethod
     def build(cls, vectors: np.ndarray, neighbours: np.ndarray, *, k2: int, iterations: int,
-              row_budget: int = DEFAULT_ROW_BUDGET,
-              ids: np.ndarray | None = None) -> InductiveGraph:
+              row_budget: int = DEFAULT_ROW_BUDGET, ids: np.ndarray | None = None,
+              fingerprint: str | None = None) -> InductiveGraph:
         """Build the graph from the database's neighbour lists.
 
         Args:
@@ -223,6 +218,7 @@ class InductiveGraph:
             k2, iterations: as :func:`triton_rerank.gnn_rerank` (``k2 <= k1``).
             row_budget: entries kept per propagated row (its largest ones).
             ids: ``[g]`` int64 caller ids of the positions (default ``0 .. g-1``).
+            fingerprint: recorded as the graph's ``fingerprint`` (see the attributes).
         """
         n, k1 = neighbours.shape
         ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
@@ -258,7 +254,7 @@ class InductiveGraph:
         return cls(k1, k2, iterations, row_budget, ids, order, vectors, values, indices,
                    rounds.indptr, rounds.indices, rounds.values,
                    np.array(inv_norms, dtype=np.float32).reshape(-1, n),
-                   SparseRows(rev_indptr, rev_indices, rev_values, n))
+                   SparseRows(rev_indptr, rev_indices, rev_values, n), fingerprint)
 
     def rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int, lamb: float):
         """Re-rank each query's candidates.
@@ -308,38 +304,33 @@ class InductiveGraph:
         return internal
 
     def save(self, path) -> None:
-        """Write the graph to ``path`` (numpy ``.npz``, uncompressed)."""
-        with open(path, "wb") as f:  # np.savez would append ".npz" to a bare path
-            np.savez(f, format=GRAPH_FORMAT, k1=self.k1, k2=self.k2,
-                     iterations=self.iterations, row_budget=self.row_budget, ids=self.ids,
-                     caller_position=self.caller_position, vectors=self.vectors,
-                     knn_values=self.knn_values, knn_indices=self.knn_indices,
-                     m_indptr=self.m_indptr, m_indices=self.m_indices, m_values=self.m_values,
-                     inv_norm=self.inv_norm, rev_indptr=self.reverse.indptr,
-                     rev_rows=self.reverse.indices, rev_w=self.reverse.values)
+        """Write the graph to ``path``: an uncompressed ``.npz`` with a checksum (format in
+        :mod:`triton_rerank.graph_file`)."""
+        write_graph_file(path, {
+            "k1": self.k1, "k2": self.k2, "iterations": self.iterations,
+            "row_budget": self.row_budget, "fingerprint": self.fingerprint or "",
+            "ids": self.ids, "caller_position": self.caller_position, "vectors": self.vectors,
+            "knn_values": self.knn_values, "knn_indices": self.knn_indices,
+            "m_indptr": self.m_indptr, "m_indices": self.m_indices, "m_values": self.m_values,
+            "inv_norm": self.inv_norm, "rev_indptr": self.reverse.indptr,
+            "rev_rows": self.reverse.indices, "rev_w": self.reverse.values})
 
     @classmethod
     def load(cls, path) -> InductiveGraph:
-        """Read a graph written by :meth:`save`.
+        """Read a graph written by :meth:`save`, after validating every array it holds
+        (:func:`~triton_rerank.graph_file.read_graph_file`): a file that loads is safe to
+        re-rank with, whatever its origin.
 
         Raises:
             FileNotFoundError: no such file.
-            ValueError: not a graph file, or written by an incompatible version.
+            ValueError: not a graph file, written by an incompatible version, damaged, or
+                holding arrays that break the format's rules (the message names the file
+                and the problem).
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no graph file at {path}")
-        try:
-            data = np.load(path, allow_pickle=False)
-            version = int(data["format"])
-        except (ValueError, KeyError, OSError) as error:
-            raise ValueError(f"{path} is not a triton-rerank graph file ({error})") from None
-        if version != GRAPH_FORMAT:
-            raise ValueError(f"{path} has graph format {version}; this version reads "
-                             f"format {GRAPH_FORMAT}: rebuild the graph")
-        n = data["vectors"].shape[0]
-        return cls(int(data["k1"]), int(data["k2"]), int(data["iterations"]),
-                   int(data["row_budget"]), data["ids"], data["caller_position"],
-                   data["vectors"], data["knn_values"], data["knn_indices"], data["m_indptr"],
-                   data["m_indices"], data["m_values"], data["inv_norm"],
-                   SparseRows(data["rev_indptr"], data["rev_rows"], data["rev_w"], n))
+        m = read_graph_file(path)
+        n = m["vectors"].shape[0]
+        return cls(int(m["k1"]), int(m["k2"]), int(m["iterations"]), int(m["row_budget"]),
+                   m["ids"], m["caller_position"], m["vectors"], m["knn_values"],
+                   m["knn_indices"], m["m_indptr"], m["m_indices"], m["m_values"],
+                   m["inv_norm"], SparseRows(m["rev_indptr"], m["rev_rows"], m["rev_w"], n),
+                   fingerprint=str(m["fingerprint"]) or None)
