@@ -17,6 +17,12 @@ from dataclasses import asdict, dataclass
 
 METHODS = ("ours", "reference", "k-reciprocal")
 MARKET_QUERY_FRACTION = 3368 / 23100
+# The smallest N: every method runs with k1 = 26 neighbours.
+MIN_IMAGES = 26
+
+
+class MeasurementError(RuntimeError):
+    """A benchmark run failed in its process (its message is one line)."""
 
 
 @dataclass
@@ -35,9 +41,21 @@ def _shape(n: int, dim: int):
                      n_ids=max(2, n // 30), n_cams=6, distractor_fraction=1 / 8)
 
 
+def check_run(method: str, n: int, dim: int) -> None:
+    """Raise ValueError unless ``method`` is known, ``n >= MIN_IMAGES`` and ``dim >= 1``."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if n < MIN_IMAGES:
+        raise ValueError(f"N must be >= {MIN_IMAGES} (k1 = 26 neighbours), got {n}")
+    if dim < 1:
+        raise ValueError(f"the feature dimension must be >= 1, got {dim}")
+
+
 def measure_here(method: str, n: int, dim: int, seed: int = 0) -> Measurement:
     """Run one method once in this process (call it in a fresh process for a clean RSS)."""
     import torch
+
+    check_run(method, n, dim)
 
     from .rerank import gnn_rerank
     from .synthetic import reid_like_features
@@ -69,12 +87,22 @@ def measure_here(method: str, n: int, dim: int, seed: int = 0) -> Measurement:
 
 
 def measure(method: str, n: int, dim: int, seed: int = 0) -> Measurement:
-    """:func:`measure_here` in a fresh process."""
+    """:func:`measure_here` in a fresh process.
+
+    Raises:
+        ValueError: see :func:`check_run` (checked before starting the process).
+        MeasurementError: the process failed; the message has its last line of stderr.
+    """
+    check_run(method, n, dim)
     proc = subprocess.run(
         [sys.executable, "-m", "triton_rerank.benchmarking", method, str(n), str(dim), str(seed)],
         capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{method} at N={n} failed:\n{proc.stderr[-2000:]}")
+        how = (f"was killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0
+               else f"exited with status {proc.returncode}")
+        last = proc.stderr.strip().splitlines()[-1:] or ["no error output"]
+        raise MeasurementError(f"{method} at N={n}, dim={dim}: the benchmark process {how}: "
+                               f"{last[0]}")
     return Measurement(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 

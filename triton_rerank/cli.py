@@ -9,14 +9,17 @@
     triton-rerank bench                    time ours vs dense reference vs k-reciprocal
                                            over N, plot time and memory (log-log)
 
-User errors (missing files, wrong layouts, missing labels, bad options) print one
-line ``triton-rerank: error: ...`` and exit with status 2.
+User errors (missing, damaged or malformed files, missing labels, out-of-range
+options) print one line ``triton-rerank: error: <file>: <key>: <problem>`` (the file
+and the key where they apply; for options, the option) to stderr and exit with
+status 2, without a traceback. Everything is checked before any work starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -79,26 +82,60 @@ def _k_reciprocal_scores(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
                        distance(tg, tg).numpy())
 
 
+def _check_gnn_options(*, k1, k2, lamb, iterations, n_images: int) -> None:
+    """One-line errors, naming the option, for GNN settings out of range."""
+    if k1 < 1:
+        raise ValueError(f"--k1 must be >= 1, got {k1}")
+    if k1 > n_images:
+        raise ValueError(f"--k1={k1} is larger than {n_images}, the number of images (query + "
+                         "gallery)")
+    if not 1 <= k2 <= k1:
+        raise ValueError(f"--k2 must be between 1 and --k1={k1}, got {k2}")
+    if iterations < 0:
+        raise ValueError(f"--iterations must be >= 0, got {iterations}")
+    if not 0 <= lamb <= 1:
+        raise ValueError(f"--lamb must be in [0, 1], got {lamb}")
+
+
+def _warm_up(dim: int) -> None:
+    """Compile the CPU kernels outside the timings, on a small random problem."""
+    from .metrics import evaluate
+    from .rerank import gnn_rerank
+
+    x = unit_rows(np.random.default_rng(0).standard_normal((32, dim)))
+    query, gallery = x[:2], x[2:]
+    evaluate(query @ gallery.T, np.arange(2), np.arange(30) % 2, np.zeros(2, np.int64),
+             np.ones(30, np.int64))
+    gnn_rerank(query, gallery, k1=3, k2=2)  # k2 > 1: every kernel
+
+
 def compare_methods(data, *, k1: int, k2: int, lamb: float, iterations: int, backend: str,
                     k_reciprocal: bool) -> tuple[list[Row], dict]:
     """Evaluate no re-ranking, GNN re-ranking and (optionally) k-reciprocal on ``data``.
 
+    The options, the backend and the features are checked before anything runs.
+
     Returns:
         The table rows, and the ``[q, g]`` scores by method name (for pictures).
+
+    Raises:
+        ValueError: no labels, an option out of range (the message names it), a backend
+            that cannot run, or features that cannot be compared by cosine.
     """
     from tqdm import tqdm
 
-    from .metrics import evaluate
-    from .rerank import gnn_rerank
+    from .rerank import gnn_rerank, resolve_backend
 
     labels = data.labels()
+    n_images = len(data.query_features) + len(data.gallery_features)
+    _check_gnn_options(k1=k1, k2=k2, lamb=lamb, iterations=iterations, n_images=n_images)
+    resolve_backend(backend)
     query = unit_rows(data.query_features, "the query features")
     gallery = unit_rows(data.gallery_features, "the gallery features")
-    # compile the CPU kernels outside the timings
-    evaluate(query[:2] @ gallery.T, labels[0][:2], labels[1], labels[2][:2], labels[3])
-    warm_q, warm_g = query[:2], gallery[:30]
-    warm_k1 = min(3, len(warm_q) + len(warm_g))
-    gnn_rerank(warm_q, warm_g, k1=warm_k1, k2=min(2, warm_k1))  # k2 > 1: every kernel
+    if query.shape[1] != gallery.shape[1]:
+        raise ValueError(f"the query features have dimension {query.shape[1]} but the gallery "
+                         f"features have dimension {gallery.shape[1]}")
+    _warm_up(query.shape[1])
 
     gnn_name = f"GNN re-ranking (k1={k1}, k2={k2})"
     k_reciprocal_name = "k-reciprocal (torchreid)"
@@ -158,9 +195,12 @@ def _draw_picture(data, scores: dict, image_shape, path: str, n_queries: int = 4
 def _demo(args) -> None:
     from .data import load_digits_split, load_fashion_mnist_split
 
+    _check_output(args.picture, "--picture")
     if args.dataset == "digits":
         data, shape, what = load_digits_split(), (8, 8), "sklearn digits (8x8)"
     else:
+        if args.queries_per_class < 1:
+            raise ValueError(f"--queries-per-class must be >= 1, got {args.queries_per_class}")
         data = load_fashion_mnist_split(args.data_dir, queries_per_class=args.queries_per_class)
         shape, what = (28, 28), "Fashion-MNIST test (28x28)"
     rows, scores = compare_methods(data, k1=args.k1, k2=args.k2, lamb=args.lamb,
@@ -174,14 +214,43 @@ def _demo(args) -> None:
         print(f"picture: {args.picture} (top-10 before/after for the 4 queries GNN helped most)")
 
 
+def _check_output(path: str, option: str) -> None:
+    """A one-line error now, rather than after the work, for an output file that cannot
+    be written ('' means no file)."""
+    if not path:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path}: is a directory")
+    if not os.path.isdir(directory):
+        raise ValueError(f"{option} {path}: no such directory {directory}")
+    if not os.access(directory, os.W_OK):
+        raise ValueError(f"{option} {path}: the directory {directory} is not writable")
+
+
+def _valid_queries(q_pids, g_pids, q_cams, g_cams) -> np.ndarray:
+    """Which queries have a correct match under the re-ID protocol: a gallery item with
+    the same identity and another camera."""
+    pairs = np.unique(np.stack([g_pids, g_cams], axis=1), axis=0)  # sorted by identity
+    pids, first, n_cams = np.unique(pairs[:, 0], return_index=True, return_counts=True)
+    at = np.minimum(np.searchsorted(pids, q_pids), len(pids) - 1)
+    known = pids[at] == q_pids
+    return known & ((n_cams[at] > 1) | (pairs[first[at], 1] != q_cams))
+
+
 def _load_labelled(path: str, command: str):
-    """A feature file that has identity and camera labels (else a one-line error)."""
+    """A feature file that has identity and camera labels and at least one query with a
+    correct match (else a one-line error)."""
     from .data import load_features
 
     data = load_features(path)
     if not data.has_labels:
         raise ValueError(f"{path}: no labels; {command} needs query_label, gallery_label, "
                          "query_cam and gallery_cam")
+    if not _valid_queries(*data.labels()).any():
+        raise ValueError(f"{path}: query_label: no query has a correct match in the gallery "
+                         "(an entry of gallery_label with its identity and a gallery_cam other "
+                         "than its query_cam), so mAP is undefined")
     return data
 
 
@@ -214,40 +283,72 @@ def _number_list(kind):
     return parse
 
 
+def _unique(values: list) -> list:
+    """``values`` without repeats, in their order."""
+    return list(dict.fromkeys(values))
+
+
 def _tune(args) -> None:
     from tqdm import tqdm
 
     from .tuning import tune
     from .visual import heatmap_picture
 
-    data = _load_labelled(args.file, "tune")
-    for name, values, low in (("k1", args.k1, 1), ("k2", args.k2, 1), ("iterations",
-                                                                        args.iterations, 0)):
+    for name, values, low in (("k1", args.k1, 1), ("k2", args.k2, 1),
+                              ("iterations", args.iterations, 0)):
         if min(values) < low:
             raise ValueError(f"--{name} values must be >= {low}, got {min(values)}")
     if not all(0 <= v <= 1 for v in args.lamb):
         raise ValueError(f"--lamb values must be in [0, 1], got {args.lamb}")
-    result = tune(data, k1s=args.k1, k2s=args.k2, lambs=args.lamb,
-                  iterations_list=args.iterations, seed=args.seed,
-                  progress=lambda it: tqdm(it, desc="settings", unit="setting", disable=None,
-                                           file=sys.stderr))
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    _check_output(args.heatmap, "--heatmap")
+    k1s, k2s, lambs, iterations = (_unique(v) for v in (args.k1, args.k2, args.lamb,
+                                                        args.iterations))
+    data = _load_labelled(args.file, "tune")
+    n_query, n_images = len(data.query_features), len(data.query_features) + len(
+        data.gallery_features)
+    if n_query < 2:
+        raise ValueError(f"{args.file}: query_f: has {n_query} row; tune needs at least 2 "
+                         "queries (they are split into two halves)")
+    if not any(k2 <= k1 <= n_images for k1 in k1s for k2 in k2s):
+        raise ValueError(f"--k1, --k2: no valid setting in the grid (need k2 <= k1 <= "
+                         f"{n_images}, the number of images in {args.file})")
+    try:
+        result = tune(data, k1s=k1s, k2s=k2s, lambs=lambs, iterations_list=iterations,
+                      seed=args.seed,
+                      progress=lambda it: tqdm(it, desc="settings", unit="setting",
+                                               disable=None, file=sys.stderr))
+    except ValueError as err:  # a half of the queries without a correct match
+        raise ValueError(f"{args.file}: {err} (try another --seed)") from err
+    grid_best, no_rerank = result.best_grid, result.no_rerank_tune_mAP
     if args.heatmap:
-        best = result.best
-        heatmap_picture(result.heatmap, [f"k1={v}" for v in args.k1],
-                        [f"k2={v}" for v in args.k2],
-                        f"tune-half mAP (%), lamb={best['lamb']}, "
-                        f"iterations={best['iterations']}", args.heatmap)
+        title = (f"tune-half mAP (%), lamb={grid_best['lamb']}, "
+                 f"iterations={grid_best['iterations']}")
+        if not result.best["rerank"]:
+            title += f"\nno re-ranking: {100 * no_rerank:.1f} (chosen)"
+        heatmap_picture(result.heatmap, [f"k1={v}" for v in k1s], [f"k2={v}" for v in k2s],
+                        title, args.heatmap)
     if args.json:
         print(json.dumps({"best": result.best, "held_out_mAP": result.held_out,
-                          "grid": result.grid}, indent=2))
+                          "grid": result.grid, "no_rerank_tune_mAP": no_rerank,
+                          "best_grid": grid_best}, indent=2))
         return
-    best = result.best
-    print(f"{args.file}: chose on {len(data.query_features) // 2} queries, measured on the "
-          f"other {len(data.query_features) - len(data.query_features) // 2}")
-    print(f"best: k1={best['k1']} k2={best['k2']} lamb={best['lamb']} "
-          f"iterations={best['iterations']}")
+    print(f"{args.file}: chose on {n_query // 2} queries, measured on the other "
+          f"{n_query - n_query // 2}")
+    grid_text = " ".join(f"{k}={grid_best[k]}" for k in ("k1", "k2", "lamb", "iterations"))
+    grid_map = max(r["tune_mAP"] for r in result.grid)
+    if result.best["rerank"]:
+        print(f"best: {grid_text} (tune half: {100 * grid_map:.1f}% mAP, "
+              f"{100 * no_rerank:.1f}% without re-ranking)")
+    else:
+        print(f"best: no re-ranking -- re-ranking lowers mAP on this data (tune half: "
+              f"{100 * no_rerank:.1f}% without, {100 * grid_map:.1f}% with the best grid "
+              f"setting {grid_text})")
     for name, value in result.held_out.items():
         shown = "n/a (k1=26 exceeds the images)" if value is None else f"{100 * value:.1f}%"
+        if name == "best" and not result.best["rerank"]:
+            shown += " (no re-ranking)"
         print(f"held-out mAP, {name:<14} {shown}")
     if args.heatmap:
         print(f"heat-map: {args.heatmap}")
@@ -256,18 +357,27 @@ def _tune(args) -> None:
 def _bench(args) -> None:
     from tqdm import tqdm
 
-    from .benchmarking import measure
+    from .benchmarking import METHODS, MIN_IMAGES, measure
     from .visual import loglog_picture
 
-    if min(args.sizes) < 2:
-        raise ValueError(f"--sizes must be >= 2, got {min(args.sizes)}")
-    if not set(args.methods) <= {"ours", "reference", "k-reciprocal"}:
-        raise ValueError(f"--methods must be among ours, reference, k-reciprocal; got "
+    if min(args.sizes) < MIN_IMAGES:
+        raise ValueError(f"--sizes must be >= {MIN_IMAGES} (every method uses k1 = 26 "
+                         f"neighbours), got {min(args.sizes)}")
+    if args.dim < 1:
+        raise ValueError(f"--dim must be >= 1, got {args.dim}")
+    if args.max_baseline < 0:
+        raise ValueError(f"--max-baseline must be >= 0, got {args.max_baseline}")
+    if not set(args.methods) <= set(METHODS):
+        raise ValueError(f"--methods must be among {', '.join(METHODS)}; got "
                          f"{','.join(args.methods)}")
+    _check_output(args.plot, "--plot")
+    args.sizes, args.methods = sorted(set(args.sizes)), _unique(args.methods)
     if "k-reciprocal" in args.methods and not _torchreid_available():
         print("k-reciprocal skipped: torchreid is not installed", file=sys.stderr)
         args.methods = [m for m in args.methods if m != "k-reciprocal"]
-    runs = [(m, n) for n in sorted(args.sizes) for m in args.methods
+    if not args.methods:
+        raise ValueError("--methods: nothing left to run (torchreid is not installed)")
+    runs = [(m, n) for n in args.sizes for m in args.methods
             if m == "ours" or n <= args.max_baseline]
     results = [measure(m, n, args.dim) for m, n in tqdm(runs, desc="runs", unit="run",
                                                            disable=None, file=sys.stderr)]
@@ -301,8 +411,15 @@ def _add_gnn_options(parser: argparse.ArgumentParser) -> None:
                        help="compute backend (default auto)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, in the same form as the other errors."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"triton-rerank: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="triton-rerank",
         description="Fast GNN re-ranking for image retrieval: demos and evaluation.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -379,12 +496,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status
+    (0, or 2 after printing a one-line error)."""
+    from .benchmarking import MeasurementError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        print(f"triton-rerank: error: {err}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, TypeError, MeasurementError) as err:
+        message = " ".join(str(err).splitlines())
+        print(f"triton-rerank: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     return 0
 
