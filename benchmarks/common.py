@@ -19,9 +19,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_child(script: str, args: list[str]) -> dict:
-    """Run ``script`` in a fresh Python process; its last stdout line is a JSON report."""
-    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+def run_child(script: str, args: list[str], source: str | None = None) -> dict:
+    """Run ``script`` in a fresh Python process; its last stdout line is a JSON report.
+    With ``source`` (a checkout of another version of the project) the child imports
+    ``triton_rerank`` from there instead."""
+    env = None
+    if source is not None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [os.path.join(source, "integrations"), source]))
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          env=env, cwd=source)
     if proc.returncode != 0:
         raise RuntimeError(f"{script} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -58,7 +58,8 @@ def run_method(method: str, data_path: str, topk: int | None, out_path: str) -> 
     if method == "ours":
         result = gnn_rerank(xq, xg, k1=26, k2=7, lamb=0.3, topk=topk)
     elif method == "reference":
-        result = gnn_rerank_reference(xq, xg, k1=26, k2=7, lamb=0.3, dtype=torch.float32)
+        result = gnn_rerank_reference(xq, xg, k1=26, k2=7, lamb=0.3, dtype=torch.float32,
+                                      similarity="matmul")
     else:
         from triton_rerank.integrations.torchreid import torchreid_module
 

@@ -136,14 +136,15 @@ class Timer:
 
 def dense_reference_topk(xq, xg, topk: int):
     """The dense reference semantics (``reference.gnn_rerank_reference``) in fp32 on the
-    features' device, to the top-``topk`` per query."""
+    features' device, to the top-``topk`` per query (plain products: the timing baseline;
+    the canonical similarities would add d dense N x N updates)."""
     import torch
 
     from triton_rerank.reference import gnn_rerank_reference
     from triton_rerank.topk import topk_rows
 
     scores = gnn_rerank_reference(xq, xg, k1=K1, k2=K2, iterations=2, lamb=LAMB,
-                                  dtype=torch.float32, device=xq.device)
+                                  dtype=torch.float32, device=xq.device, similarity="matmul")
     return topk_rows(scores, topk)
 
 
