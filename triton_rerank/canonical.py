@@ -91,9 +91,22 @@ def unit_rows_with_torch(x: torch.Tensor, out: torch.Tensor) -> None:
         out[start:stop] = rows
 
 
+# Rows whose float64 norms are computed at a time (keeps the float64 copies in cache).
+_NORM_ROWS_PER_CHUNK = 4096
+
+
+def _norm_slack(dim: int) -> float:
+    """Factor that rounds a float64 row norm up past its own rounding error."""
+    return 1 + (dim + 4) * FP64_UNIT
+
+
 def row_norms(x: torch.Tensor) -> torch.Tensor:
-    """``[n]`` float64 L2 norms of the rows of ``x``, slightly rounded up, for bounds."""
-    return torch.linalg.vector_norm(x.to(torch.float64), dim=1) * (1 + 4 * FP64_UNIT * 64)
+    """``[n]`` float64 L2 norms of the rows of ``x``, rounded up, for bounds."""
+    norms = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], _NORM_ROWS_PER_CHUNK):
+        rows = x[start:start + _NORM_ROWS_PER_CHUNK].to(torch.float64)
+        torch.linalg.vector_norm(rows, dim=1, out=norms[start:start + _NORM_ROWS_PER_CHUNK])
+    return norms * _norm_slack(x.shape[1])
 
 
 def canonical_error(x_norms: torch.Tensor, y_norm: float, dim: int) -> torch.Tensor:
@@ -129,10 +142,16 @@ def bf16_rounding(x: torch.Tensor):
         the copy, ``|bf16(u_i)|`` and ``|bf16(u_i) - u_i|`` (both slightly rounded up).
     """
     x_bf16 = x.to(torch.bfloat16)
-    rounded = x_bf16.to(torch.float64)
-    scale = 1 + 4 * FP64_UNIT * 64
-    return (x_bf16, torch.linalg.vector_norm(rounded, dim=1) * scale,
-            torch.linalg.vector_norm(rounded - x.to(torch.float64), dim=1) * scale)
+    rounded_norms = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    error_norms = torch.empty_like(rounded_norms)
+    for start in range(0, x.shape[0], _NORM_ROWS_PER_CHUNK):
+        rows = slice(start, start + _NORM_ROWS_PER_CHUNK)
+        rounded = x_bf16[rows].to(torch.float64)
+        torch.linalg.vector_norm(rounded, dim=1, out=rounded_norms[rows])
+        rounded -= x[rows].to(torch.float64)  # exact: both are float32 values
+        torch.linalg.vector_norm(rounded, dim=1, out=error_norms[rows])
+    scale = _norm_slack(x.shape[1])
+    return x_bf16, rounded_norms * scale, error_norms * scale
 
 
 def bf16_product_error(x_norms: torch.Tensor, rounded_norms: torch.Tensor,

@@ -215,6 +215,8 @@ def propagate(knn_values: np.ndarray, knn_indices: np.ndarray, *, n_query: int, 
         gallery_norms = row_norms(unsigned(gallery_ids), unsigned(nbr_idx), nbr_w,
                                   unsigned(mixing.indptr), unsigned(mixing.indices),
                                   mixing.values, mixing.n_cols)
+    if not isinstance(mixing, np.ndarray) and n < 2**31:  # what the scoring streams
+        mixing, query_rows = mixing.with_int32_indices(), query_rows.with_int32_indices()
     return PropagatedGraph(
         query_rows=query_rows,
         mixing=mixing,

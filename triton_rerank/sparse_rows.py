@@ -14,7 +14,8 @@ class SparseRows:
 
     Attributes:
         indptr: ``[n_rows + 1]`` int64; row r is ``indices/values[indptr[r]:indptr[r + 1]]``.
-        indices: ``[nnz]`` int64 column ids (not necessarily sorted within a row).
+        indices: ``[nnz]`` int64 column ids (not necessarily sorted within a row); int32
+            in the scoring's copies (:meth:`with_int32_indices`).
         values: ``[nnz]`` float32.
         n_cols: number of columns.
     """
@@ -53,6 +54,11 @@ class SparseRows:
     def to_dense(self) -> np.ndarray:
         """``[n_rows, n_cols]`` float32 (for tests and small inputs only)."""
         return self.to_scipy().toarray()
+
+    def with_int32_indices(self) -> SparseRows:
+        """The same rows with int32 column ids (``n_cols < 2**31``): a third less memory
+        traffic for the kernels that stream them."""
+        return SparseRows(self.indptr, self.indices.astype(np.int32), self.values, self.n_cols)
 
     def row_slice(self, start: int, stop: int) -> SparseRows:
         """Rows ``start:stop`` (views of the index and value arrays)."""

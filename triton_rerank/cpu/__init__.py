@@ -10,11 +10,12 @@ import numpy as np
 
 
 def unsigned(index_array: np.ndarray) -> np.ndarray:
-    """View an int64 index array as uint64 (no copy) before passing it to a kernel.
+    """View an int64 (int32) index array as uint64 (uint32), without a copy, before
+    passing it to a kernel.
 
     numba wraps negative indices around (Python semantics), which costs a compare and
     a branch on every access through a signed index loaded from memory; unsigned
     indices skip it (measured: 17% faster final scoring at Market-1501 scale).
     Index arrays stay int64 everywhere else.
     """
-    return index_array.view(np.uint64)
+    return index_array.view(np.uint32 if index_array.dtype == np.int32 else np.uint64)
