@@ -45,7 +45,7 @@ DEFAULT_STRIP_BYTES = 128 * 2**20
 # Extra candidates per row of the fast pass: enough for the certificate to prove every
 # row of re-ID features in practice (the bfloat16 error bound is about 4e-3 on unit rows,
 # the float32 one about d * 6e-8); see benchmarks/results/cpu_knn.md for the shares.
-CANDIDATE_MARGIN = {"bf16": 32, "fp32": 8}
+CANDIDATE_MARGIN = {"bf16": 32, "fp32": 4}
 
 
 class NeighbourLists:

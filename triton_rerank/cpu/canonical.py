@@ -34,24 +34,32 @@ def canonical_dot(x, y):
 
 @njit()
 def _canonical_dots(x, nodes, columns, out):
-    """``out[c] = canonical_dot(x, nodes[columns[c]])``, four rows at a time: four
+    """``out[c] = canonical_dot(x, nodes[columns[c]])``, eight rows at a time: eight
     independent sums (each still in order k) hide the latency of the additions."""
     n = columns.shape[0]
     dim = x.shape[0]
     c = 0
-    while c + 4 <= n:
-        y0, y1 = nodes[columns[c]], nodes[columns[c + 1]]
-        y2, y3 = nodes[columns[c + 2]], nodes[columns[c + 3]]
-        s0 = s1 = s2 = s3 = 0.0
+    while c + 8 <= n:
+        y0, y1, y2, y3 = (nodes[columns[c]], nodes[columns[c + 1]], nodes[columns[c + 2]],
+                          nodes[columns[c + 3]])
+        y4, y5, y6, y7 = (nodes[columns[c + 4]], nodes[columns[c + 5]],
+                          nodes[columns[c + 6]], nodes[columns[c + 7]])
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
         for k in range(dim):
             xk = np.float64(x[k])
             s0 += xk * np.float64(y0[k])
             s1 += xk * np.float64(y1[k])
             s2 += xk * np.float64(y2[k])
             s3 += xk * np.float64(y3[k])
+            s4 += xk * np.float64(y4[k])
+            s5 += xk * np.float64(y5[k])
+            s6 += xk * np.float64(y6[k])
+            s7 += xk * np.float64(y7[k])
         out[c], out[c + 1], out[c + 2], out[c + 3] = (np.float32(s0), np.float32(s1),
                                                       np.float32(s2), np.float32(s3))
-        c += 4
+        out[c + 4], out[c + 5], out[c + 6], out[c + 7] = (np.float32(s4), np.float32(s5),
+                                                          np.float32(s6), np.float32(s7))
+        c += 8
     while c < n:
         out[c] = canonical_dot(x, nodes[columns[c]])
         c += 1
