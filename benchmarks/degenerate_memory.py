@@ -66,7 +66,9 @@ def main() -> None:
         "# Degenerate data: memory and time",
         "",
         f"Command: `.venv/bin/python benchmarks/degenerate_memory.py"
-        f"{' --quick' if args.quick else ''}`",
+        f"{' --before-src <checkout of the code before>' if args.before_src else ''}"
+        f"{' --quick' if args.quick else ''}` (before: the main branch before the "
+        "canonical kNN and the dense rows)",
         "",
         f"gnn_rerank (k1=26, k2=7, lamb=0.3, full [q, g] scores), q={N_QUERY}, "
         f"g={n - N_QUERY}, d={DIM}; each case in a fresh process; peak RSS of the whole "
