@@ -1,6 +1,6 @@
 """How often the certified kNN's certificate holds, on real and Market-shaped features.
 
-The Triton kNN for float32 features (``triton_rerank/kernels/certified_topk.py``) takes
+The Triton kNN for float32 features (``triton_rerank/gpu/certified_topk.py``) takes
 candidates from a float16 pass and falls back to the exact (slower) kernel for rows it
 cannot certify. Its speed therefore depends on the share of certified rows. This script
 measures that share without a GPU, emulating the candidate pass with torch on the CPU
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from common import publish
 
-from triton_rerank.kernels.certified_topk import DEFAULT_MARGIN, candidate_count, error_bound
+from triton_rerank.gpu.certified_topk import DEFAULT_MARGIN, candidate_count, error_bound
 from triton_rerank.topk import sort_by_value_then_index, topk_rows
 
 BLOCK_ROWS = 512
@@ -69,13 +69,13 @@ def certify(nodes: torch.Tensor, k: int, margin: int) -> dict:
 
 def datasets(quick: bool):
     """``(name, features [N, d] float32 L2-normalised)`` of each data set."""
-    from triton_rerank.data import (
+    from triton_rerank.app.data import (
         load_digits_split,
         load_fashion_mnist,
         load_fashion_mnist_split,
         load_features,
     )
-    from triton_rerank.synthetic import MARKET1501, reid_like_features
+    from triton_rerank.app.synthetic import MARKET1501, reid_like_features
 
     from_set = [("digits (real, d=64)", load_digits_split())]
     try:

@@ -117,7 +117,7 @@ def _child() -> dict:
         return faiss, RerankedIndex, gnn_rerank
 
     faiss, RerankedIndex, gnn_rerank = timed("import", imports)
-    from triton_rerank.synthetic import clustered_vectors
+    from triton_rerank.app.synthetic import clustered_vectors
 
     rng = np.random.default_rng(0)
     xq, xg = rng.standard_normal((5, 16)), rng.standard_normal((40, 16))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from triton_rerank.synthetic import ReidShape, reid_like_features
+from triton_rerank.app.synthetic import ReidShape, reid_like_features
 
 # (name, shape): small enough for CI's single runs, large enough to time
 SIZES = {

@@ -1,9 +1,9 @@
 """Core CPU benchmark: ours vs the dense reference vs torchreid's k-reciprocal re-ranking.
 
 Market-1501-shaped synthetic features (q=3,368, g=19,732, d=512; see
-``triton_rerank.synthetic``), each method in its own process (so peak RSS is its
+``triton_rerank.app.synthetic``), each method in its own process (so peak RSS is its
 own), timed from features in to the ``[q, g]`` scores out, then evaluated with
-``triton_rerank.metrics.evaluate``. Also runs ours at the MSMT17 shape (q=11,659,
+``triton_rerank.evaluation.metrics.evaluate``. Also runs ours at the MSMT17 shape (q=11,659,
 g=82,161, d=128) with ``topk=100``, where the dense reference would need > 100 GB.
 
 Run from the repository root (writes benchmarks/results/core_cpu.{md,json}):
@@ -45,8 +45,8 @@ def run_method(method: str, data_path: str, topk: int | None, out_path: str) -> 
     import torch
 
     from triton_rerank import gnn_rerank
-    from triton_rerank.data import load_features
-    from triton_rerank.metrics import evaluate
+    from triton_rerank.app.data import load_features
+    from triton_rerank.evaluation.metrics import evaluate
     from triton_rerank.reference import gnn_rerank_reference
 
     data = load_features(data_path)
@@ -61,14 +61,9 @@ def run_method(method: str, data_path: str, topk: int | None, out_path: str) -> 
         result = gnn_rerank_reference(xq, xg, k1=26, k2=7, lamb=0.3, dtype=torch.float32,
                                       similarity="matmul")
     else:
-        from triton_rerank.integrations.torchreid import torchreid_module
+        from triton_rerank.integrations.torchreid import k_reciprocal_distances
 
-        compute_distance_matrix = torchreid_module("metrics").compute_distance_matrix
-        re_ranking = torchreid_module("utils.rerank").re_ranking
-        tq, tg = torch.from_numpy(xq), torch.from_numpy(xg)
-        distances = [compute_distance_matrix(a, b, metric="euclidean").numpy()
-                     for a, b in ((tq, tg), (tq, tq), (tg, tg))]
-        result = -re_ranking(*distances, k1=20, k2=6, lambda_value=0.3)
+        result = -k_reciprocal_distances(torch.from_numpy(xq), torch.from_numpy(xg))
     seconds = time.perf_counter() - start
     report = {"method": method, "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
               "rss_before_mb": rss_before}
@@ -99,8 +94,8 @@ def main() -> None:
         print(json.dumps(run_method(args.child, args.data, args.topk, args.out)))
         return
 
-    from triton_rerank.metrics import evaluate
-    from triton_rerank.synthetic import MARKET1501, MSMT17, ReidShape, reid_like_features
+    from triton_rerank.app.synthetic import MARKET1501, MSMT17, ReidShape, reid_like_features
+    from triton_rerank.evaluation.metrics import evaluate
 
     market = MARKET1501 if not args.quick else ReidShape(300, 1500, 64, 60, 6, 1 / 8)
     msmt = MSMT17 if not args.quick else ReidShape(500, 3000, 32, 100, 15, 1 / 8)

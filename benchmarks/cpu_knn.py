@@ -81,7 +81,7 @@ def repeated(method, data_path, topk, repeats, **kwargs) -> dict:
 def certified_shares(sets: dict) -> list[dict]:
     """Rows proven by the fast pass per data set and pass (k1 = 26)."""
     from triton_rerank.checks import check_features
-    from triton_rerank.graph import knn_graph
+    from triton_rerank.cpu.knn import knn_graph
 
     rows = []
     for name, (xq, xg) in sets.items():
@@ -107,9 +107,9 @@ def main() -> None:
         print(json.dumps(run_method(args.child, args.data, args.topk)))
         return
 
-    from triton_rerank.data import load_digits_split, load_fashion_mnist_split
-    from triton_rerank.knn_precision import auto_precision
-    from triton_rerank.synthetic import MARKET1501, MSMT17, ReidShape, reid_like_features
+    from triton_rerank.app.data import load_digits_split, load_fashion_mnist_split
+    from triton_rerank.app.synthetic import MARKET1501, MSMT17, ReidShape, reid_like_features
+    from triton_rerank.cpu.knn_precision import auto_precision
 
     market = MARKET1501 if not args.quick else ReidShape(300, 1500, 64, 60, 6, 1 / 8)
     msmt = MSMT17 if not args.quick else ReidShape(500, 3000, 32, 100, 15, 1 / 8)

@@ -2,7 +2,7 @@
 the same size: all rows identical, half of them identical.
 
 Identical features share one kNN list, which makes the propagated rows dense; the CPU
-path then switches to dense rows (``triton_rerank/propagate.py``), so memory stays at
+path then switches to dense rows (``triton_rerank/cpu/propagation.py``), so memory stays at
 about one ``N x N`` float32 matrix. Each case runs in a fresh process (so its peak RSS
 is its own); the target is the all-identical case within 2x of the Gaussian peak RSS.
 

@@ -3,7 +3,7 @@
 Three parts, each in its own process (so each peak RSS is its own):
 
 * ``large``: a synthetic clustered database of 1,000,000 x 128 float32 unit vectors
-  (10,000 clusters, ``triton_rerank.synthetic.clustered_vectors``) in an
+  (10,000 clusters, ``triton_rerank.app.synthetic.clustered_vectors``) in an
   ``IVF4096,Flat`` inner-product index. Offline: the inductive graph is built with
   that index (nprobe 8). Online: 10,000 queries, queries per second of plain
   ``index.search(xq, 100)`` vs ``RerankedIndex.search(xq, 100)`` (mode "inductive",
@@ -17,7 +17,7 @@ Three parts, each in its own process (so each peak RSS is its own):
   real images as raw pixels: 1,000 queries (100 per class), 69,000 in the database,
   flat inner-product index: mAP@100 of plain search, exact mode and inductive mode.
 
-mAP@100 is ``triton_rerank.metrics.map_at_k`` (AP over the 100 results, normalised by
+mAP@100 is ``triton_rerank.evaluation.metrics.map_at_k`` (AP over the 100 results, normalised by
 ``min(#relevant, 100)``). GNN parameters: k1=26, k2=7, lamb=0.3, 2 iterations.
 
 Run from the repository root (writes benchmarks/results/faiss_rerank.{md,json}):
@@ -51,7 +51,7 @@ SPREAD = 1.2
 
 def clustered_split(n_database: int, n_queries: int):
     """``(xb, xq, database labels, query labels)`` of one clustered draw."""
-    from triton_rerank.synthetic import clustered_vectors
+    from triton_rerank.app.synthetic import clustered_vectors
 
     x, labels = clustered_vectors(n_database + n_queries, 128,
                                   max(10, round(n_database * CLUSTERS_PER_VECTOR)),
@@ -79,7 +79,7 @@ def timed(call):
 def run_large(quick: bool) -> dict:
     from triton_rerank.integrations.faiss import RerankedIndex
 
-    from triton_rerank.metrics import map_at_k
+    from triton_rerank.evaluation.metrics import map_at_k
 
     n_database, n_queries = SIZES["large"][quick]
     xb, xq, db_labels, q_labels = clustered_split(n_database, n_queries)
@@ -114,7 +114,7 @@ def run_subset(quick: bool) -> dict:
     import faiss
     from triton_rerank.integrations.faiss import RerankedIndex
 
-    from triton_rerank.metrics import list_recall, map_at_k
+    from triton_rerank.evaluation.metrics import list_recall, map_at_k
 
     n_database, n_queries = SIZES["subset"][quick]
     xb, xq, db_labels, q_labels = clustered_split(SIZES["large"][quick][0], n_queries)
@@ -154,8 +154,8 @@ def run_fashion(quick: bool) -> dict:
     import faiss
     from triton_rerank.integrations.faiss import RerankedIndex
 
-    from triton_rerank.data import load_fashion_mnist, unit_rows
-    from triton_rerank.metrics import list_recall, map_at_k
+    from triton_rerank.app.data import load_fashion_mnist, unit_rows
+    from triton_rerank.evaluation.metrics import list_recall, map_at_k
 
     images, labels = load_fashion_mnist()
     n_database, n_queries = SIZES["fashion"][quick]
@@ -200,7 +200,7 @@ def table(large: dict, subset: dict, fashion: dict, command: str) -> str:
         "# FAISS adapter benchmark", "",
         f"Command: `{command}`", "",
         "GNN parameters k1=26, k2=7, lamb=0.3, 2 iterations; top-100 results; mAP@100 "
-        "(`triton_rerank.metrics.map_at_k`). Each part ran in its own process.", "",
+        "(`triton_rerank.evaluation.metrics.map_at_k`). Each part ran in its own process.", "",
         f"## {large['n_database']:,} x 128 clustered database, {large['n_queries']:,} queries",
         "",
         "IVF4096,Flat inner-product index; inductive graph built with it at nprobe 8; "

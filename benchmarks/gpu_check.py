@@ -29,7 +29,6 @@ shapes (and, without a GPU, the Triton interpreter): a smoke test of this script
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -173,22 +172,12 @@ def time_method(fn, timer: Timer, runs: int, deadline: float) -> dict:
 SCORING_SWEEP = [{"BLOCK_M": 16}, {"BLOCK_M": 64}, {"num_warps": 4}]
 
 
-@contextlib.contextmanager
 def streaming_launch_override(k_pad: int, override: dict):
     """Within the block, launches of the streaming top-k kernel at ``k_pad`` use
-    ``override`` over their default settings (the pipeline takes no tuning argument)."""
-    from triton_rerank.kernels import topk_similarity
+    ``override`` over their default settings (``gpu/launch_config.py``'s hook)."""
+    from triton_rerank.gpu import launch_config
 
-    default = topk_similarity.streaming_launch
-
-    def patched(pad, device):
-        return {**default(pad, device), **(override if pad == k_pad else {})}
-
-    topk_similarity.streaming_launch = patched
-    try:
-        yield
-    finally:
-        topk_similarity.streaming_launch = default
+    return launch_config.override("streaming_topk", override, k_pad=k_pad)
 
 
 def stage_times(xq, xg, timer: Timer, runs: int, deadline: float) -> dict:
@@ -197,7 +186,7 @@ def stage_times(xq, xg, timer: Timer, runs: int, deadline: float) -> dict:
     import torch
     import triton
 
-    from triton_rerank import gpu_pipeline
+    from triton_rerank.gpu import pipeline as gpu_pipeline
 
     nodes = torch.nn.functional.normalize(torch.cat([xq, xg]), dim=1).contiguous()
     n_query = xq.shape[0]
@@ -253,8 +242,8 @@ def knn_sweep(xq, xg, timer: Timer, runs: int, deadline: float) -> list[dict]:
     fraction of rows whose neighbours equal the certified kNN's."""
     import torch
 
-    from triton_rerank.kernels.certified_topk import candidate_count, certified_topk
-    from triton_rerank.kernels.topk_similarity import streaming_topk
+    from triton_rerank.gpu.certified_topk import candidate_count, certified_topk
+    from triton_rerank.gpu.streaming_topk import streaming_topk
 
     nodes = torch.nn.functional.normalize(torch.cat([xq, xg]), dim=1).contiguous()
     half = nodes.half()
@@ -300,7 +289,7 @@ def run_case(name: str, shape, *, with_reference: bool, skip_reason: str, device
     import torch
 
     from triton_rerank import gnn_rerank
-    from triton_rerank.synthetic import reid_like_features
+    from triton_rerank.app.synthetic import reid_like_features
 
     data = reid_like_features(shape, seed=0)
     xq = torch.from_numpy(data.query_features).to(device)
@@ -358,7 +347,7 @@ def main() -> None:
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported
     import triton
 
-    from triton_rerank.synthetic import MARKET1501, MSMT17, reid_like_features
+    from triton_rerank.app.synthetic import MARKET1501, MSMT17, reid_like_features
 
     device = torch.device("cuda" if cuda else "cpu")
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu-interpreter"

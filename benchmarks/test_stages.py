@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from triton_rerank import gnn_rerank
-from triton_rerank.graph import knn_graph
-from triton_rerank.propagate import propagate
-from triton_rerank.scoring import rerank_scores
+from triton_rerank.cpu.knn import knn_graph
+from triton_rerank.cpu.propagation import propagate
+from triton_rerank.cpu.scoring import rerank_scores
 
 K1, K2 = 26, 7
 

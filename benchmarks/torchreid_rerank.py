@@ -1,6 +1,6 @@
 """torchreid benchmark: torchreid's own ``re_ranking`` vs our drop-in, as the engine calls them.
 
-Market-1501-shaped synthetic features (``triton_rerank.synthetic``), L2-normalised;
+Market-1501-shaped synthetic features (``triton_rerank.app.synthetic``), L2-normalised;
 the three distance matrices are computed the engine's way
 (``compute_distance_matrix``, squared euclidean; ``distmat`` as numpy,
 ``distmat_qq``/``distmat_gg`` as tensors) before the clock starts, then each
@@ -45,8 +45,8 @@ def run_method(method: str, data_path: str, out_path: str) -> dict:
     from triton_rerank.integrations.torchreid import re_ranking, torchreid_module
 
     from triton_rerank import gnn_rerank
-    from triton_rerank.data import load_features
-    from triton_rerank.metrics import evaluate
+    from triton_rerank.app.data import load_features
+    from triton_rerank.evaluation.metrics import evaluate
 
     data = load_features(data_path)
     qf = torch.nn.functional.normalize(torch.from_numpy(data.query_features), dim=1)
@@ -81,7 +81,7 @@ def main() -> None:
         print(json.dumps(run_method(args.child, args.data, args.out)))
         return
 
-    from triton_rerank.synthetic import MARKET1501, ReidShape, reid_like_features
+    from triton_rerank.app.synthetic import MARKET1501, ReidShape, reid_like_features
 
     shape = MARKET1501 if not args.quick else ReidShape(300, 1500, 64, 60, 6, 1 / 8)
     rows, tops = {}, {}

@@ -24,7 +24,7 @@ Modes:
 * ``mode="exact"``: each search batch joins the database graph transductively,
   so ``search(xq, k)`` equals ``gnn_rerank(xq, xb, topk=k)`` on the index's
   vectors (read back with ``reconstruct``). The database's own kNN lists are
-  computed once with FAISS's exact k-NN and cached; they are rebuilt after
+  computed once (the canonical, certified kNN of ``cpu/knn.py``) and cached; they are rebuilt after
   ``add``/``add_with_ids``/``remove_ids``/``reset`` through this wrapper, or when
   ``ntotal`` changes (call :meth:`RerankedIndex.invalidate` after changing the
   wrapped index in place in a way that keeps ``ntotal``).
@@ -33,7 +33,7 @@ Modes:
   can be saved and loaded, and each query is re-ranked against its shortlist
   (``shortlist`` candidates from the index, default ``max(10 * k, k1)``, plus the
   kNN lists of the query's nearest candidates) using only its own neighbourhood: the
-  cost per query does not grow with the database. See :mod:`triton_rerank.inductive`
+  cost per query does not grow with the database. See :mod:`triton_rerank.database.inductive`
   for the approximation. The shortlist (and, by
   default, the graph's neighbour lists) come from the index's own search, so store
   unit vectors (``faiss.normalize_L2``) to make its neighbours the cosine ones;
@@ -59,10 +59,11 @@ from triton_rerank.checks import (
     check_unit_interval,
     check_unit_rows,
 )
-from triton_rerank.graph import knn_graph
-from triton_rerank.graph_file import database_fingerprint
-from triton_rerank.inductive import DEFAULT_ROW_BUDGET, InductiveGraph
-from triton_rerank.transductive import rerank_against_database
+from triton_rerank.cpu.knn import knn_graph
+from triton_rerank.database.graph_file import database_fingerprint
+from triton_rerank.database.inductive import DEFAULT_ROW_BUDGET, InductiveGraph
+from triton_rerank.database.transductive import rerank_against_database
+from triton_rerank.rerank import canonical_backend_name
 
 MODES = ("exact", "inductive")
 METRICS = {faiss.METRIC_INNER_PRODUCT: "inner product", faiss.METRIC_L2: "L2"}
@@ -189,7 +190,7 @@ class _IdsToPositions:
 
 def _database_knn(vectors: np.ndarray, k: int):
     """The canonical top-``k`` lists of the database rows among themselves
-    (:func:`triton_rerank.graph.knn_graph`: a certified fast pass, exact by the tie rule).
+    (:func:`triton_rerank.cpu.knn.knn_graph`: a certified fast pass, exact by the tie rule).
 
     Returns:
         ``(values [g, k] float32, indices [g, k] int64)`` sorted by the tie rule.
@@ -207,8 +208,9 @@ class RerankedIndex:
         mode: ``"exact"`` or ``"inductive"``.
         shortlist: inductive mode's candidates per query (default ``max(10 * k, k1)``,
             at most ``ntotal``).
-        backend: ``"auto"`` or ``"torch"``: the adapter runs the CPU path (CUDA tensors
-            are computed on the CPU and returned on their device).
+        backend: ``"auto"`` or ``"cpu"``: the adapter runs the CPU path (CUDA tensors
+            are computed on the CPU and returned on their device; ``"torch"`` is the
+            deprecated old name of ``"cpu"``).
     """
 
     def __init__(self, index, *, k1: int = 26, k2: int = 7, iterations: int = 2,
@@ -221,9 +223,10 @@ class RerankedIndex:
                              f"metric_type {index.metric_type}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if backend not in ("auto", "torch"):
+        backend = canonical_backend_name(backend)
+        if backend not in ("auto", "cpu"):
             raise ValueError(f"RerankedIndex runs on the CPU path: backend must be 'auto' or "
-                             f"'torch', got {backend!r}")
+                             f"'cpu', got {backend!r}")
         self.k1 = check_int(k1, "k1", minimum=1)
         self.k2 = check_int(k2, "k2", minimum=1, maximum=self.k1,
                             maximum_reason="k2 must not exceed k1")
@@ -344,14 +347,14 @@ class RerankedIndex:
                 neighbours (approximate allowed, e.g. HNSW or IVF); it must hold the same
                 vectors under the same ids. Default: the wrapped index. An exact index
                 (flat, or ``IndexIDMap``/``IndexShards`` of flat ones) is not searched:
-                the lists are then the canonical kNN (:func:`triton_rerank.graph.knn_graph`),
+                the lists are then the canonical kNN (:func:`triton_rerank.cpu.knn.knn_graph`),
                 the same as exact mode's.
             row_budget: entries kept per propagated row; bounds the graph's rows to
                 ``16 * ntotal * (k1 + (iterations - 1) * row_budget)`` bytes (plus a copy
                 of the unit vectors) and the work per query.
 
         Returns:
-            The :class:`~triton_rerank.inductive.InductiveGraph` (also used by ``search``).
+            The :class:`~triton_rerank.database.inductive.InductiveGraph` (also used by ``search``).
         """
         self._check_populated()
         search_index = self.index if graph_index is None else graph_index

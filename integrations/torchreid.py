@@ -201,6 +201,30 @@ def use_gnn_reranking(k1: int = 26, k2: int = 7, lamb: float = 0.3, metric: str 
 RERANK_MODES = ("gnn", "none", "k-reciprocal")
 
 
+def k_reciprocal_distances(query: torch.Tensor, gallery: torch.Tensor, *,
+                           metric: str = "euclidean", k1: int = 20, k2: int = 6,
+                           lambda_value: float = 0.3) -> np.ndarray:
+    """torchreid's own k-reciprocal re-ranking (Zhong et al. 2017) of query features
+    against gallery features, as torchreid's engine runs it: the three distance matrices
+    from torchreid's ``compute_distance_matrix``, then ``torchreid.utils.rerank.re_ranking``
+    (its defaults: k1=20, k2=6, lambda=0.3). The one place the project calls it (the
+    baseline of ``evaluate(rerank="k-reciprocal")``, the CLI and the benchmarks).
+
+    Args:
+        query: ``[q, d]`` float32 tensor; gallery: ``[g, d]`` float32 tensor.
+        metric: ``"euclidean"`` or ``"cosine"``.
+
+    Returns:
+        ``[q, g]`` float32 numpy re-ranked distances (lower is better).
+    """
+    distance = torchreid_module("metrics").compute_distance_matrix
+    re_ranking = torchreid_module("utils.rerank").re_ranking
+    return re_ranking(distance(query, gallery, metric).numpy(),
+                      distance(query, query, metric).numpy(),
+                      distance(gallery, gallery, metric).numpy(),
+                      k1=k1, k2=k2, lambda_value=lambda_value)
+
+
 def _float32_features(x, name: str) -> torch.Tensor:
     """``x`` as a detached float32 CPU tensor (bfloat16 included, which numpy lacks),
     after checking it is 2-D."""
@@ -222,13 +246,13 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, *, rerank: str = "gnn",
     optional ``re_ranking``, ``evaluate_rank``), computed the fast way: ``"gnn"`` runs
     :func:`triton_rerank.gnn_rerank` on the features directly (no distance matrices;
     equal to the engine inside :func:`use_gnn_reranking` with ``normalize_feature=True``),
-    and the metrics come from :func:`triton_rerank.metrics.evaluate`.
+    and the metrics come from :func:`triton_rerank.evaluation.metrics.evaluate`.
 
     Args:
         qf, gf: ``[q, d]`` / ``[g, d]`` features (numpy or torch, any float dtype; tensors
             that require grad are read detached).
         q_pids, g_pids, q_camids, g_camids: labels, checked before anything is computed
-            (see :func:`triton_rerank.metrics.check_labels`: 1-D, one per row of qf / gf,
+            (see :func:`triton_rerank.evaluation.metrics.check_labels`: 1-D, one per row of qf / gf,
             integers, integer-valued floats or strings).
         rerank: ``"gnn"``, ``"none"`` or ``"k-reciprocal"`` (torchreid's own re_ranking,
             k1=20, k2=6, lambda=0.3).
@@ -244,10 +268,10 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, *, rerank: str = "gnn",
         TypeError: labels of an unsupported kind (see ``check_labels``).
         ValueError: unknown rerank mode or metric, features that are not 2-D, labels of
             the wrong length or shape, NaN/inf or non-integer float labels; then whatever
-            the re-ranking and :func:`triton_rerank.metrics.evaluate` raise.
+            the re-ranking and :func:`triton_rerank.evaluation.metrics.evaluate` raise.
     """
-    from triton_rerank.metrics import check_labels
-    from triton_rerank.metrics import evaluate as evaluate_scores
+    from triton_rerank.evaluation.metrics import check_labels
+    from triton_rerank.evaluation.metrics import evaluate as evaluate_scores
     from triton_rerank.rerank import gnn_rerank
 
     if rerank not in RERANK_MODES:
@@ -262,13 +286,9 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, *, rerank: str = "gnn",
         gf = torch.nn.functional.normalize(gf, p=2, dim=1)
     if rerank == "gnn":
         scores = gnn_rerank(qf, gf, k1=k1, k2=k2, lamb=lamb, normalize=False)
+    elif rerank == "k-reciprocal":
+        scores = -k_reciprocal_distances(qf, gf, metric=metric)
     else:
-        distance = torchreid_module("metrics").compute_distance_matrix
-        distmat = distance(qf, gf, metric).numpy()
-        if rerank == "k-reciprocal":
-            k_reciprocal = torchreid_module("utils.rerank").re_ranking
-            distmat = k_reciprocal(distmat, distance(qf, qf, metric).numpy(),
-                                   distance(gf, gf, metric).numpy())
-        scores = -distmat
+        scores = -torchreid_module("metrics").compute_distance_matrix(qf, gf, metric).numpy()
     result = evaluate_scores(scores, *labels, max_rank=max_rank)
     return result.cmc.astype(np.float32), result.mAP

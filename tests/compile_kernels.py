@@ -31,13 +31,14 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from triton_rerank.kernels import (  # noqa: E402
+from triton_rerank.gpu import (  # noqa: E402
     aggregate,
     canonical,
+    launch_config,
     scoring,
-    topk_similarity,
+    streaming_topk,
 )
-from triton_rerank.kernels.tiles import input_precision  # noqa: E402
+from triton_rerank.gpu.tiles import input_precision  # noqa: E402
 
 CUDA = torch.device("cuda")  # only selects the GPU launch settings; never touched
 FP32_SCALARS = {"eps", "keep", "mix"}
@@ -59,16 +60,16 @@ def signature(kernel, pointers: dict, constexprs: dict) -> dict:
 
 
 def streaming_variant(k: int, dtype: torch.dtype, has_dot: bool, has_two_hop: bool):
-    constexprs = topk_similarity.streaming_config(k, dtype, CUDA)
+    constexprs = streaming_topk.streaming_config(k, dtype, CUDA)
     num_warps = constexprs.pop("num_warps")
     constexprs.update(HAS_DOT=has_dot, HAS_TWO_HOP=has_two_hop)
     pointers = {"x_ptr": TRITON_TYPES[dtype], "y_ptr": TRITON_TYPES[dtype],
                 "g_idx_ptr": "i64", "out_idx_ptr": "i64"}
-    return topk_similarity._streaming_topk_kernel, pointers, constexprs, num_warps
+    return streaming_topk._streaming_topk_kernel, pointers, constexprs, num_warps
 
 
 def score_block_variant(has_dot: bool):
-    launch = scoring.score_block_launch(CUDA)
+    launch = launch_config.score_block(CUDA)
     constexprs = dict(HAS_DOT=has_dot, HAS_TWO_HOP=True,
                       INPUT_PRECISION=input_precision(torch.float32),
                       **{n: v for n, v in launch.items() if n != "num_warps"})
@@ -90,22 +91,22 @@ VARIANTS = {
     "certified knn: fp16 candidates k=64": streaming_variant(64, torch.float16, True, False),
     "certified knn: canonical rescoring": (canonical._rescore_kernel, {"cand_ptr": "i64"},
                                            dict(BLOCK_C=64),
-                                           canonical.RESCORE_LAUNCH["num_warps"]),
+                                           launch_config.canonical_rescore()["num_warps"]),
     "certified knn: canonical close calls": (
         canonical._block_kernel, {},
-        {n: v for n, v in canonical.BLOCK_LAUNCH.items() if n != "num_warps"},
-        canonical.BLOCK_LAUNCH["num_warps"]),
+        {n: v for n, v in launch_config.canonical_block().items() if n != "num_warps"},
+        launch_config.canonical_block()["num_warps"]),
     "top-100 fp32, lamb in (0, 1)": streaming_variant(100, torch.float32, True, True),
     "top-100, lamb = 0": streaming_variant(100, torch.float32, False, True),
     "score block, lamb in (0, 1)": score_block_variant(True),
     "score block, lamb = 0": score_block_variant(False),
     "sparse aggregation": aggregate_variant(aggregate._sparse_rows_kernel,
-                                            aggregate.SPARSE_LAUNCH, WRITE_ROWS=True),
+                                            launch_config.aggregate_sparse(), WRITE_ROWS=True),
     "sparse aggregation, norms only": aggregate_variant(aggregate._sparse_rows_kernel,
-                                                        aggregate.SPARSE_LAUNCH,
+                                                        launch_config.aggregate_sparse(),
                                                         WRITE_ROWS=False),
     "dense aggregation": aggregate_variant(aggregate._dense_rows_kernel,
-                                           aggregate.DENSE_LAUNCH),
+                                           launch_config.aggregate_dense()),
 }
 
 

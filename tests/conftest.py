@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-# Read when a kernel is decorated, so before any triton_rerank.kernels import. The
+# Read when a kernel is decorated, so before any triton_rerank.gpu import. The
 # CPU-path tests are unaffected: backend="auto" keeps CPU tensors on the CPU path.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -36,14 +36,14 @@ def pku_path() -> Path:
 
 @pytest.fixture(scope="session")
 def pku(pku_path):
-    from triton_rerank.data import load_features
+    from triton_rerank.app.data import load_features
 
     return load_features(pku_path)
 
 
 @pytest.fixture(scope="session")
 def digits():
-    from triton_rerank.data import load_digits_split
+    from triton_rerank.app.data import load_digits_split
 
     return load_digits_split(queries_per_class=5)
 
@@ -91,12 +91,11 @@ class _PoisonedTorch:
 
 
 def kernel_launcher_modules():
-    """``triton_rerank.kernels.*`` and ``triton_rerank.gpu_pipeline``: every module that
-    allocates kernel outputs."""
-    import triton_rerank.kernels as kernels
+    """``triton_rerank.gpu.*``: every module that allocates kernel outputs."""
+    import triton_rerank.gpu as kernels
 
     names = [f"{kernels.__name__}.{m.name}" for m in pkgutil.iter_modules(kernels.__path__)]
-    return [importlib.import_module(n) for n in [*names, "triton_rerank.gpu_pipeline"]]
+    return [importlib.import_module(n) for n in names]
 
 
 @pytest.fixture

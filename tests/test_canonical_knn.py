@@ -9,11 +9,11 @@ import pytest
 import torch
 from compare import assert_same_ranking
 
-import triton_rerank.graph as graph_module
+import triton_rerank.cpu.knn as graph_module
 from triton_rerank import canonical, gnn_rerank, reference
 from triton_rerank.checks import check_features
-from triton_rerank.cpu.canonical import canonical_dot
-from triton_rerank.graph import knn_graph, knn_with_database
+from triton_rerank.cpu.kernels.canonical import canonical_dot
+from triton_rerank.cpu.knn import knn_graph, knn_with_database
 
 PRECISIONS = ["bf16", "fp32"]
 

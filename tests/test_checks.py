@@ -50,7 +50,7 @@ BAD_INPUTS = [
     (XQ, XG, {"lamb": "0.3"}, TypeError, r"lamb must be a real number"),
     (XQ, XG, {"topk": 21}, ValueError, r"topk=21 is larger than 20 \(the gallery size 20\)"),
     (XQ, XG, {"topk": 0}, ValueError, r"topk must be >= 1, got 0"),
-    (XQ, XG, {"backend": "cuda"}, ValueError, r"backend must be one of \('auto', 'torch', "
+    (XQ, XG, {"backend": "cuda"}, ValueError, r"backend must be one of \('auto', 'cpu', "
                                               r"'triton'\), got 'cuda'"),
     (XQ, XG, {"normalize": "yes"}, TypeError, r"normalize must be True or False, got 'yes'"),
     (torch.from_numpy(XQ).to_sparse(), torch.from_numpy(XG), {}, TypeError,
@@ -105,9 +105,9 @@ def test_mixed_devices():
 
 
 def test_a_score_matrix_that_cannot_fit_suggests_topk(monkeypatch):
-    import triton_rerank.memory as memory
+    import triton_rerank.limits as limits
 
-    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 4 * 4 * 19)
+    monkeypatch.setattr(limits, "available_bytes", lambda device=None: 4 * 4 * 19)
     with pytest.raises(MemoryError, match=r"the \[4, 20\] float32 score matrix \(topk=None\) "
                                           r"needs .* pass topk=K"):
         gnn_rerank(XQ, XG, k1=5, k2=3)
@@ -116,6 +116,6 @@ def test_a_score_matrix_that_cannot_fit_suggests_topk(monkeypatch):
 
 
 def test_available_memory_is_read_from_the_host():
-    from triton_rerank.memory import available_bytes
+    from triton_rerank.limits import available_bytes
 
     assert available_bytes() is None or available_bytes() > 2**20

@@ -14,9 +14,9 @@ from PIL import Image
 
 from tests import test_data as bad
 from tests.test_tuning import single_shot_features
-from triton_rerank.cli import main
-from triton_rerank.data import load_digits_split
-from triton_rerank.visual import picture_size
+from triton_rerank.app.cli import main
+from triton_rerank.app.data import load_digits_split
+from triton_rerank.app.visual import picture_size
 
 # the installed console script next to this interpreter (python -m triton_rerank if absent)
 SCRIPT = Path(sys.executable).with_name("triton-rerank")
@@ -139,7 +139,7 @@ def test_help_and_usage_errors():
 def test_tune_reports_held_out_map_and_draws_the_heatmap(tmp_path, pku_path):
     # PKU-Sketch is single-shot-like (a sketch query, two photos per identity): every grid
     # point loses to no re-ranking on the tune half (20.8% without, 18.1% at best)
-    from triton_rerank.visual import heatmap_size
+    from triton_rerank.app.visual import heatmap_size
 
     heatmap = tmp_path / "heat.png"
     result = run("tune", str(pku_path), "--k1", "10,26", "--k2", "1,3,7", "--lamb", "0,0.3",
@@ -179,7 +179,7 @@ def test_tune_chooses_re_ranking_where_it_helps(tmp_path, capsys):
 
 def test_tune_says_when_no_re_ranking_is_best(tmp_path, capsys):
     # one gallery match per query, and neighbours of neighbours mislead: re-ranking loses
-    from triton_rerank.visual import heatmap_size
+    from triton_rerank.app.visual import heatmap_size
 
     save_features(tmp_path / "single.npz", single_shot_features())
     argv = ["tune", str(tmp_path / "single.npz"), "--k1", "10,20", "--k2", "1,3", "--lamb",
@@ -232,7 +232,7 @@ def test_tune_rejects_a_malformed_list(pku_path):
 
 
 def test_bench_table_json_and_plot(tmp_path):
-    from triton_rerank.visual import PLOT_SIZE
+    from triton_rerank.app.visual import PLOT_SIZE
 
     plot = tmp_path / "bench.png"
     result = run("bench", "--sizes", "150,300", "--dim", "16", "--plot", str(plot))

@@ -11,7 +11,7 @@ import pytest
 import scipy.io
 import scipy.sparse
 
-from triton_rerank.data import load_digits_split, load_features
+from triton_rerank.app.data import load_digits_split, load_features
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -270,7 +270,7 @@ def test_mat_files_that_crash_scipy_give_a_value_error(tmp_path, make):
     # in a child process: without the check, scipy.io.loadmat segfaults on these files
     path = tmp_path / "f.mat"
     make(path)
-    code = ("import sys\nfrom triton_rerank.data import load_features\ntry:\n"
+    code = ("import sys\nfrom triton_rerank.app.data import load_features\ntry:\n"
             "    load_features(sys.argv[1])\nexcept ValueError as err:\n    print(err)\n")
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
                             text=True, timeout=120, cwd=REPO)
@@ -333,7 +333,7 @@ def test_digits_split():
 
 
 def test_unit_rows_scales_and_rejects_zero_rows():
-    from triton_rerank.data import unit_rows
+    from triton_rerank.app.data import unit_rows
 
     x = unit_rows(np.array([[3.0, 4.0], [0.0, 2.0]]))
     assert x.dtype == np.float32
@@ -349,7 +349,7 @@ def test_unit_rows_scales_and_rejects_zero_rows():
 
 def test_load_fashion_mnist_reads_train_then_test(tmp_path):
     from tests.test_cli import write_idx
-    from triton_rerank.data import load_fashion_mnist
+    from triton_rerank.app.data import load_fashion_mnist
 
     rng = np.random.default_rng(0)
     parts = {"train": (rng.integers(0, 256, (6, 28, 28)), np.arange(6) % 10),

@@ -15,9 +15,9 @@ from triton_rerank.integrations.faiss import (
 from tests.compare import assert_same_topk, four_halves_vectors
 from tests.compare import gaussian as gaussian_rows
 from triton_rerank import gnn_rerank, reference
-from triton_rerank.metrics import list_recall
+from triton_rerank.app.synthetic import clustered_vectors
+from triton_rerank.evaluation.metrics import list_recall
 from triton_rerank.reference import gnn_rerank_reference
-from triton_rerank.synthetic import clustered_vectors
 
 PARAMS = {"k1": 12, "k2": 4, "iterations": 2, "lamb": 0.3}
 

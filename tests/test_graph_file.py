@@ -1,4 +1,4 @@
-"""Saved inductive graphs are never trusted (``triton_rerank.graph_file``).
+"""Saved inductive graphs are never trusted (``triton_rerank.database.graph_file``).
 
 A damaged, truncated or edited graph file is refused with a ValueError naming the
 file and the problem; a file edited consistently (checksum recomputed) is refused by
@@ -31,9 +31,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from triton_rerank.integrations.faiss import RerankedIndex
 
-from triton_rerank.graph_file import MEMBERS, SCALARS, STRINGS, content_checksum
-from triton_rerank.inductive import InductiveGraph
-from triton_rerank.synthetic import clustered_vectors
+from triton_rerank.app.synthetic import clustered_vectors
+from triton_rerank.database.graph_file import MEMBERS, SCALARS, STRINGS, content_checksum
+from triton_rerank.database.inductive import InductiveGraph
 
 PARAMS = {"k1": 12, "k2": 4, "iterations": 2, "lamb": 0.3}
 # 100 queries: their searches read nearly every row of the graph, so that a bad entry

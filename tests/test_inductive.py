@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tests.compare import assert_same_topk
-from triton_rerank.graph import knn_graph
-from triton_rerank.inductive import InductiveGraph, scored_neighbour_lists
+from triton_rerank.app.synthetic import clustered_vectors
+from triton_rerank.cpu.knn import knn_graph
+from triton_rerank.database.inductive import InductiveGraph, scored_neighbour_lists
 from triton_rerank.reference import inductive_scores_reference
-from triton_rerank.synthetic import clustered_vectors
 
 
 @pytest.fixture(scope="module")

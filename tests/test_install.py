@@ -68,10 +68,10 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import numpy as np
     import triton_rerank, triton_rerank.cpu, triton_rerank.integrations
-    for module in ["rerank", "inductive", "metrics", "cli"]:
+    for module in ["rerank", "database.inductive", "evaluation.metrics", "app.cli"]:
         importlib.import_module("triton_rerank." + module)
-    for info in pkgutil.iter_modules(triton_rerank.cpu.__path__):
-        importlib.import_module("triton_rerank.cpu." + info.name)
+    for info in pkgutil.walk_packages(triton_rerank.cpu.__path__, "triton_rerank.cpu."):
+        importlib.import_module(info.name)
     compiled_at_import = list(compiled)
     result = None
     exec(sys.argv[1])
@@ -145,7 +145,7 @@ class Install:
             shutil.copytree(INTEGRATIONS, self.site / "triton_rerank" / "integrations",
                             ignore=shutil.ignore_patterns("__pycache__"))
         self.home.mkdir()
-        self.cpu_cache = self.site / "triton_rerank" / "cpu" / "__pycache__"
+        self.cpu_cache = self.site / "triton_rerank" / "cpu" / "kernels" / "__pycache__"
 
     def run(self, command: list[str], *, read_only: bool, cwd: Path,
             env: dict | None = None) -> subprocess.CompletedProcess:
@@ -259,7 +259,7 @@ def test_read_only_install_caches_in_the_writable_location(install, tmp_path, wh
     assert second["compiled"] == []
 
 
-# -- parallel_chunks (cpu/jit.py): the kernels' threads, without numba's parallel=True
+# -- parallel_chunks (cpu/kernels/jit.py): the kernels' threads, without numba's parallel=True
 
 
 def test_parallel_chunks_cover_the_items_once_in_contiguous_chunks():
@@ -267,7 +267,7 @@ def test_parallel_chunks_cover_the_items_once_in_contiguous_chunks():
 
     import numba
 
-    from triton_rerank.cpu.jit import parallel_chunks
+    from triton_rerank.cpu.kernels.jit import parallel_chunks
 
     calls, threads = [], set()
 
@@ -304,7 +304,7 @@ def test_parallel_chunks_run_on_every_thread():
 
     import numba
 
-    from triton_rerank.cpu.jit import parallel_chunks
+    from triton_rerank.cpu.kernels.jit import parallel_chunks
 
     threads = set()
 
@@ -317,7 +317,7 @@ def test_parallel_chunks_run_on_every_thread():
 
 
 def test_parallel_chunks_reraise_and_stop_at_the_first_error():
-    from triton_rerank.cpu.jit import parallel_chunks
+    from triton_rerank.cpu.kernels.jit import parallel_chunks
 
     runs = np.zeros(1000, np.int64)
 

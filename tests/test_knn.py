@@ -6,7 +6,7 @@ import torch
 from compare import half_unit_vectors
 
 from triton_rerank import reference
-from triton_rerank.graph import knn_graph
+from triton_rerank.cpu.knn import knn_graph
 
 
 def reference_knn(nodes: np.ndarray, k: int):

@@ -6,7 +6,7 @@ import torch
 from triton_rerank.integrations.torchreid import torchreid_module
 
 from triton_rerank import gnn_rerank
-from triton_rerank.metrics import evaluate
+from triton_rerank.evaluation.metrics import evaluate
 
 
 def torchreid_evaluate(scores, *labels, max_rank=50):
@@ -99,7 +99,7 @@ def test_max_rank_must_be_positive():
 
 
 def test_map_at_k_by_hand():
-    from triton_rerank.metrics import map_at_k
+    from triton_rerank.evaluation.metrics import map_at_k
 
     database_labels = np.array([0, 0, 1, 1, 1, 2])
     retrieved = np.array([[0, 2, 1],      # hits at ranks 1 and 3: (1 + 2/3) / min(2, 3)
@@ -114,7 +114,7 @@ def test_map_at_k_by_hand():
 
 
 def test_list_recall_by_hand():
-    from triton_rerank.metrics import list_recall
+    from triton_rerank.evaluation.metrics import list_recall
 
     found = np.array([[3, 1, 2], [7, 8, 9]])
     wanted = np.array([[1, 2, 5], [9, 7, 8]])  # 2 of 3, then 3 of 3 in another order

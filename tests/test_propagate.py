@@ -5,13 +5,12 @@ import pytest
 import torch
 from compare import assert_same_ranking, assert_same_topk
 
-import triton_rerank.memory as memory
-import triton_rerank.propagate as propagate_module
+import triton_rerank.limits as limits
 from triton_rerank import gnn_rerank, reference
-from triton_rerank.cpu.dense_rows import symmetrise_in_place
-from triton_rerank.graph import knn_graph
-from triton_rerank.propagate import adjacency, aggregate, propagate, symmetrise
-from triton_rerank.sparse_rows import SparseRows
+from triton_rerank.cpu.kernels.dense_rows import symmetrise_in_place
+from triton_rerank.cpu.knn import knn_graph
+from triton_rerank.cpu.propagation import adjacency, aggregate, propagate, symmetrise
+from triton_rerank.cpu.sparse_rows import SparseRows
 
 
 def random_sparse(rng, n, per_row):
@@ -86,7 +85,7 @@ def degenerate(kind: str, n: int, d: int = 12) -> np.ndarray:
                                                         (5, 3, 0.3, 20)])
 def test_dense_rows_on_degenerate_data_match_the_reference(kind, k2, iterations, lamb, topk,
                                                            monkeypatch):
-    monkeypatch.setattr(propagate_module, "DENSE_MIN_BYTES", 0)  # dense at any size
+    monkeypatch.setattr(limits, "DENSE_MIN_BYTES", 0)  # dense at any size
     x = degenerate(kind, 160)
     kwargs = dict(k1=15, k2=k2, iterations=iterations, lamb=lamb)
     graph = propagate(*knn_graph(torch.from_numpy(x / np.linalg.norm(x, axis=1)[:, None]),
@@ -110,8 +109,8 @@ def test_symmetrise_in_place_is_exactly_a_plus_a_transpose():
 
 
 def test_dense_rows_that_do_not_fit_are_a_clear_error(monkeypatch):
-    monkeypatch.setattr(propagate_module, "DENSE_MIN_BYTES", 0)
-    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 10_000)
+    monkeypatch.setattr(limits, "DENSE_MIN_BYTES", 0)
+    monkeypatch.setattr(limits, "available_bytes", lambda device=None: 10_000)
     x = degenerate("all identical", 120)
     with pytest.raises(MemoryError, match=r"dense float32 \[120, 120\] matrix needs .* remove "
                                           r"duplicate features"):

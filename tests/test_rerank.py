@@ -15,7 +15,8 @@ from compare import (
     to_numpy,
 )
 
-from triton_rerank import GNNReranker, gnn_rerank, rerank, scoring
+from triton_rerank import GNNReranker, gnn_rerank, limits
+from triton_rerank.cpu.pipeline import keeps_query_gallery
 from triton_rerank.reference import gnn_rerank_reference
 
 GRID = list(itertools.product([0.0, 0.3], [1, 7], [1, 2, 3]))
@@ -65,7 +66,7 @@ def test_more_queries_than_scoring_tasks_matches_reference(lamb, k2):
     # dirty shows
     import numba
 
-    from triton_rerank.cpu import jit
+    from triton_rerank.cpu.kernels import jit
 
     n_query = 150
     assert n_query > 2 * jit.CHUNKS_PER_THREAD * numba.get_num_threads()
@@ -88,11 +89,11 @@ def test_topk_in_several_score_blocks_matches_reference(lamb, keeps_base, monkey
     # The base similarity either comes from the kNN step (one [q, g] buffer) or is
     # computed per block (BASE_KEEP_BYTES 0; always so with lamb = 0)
     n_query, n_gallery = 25, 130
-    monkeypatch.setattr(scoring, "DEFAULT_BLOCK_BYTES", 4 * n_gallery * 7)
+    monkeypatch.setattr(limits, "SCORE_BLOCK_BYTES", 4 * n_gallery * 7)
     if not keeps_base:
-        monkeypatch.setattr(rerank, "BASE_KEEP_BYTES", 0)
+        monkeypatch.setattr(limits, "BASE_KEEP_BYTES", 0)
     topk = 10
-    assert rerank.keeps_query_gallery(n_query, n_gallery, lamb=lamb, topk=topk) == keeps_base
+    assert keeps_query_gallery(n_query, n_gallery, lamb=lamb, topk=topk) == keeps_base
     rng = np.random.default_rng(22)
     xq, xg = exact_with_duplicates(rng, n_query, n_gallery)
     kwargs = dict(k1=20, k2=7, iterations=2, lamb=lamb)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from compare import assert_same_ranking, assert_same_topk, four_halves_vectors
 
-from triton_rerank import gnn_rerank, rerank
+from triton_rerank import gnn_rerank, limits
 from triton_rerank.reference import gnn_rerank_reference
 from triton_rerank.rerank import gnn_rerank_similarities
 
@@ -40,7 +40,7 @@ def test_several_chunks_match_features_and_reference(chunk_rows, monkeypatch):
     # chunks (the last ones partial); None keeps the 64 MB default (one chunk each)
     (xq, xg), blocks = exact_blocks()
     if chunk_rows is not None:
-        monkeypatch.setattr(rerank, "_SIMILARITY_CHUNK_BYTES", 4 * (12 + 50) * chunk_rows)
+        monkeypatch.setattr(limits, "SIMILARITY_CHUNK_BYTES", 4 * (12 + 50) * chunk_rows)
     scores = gnn_rerank_similarities(*blocks, **KWARGS)
     np.testing.assert_array_equal(scores, gnn_rerank(xq, xg, **KWARGS))
     ref = gnn_rerank_reference(xq, xg, **KWARGS)
@@ -61,7 +61,7 @@ def _as(matrix: np.ndarray, kind: str):
 def test_narrow_floats_give_the_similarities_of_their_float32_values(kind, monkeypatch):
     # scale 0.3 is not exact in 16 bits: the narrow values must be scaled in float32,
     # chunk by chunk (5 rows at a time here), not in their own precision
-    monkeypatch.setattr(rerank, "_SIMILARITY_CHUNK_BYTES", 4 * (12 + 50) * 5)
+    monkeypatch.setattr(limits, "SIMILARITY_CHUNK_BYTES", 4 * (12 + 50) * 5)
     narrow = [_as(m, kind) for m in random_blocks()]
     widened = [torch.as_tensor(m).float().numpy() for m in narrow]  # exact
     kwargs = dict(scale=0.3, offset=0.1, **KWARGS)

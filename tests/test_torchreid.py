@@ -33,7 +33,7 @@ from triton_rerank.integrations.torchreid import (
 )
 
 from triton_rerank import gnn_rerank
-from triton_rerank.metrics import evaluate as evaluate_scores
+from triton_rerank.evaluation.metrics import evaluate as evaluate_scores
 from triton_rerank.rerank import gnn_rerank_similarities
 
 DATASET = "triton_rerank_digits"

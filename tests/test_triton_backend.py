@@ -63,11 +63,12 @@ def test_exactly_tied_data_matches_reference(kernel_device):
 
 @pytest.mark.interpreter
 def test_blocked_and_fallback_paths(monkeypatch, kernel_device):
-    import triton_rerank.gpu_pipeline as pipeline
+    import triton_rerank.gpu.pipeline as pipeline
+    import triton_rerank.limits as limits
 
     # dense blocks of a few rows (many blocks in every step), and k1 / topk above the
     # streaming kernel's limit (score blocks + torch top-k)
-    monkeypatch.setattr(pipeline, "BLOCK_BYTES", 4 * 3 * 100)
+    monkeypatch.setattr(limits, "GPU_BLOCK_BYTES", 4 * 3 * 100)
     monkeypatch.setattr(pipeline, "MAX_STREAMING_K", 8)
     rng = np.random.default_rng(21)
     xq, xg = _on(kernel_device, *gaussian(rng, 7, 50))
@@ -96,8 +97,8 @@ def test_numpy_in_numpy_out_in_the_interpreter():
 
 def test_auto_keeps_cpu_tensors_on_the_cpu_path_even_when_interpreting(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
-    assert resolve_backend("auto", None) == "torch"
+    assert resolve_backend("auto", torch.device("cpu")) == "cpu"
+    assert resolve_backend("auto", None) == "cpu"
     assert resolve_backend("triton", torch.device("cpu")) == "triton"
     assert resolve_backend("auto", torch.device("cuda")) == "triton"
 
@@ -118,4 +119,4 @@ def test_triton_not_installed(monkeypatch):
         resolve_backend("triton", torch.device("cuda"))
     with pytest.warns(UserWarning, match=r"triton is not installed: re-ranking CUDA tensors "
                                          r"on the CPU path"):
-        assert resolve_backend("auto", torch.device("cuda")) == "torch"
+        assert resolve_backend("auto", torch.device("cuda")) == "cpu"

@@ -9,9 +9,11 @@ import pytest
 import torch
 from compare import assert_same_topk, four_halves_vectors
 
+from triton_rerank import reference
+
 triton = pytest.importorskip("triton", reason="the Triton kernel tests need triton")
 tl = pytest.importorskip("triton.language")
-tiles = pytest.importorskip("triton_rerank.kernels.tiles")
+tiles = pytest.importorskip("triton_rerank.gpu.tiles")
 pack_keys, unpack_keys = tiles.pack_keys, tiles.unpack_keys
 
 # Every launcher's new output buffers start as NaN / -7 (see conftest.py), so an element
@@ -33,7 +35,7 @@ TOPK_CASES = [
 
 
 def test_kernel_outputs_start_poisoned(poisoned_kernel_outputs):
-    from triton_rerank.kernels import topk_similarity
+    from triton_rerank.gpu import topk_similarity
 
     values = topk_similarity.torch.empty(2, 3, dtype=torch.float32)
     indices = topk_similarity.torch.empty(2, 3, dtype=torch.int64)
@@ -47,7 +49,7 @@ def _features(rng, n, d, dtype, device):
 @pytest.mark.parametrize("n, m, d, k, dtype", TOPK_CASES,
                          ids=[f"n{n}-m{m}-d{d}-k{k}-{str(t)[6:]}" for n, m, d, k, t in TOPK_CASES])
 def test_topk_similarity_matches_sorted_products(n, m, d, k, dtype, kernel_device):
-    from triton_rerank.kernels.topk_similarity import topk_similarity
+    from triton_rerank.gpu.topk_similarity import topk_similarity
 
     rng = np.random.default_rng(n + m + d + k)
     x, y = _features(rng, n, d, dtype, kernel_device), _features(rng, m, d, dtype, kernel_device)
@@ -58,7 +60,7 @@ def test_topk_similarity_matches_sorted_products(n, m, d, k, dtype, kernel_devic
 
 
 def test_topk_similarity_of_a_matrix_with_itself_finds_every_row_first(kernel_device):
-    from triton_rerank.kernels.topk_similarity import topk_similarity
+    from triton_rerank.gpu.topk_similarity import topk_similarity
 
     rng = np.random.default_rng(3)
     x = torch.nn.functional.normalize(_features(rng, 90, 24, torch.float32, kernel_device))
@@ -68,7 +70,7 @@ def test_topk_similarity_of_a_matrix_with_itself_finds_every_row_first(kernel_de
 
 
 def test_topk_similarity_tie_rule_equal_scores_by_smaller_column(kernel_device):
-    from triton_rerank.kernels.topk_similarity import topk_similarity
+    from triton_rerank.gpu.topk_similarity import topk_similarity
 
     # +-0.5 rows: exact products, many equal scores, +0.0 and -0.0 among them
     rng = np.random.default_rng(7)
@@ -76,9 +78,9 @@ def test_topk_similarity_tie_rule_equal_scores_by_smaller_column(kernel_device):
     y = torch.from_numpy(four_halves_vectors(rng, 140)).to(kernel_device)
     y[70:] = y[:70].clone()  # every score appears at least twice
     values, indices = topk_similarity(x, y, 40)
-    ref = torch.sort(x.cpu() @ y.cpu().T, dim=1, descending=True, stable=True)
-    assert torch.equal(indices.cpu(), ref.indices[:, :40])
-    assert torch.equal(values.cpu(), ref.values[:, :40])
+    ref_values, ref_indices = reference.similarity_topk(x, y, 40)
+    assert torch.equal(indices.cpu(), ref_indices)
+    assert torch.equal(values.cpu(), ref_values.float())
 
 
 @triton.jit
@@ -122,7 +124,7 @@ def test_pack_keys_ties_negative_zero_with_positive_zero(kernel_device):
     ({"y_dim": 9}, r"must be \[n, d\] and \[m, d\], got \(10, 8\) and \(50, 9\)"),
 ])
 def test_topk_similarity_rejects_bad_input(kwargs, pattern):
-    from triton_rerank.kernels.topk_similarity import topk_similarity
+    from triton_rerank.gpu.topk_similarity import topk_similarity
 
     x = torch.ones(10, 8)
     y = torch.ones(50, kwargs.get("y_dim", 8), dtype=kwargs.get("y_dtype", torch.float32))
@@ -139,7 +141,7 @@ def _clustered_unit_rows(rng, n_clusters, per_cluster, d, spread, device):
 
 
 def test_certified_topk_recomputes_close_calls_and_stays_exact(kernel_device):
-    from triton_rerank.kernels.certified_topk import certified_topk
+    from triton_rerank.gpu.certified_topk import certified_topk
 
     # 3 tight clusters of 70: inside a cluster similarities differ by ~1e-4, below
     # float16's resolution, so the half-precision pass alone gets the order wrong
@@ -155,7 +157,7 @@ def test_certified_topk_recomputes_close_calls_and_stays_exact(kernel_device):
 
 
 def test_certified_topk_certifies_well_separated_rows(kernel_device):
-    from triton_rerank.kernels.certified_topk import certified_topk
+    from triton_rerank.gpu.certified_topk import certified_topk
 
     x = _clustered_unit_rows(np.random.default_rng(12), 8, 30, 48, 0.5, kernel_device)
     y = _clustered_unit_rows(np.random.default_rng(13), 8, 40, 48, 0.5, kernel_device)
@@ -165,7 +167,7 @@ def test_certified_topk_certifies_well_separated_rows(kernel_device):
 
 
 def test_certified_topk_with_values_below_float16_normal_range(kernel_device):
-    from triton_rerank.kernels.certified_topk import certified_topk
+    from triton_rerank.gpu.certified_topk import certified_topk
 
     # float16 rounds 1.01 * 2**-25 up to 2**-24 (double): every column gets the same
     # float16 score, and the best one (32) is left out of the 32 candidates
@@ -179,7 +181,7 @@ def test_certified_topk_with_values_below_float16_normal_range(kernel_device):
 
 
 def test_error_bound_covers_float16_rounding():
-    from triton_rerank.kernels.certified_topk import error_bound
+    from triton_rerank.gpu.certified_topk import error_bound
 
     rng = np.random.default_rng(14)
     # magnitudes from 1e-9 (below float16's normal range) to 1e3, signs mixed
@@ -199,8 +201,8 @@ def test_error_bound_covers_float16_rounding():
 def test_float16_pass_stays_within_the_error_bound(kernel_device):
     """The kernel's own float16 products and sums (tensor cores on a GPU) against fp64 of
     the float32 rows, on cancelling data: large entries of both signs, small sums."""
-    from triton_rerank.kernels.certified_topk import error_bound
-    from triton_rerank.kernels.topk_similarity import streaming_topk
+    from triton_rerank.gpu.certified_topk import error_bound
+    from triton_rerank.gpu.streaming_topk import streaming_topk
 
     rng = np.random.default_rng(16)
     x = rng.standard_normal((40, 96)) * 10.0 ** rng.uniform(-3, 2, (40, 96))
@@ -218,7 +220,7 @@ def test_float16_pass_stays_within_the_error_bound(kernel_device):
 
 
 def test_topk_similarity_beyond_float16_range_stays_exact(kernel_device):
-    from triton_rerank.kernels.topk_similarity import topk_similarity
+    from triton_rerank.gpu.topk_similarity import topk_similarity
 
     rng = np.random.default_rng(15)
     x = _features(rng, 30, 16, torch.float32, kernel_device) * 1e5  # inf in float16
@@ -230,7 +232,7 @@ def test_topk_similarity_beyond_float16_range_stays_exact(kernel_device):
 
 def _random_csr(rng, n_rows, n_cols, max_per_row, device, empty_rows=()):
     """CsrRows with unique random columns per row, and their dense ``[n_rows, n_cols]``."""
-    from triton_rerank.kernels.aggregate import CsrRows
+    from triton_rerank.gpu.aggregate import CsrRows
 
     dense = np.zeros((n_rows, n_cols), dtype=np.float32)
     for r in range(n_rows):
@@ -251,11 +253,18 @@ def _overlapping_rows(kernel_device):
     rng = np.random.default_rng(5)
     weights, w_dense = _random_csr(rng, 12, 60, 40, kernel_device, empty_rows=(5,))
     source, s_dense = _random_csr(rng, 60, 1100, 150, kernel_device)
-    return weights, source, w_dense @ s_dense
+    return weights, source, reference.aggregated_rows(w_dense, s_dense, normalize=False)[0]
+
+
+def _overlapping_dense():
+    """The dense W and S of :func:`_overlapping_rows` (same seed)."""
+    rng = np.random.default_rng(5)
+    w_dense = _random_csr(rng, 12, 60, 40, "cpu", empty_rows=(5,))[1]
+    return w_dense, _random_csr(rng, 60, 1100, 150, "cpu")[1]
 
 
 def test_aggregate_dense_matches_dense_product(kernel_device):
-    from triton_rerank.kernels.aggregate import aggregate_dense
+    from triton_rerank.gpu.aggregate import aggregate_dense
 
     weights, source, ref = _overlapping_rows(kernel_device)
     tri = aggregate_dense(weights, source)
@@ -279,22 +288,23 @@ def _csr_to_dense(rows) -> torch.Tensor:
                          ids=["all-rows", "row-slice", "several-launches"])
 def test_aggregate_sparse_matches_normalised_dense_product(start, stop, max_slots,
                                                            kernel_device, monkeypatch):
-    from triton_rerank.kernels import aggregate
+    from triton_rerank import limits
+    from triton_rerank.gpu import aggregate, launch_config
 
     # more rows than programs: each program's scratch row must be clean for its next row
-    assert aggregate.INTERPRETER_PROGRAMS < stop - start
+    assert launch_config.INTERPRETER_PROGRAMS < stop - start
     # 2,000 slots: the 12 rows (about 20 x 75 slots each) take a launch per row or two
-    monkeypatch.setattr(aggregate, "MAX_SLOTS_PER_LAUNCH", max_slots)
+    monkeypatch.setattr(limits, "GPU_MAX_SLOTS_PER_LAUNCH", max_slots)
     weights, source, ref = _overlapping_rows(kernel_device)
-    ref = ref[start:stop]
-    ref_norms = torch.linalg.vector_norm(ref, dim=1)
+    ref, ref_norms = reference.aggregated_rows(*_overlapping_dense(), normalize=False)
+    ref, ref_norms = ref[start:stop], ref_norms[start:stop]
     rows, norms = aggregate.aggregate_sparse(weights.row_slice(start, stop), source)
     torch.testing.assert_close(norms.cpu().double(), ref_norms, rtol=1e-5, atol=0)
     assert int(rows.indptr[0]) == 0 and rows.indptr.shape[0] == stop - start + 1
     assert torch.all(rows.values != 0)
     dense = _csr_to_dense(rows)
-    torch.testing.assert_close(dense, ref / torch.clamp(ref_norms, min=1e-12)[:, None],
-                               rtol=1e-5, atol=1e-7)
+    normalised = reference.aggregated_rows(*_overlapping_dense())[0][start:stop]
+    torch.testing.assert_close(dense, normalised, rtol=1e-5, atol=1e-7)
     assert torch.equal(dense != 0, ref != 0)  # every summed column, once
     none, norms_only = aggregate.aggregate_sparse(weights.row_slice(start, stop), source,
                                                   write_rows=False)
@@ -304,8 +314,8 @@ def test_aggregate_sparse_matches_normalised_dense_product(start, stop, max_slot
 
 @pytest.mark.parametrize("lamb", [0.0, 0.3, 1.0])
 def test_score_block_and_topk_block_match_the_two_hop_formula(lamb, kernel_device):
-    from triton_rerank.kernels.scoring import score_block, topk_block
-    from triton_rerank.kernels.tiles import TwoHopTerms
+    from triton_rerank.gpu.scoring import score_block, topk_block
+    from triton_rerank.gpu.tiles import TwoHopTerms
 
     rng = np.random.default_rng(int(10 * lamb))
     n_query, n_gallery, n_nodes, n_terms, d = 21, 150, 170, 5, 40
@@ -316,8 +326,7 @@ def test_score_block_and_topk_block_match_the_two_hop_formula(lamb, kernel_devic
     g_val = torch.from_numpy(rng.uniform(0, 1, (n_gallery, n_terms)).astype(np.float32))
     g_inv_norm = torch.from_numpy(rng.uniform(0.5, 2, n_gallery).astype(np.float32))
     terms = TwoHopTerms(*(t.to(kernel_device) for t in (z, g_idx, g_val, g_inv_norm)))
-    two_hop = (z.double()[:, g_idx] * g_val.double()).sum(dim=2) * g_inv_norm.double()
-    ref = (1 - lamb) * two_hop + lamb * (xq.cpu().double() @ xg.cpu().double().T)
+    ref = reference.two_hop_scores(z, g_idx, g_val, g_inv_norm, xq, xg, lamb=lamb)
 
     tri = torch.full((n_query, n_gallery), float("nan"), device=kernel_device)
     score_block(xq, xg, lamb=lamb, two_hop=terms, out=tri)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from triton_rerank import gnn_rerank
-from triton_rerank.data import FeatureSet
-from triton_rerank.metrics import evaluate
-from triton_rerank.tuning import tune
+from triton_rerank.app.data import FeatureSet
+from triton_rerank.evaluation.metrics import evaluate
+from triton_rerank.evaluation.tuning import tune
 
 SMALL_GRID = dict(k1s=[10, 20], k2s=[1, 3], lambs=[0.0, 0.5, 0.9], iterations_list=[1, 2])
 
@@ -58,7 +58,7 @@ def test_grid_scores_equal_gnn_rerank_and_halves_are_disjoint(digits):
 
 
 def test_needs_two_queries(digits):
-    from triton_rerank.data import FeatureSet
+    from triton_rerank.app.data import FeatureSet
 
     one = FeatureSet(digits.query_features[:1], digits.gallery_features, digits.query_pids[:1],
                      digits.gallery_pids, digits.query_camids[:1], digits.gallery_camids)

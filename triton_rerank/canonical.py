@@ -32,6 +32,8 @@ order is the canonical one). Other rows are recomputed canonically.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 
 import torch
@@ -55,17 +57,24 @@ def _power_of_two(exponent: torch.Tensor) -> torch.Tensor:
     return torch.bitwise_left_shift(exponent.to(torch.int64) + 1023, 52).view(torch.float64)
 
 
+@functools.cache
+def _numba_installed() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
 def unit_rows(x: torch.Tensor, out: torch.Tensor) -> None:
     """Write the canonical unit rows of ``x`` into ``out`` (see the module doc).
 
     Args:
         x: ``[n, d]`` finite floating-point rows, none all-zero (checked by the caller),
-            on any device (CPU tensors: ``cpu/unit_rows.py``, the same arithmetic in one
+            on any device (CPU tensors: ``cpu/kernels/unit_rows.py``, the same arithmetic in one
             pass).
         out: ``[n, d]`` float32 on x's device.
     """
-    if x.device.type == "cpu" and out.is_contiguous():
-        from .cpu.unit_rows import unit_rows as unit_rows_on_cpu  # numba: CPU path only
+    if x.device.type == "cpu" and out.is_contiguous() and _numba_installed():
+        # the one import of the CPU backend from here (tests/test_layout.py allows it):
+        # the same arithmetic in one numba pass, instead of d torch steps over the rows
+        from .cpu.kernels.unit_rows import unit_rows as unit_rows_on_cpu
 
         source = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # exact
         unit_rows_on_cpu(source.contiguous().numpy(), out.numpy())

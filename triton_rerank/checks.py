@@ -298,3 +298,37 @@ def check_similarity_blocks(q_g, q_q, g_g) -> tuple[int, int]:
             raise ValueError(f"{name} must have shape {list(expected)} to match q_g "
                              f"{list(q_g.shape)}, got {list(x.shape)}")
     return n_query, n_gallery
+
+
+def describe_rows(mask: np.ndarray) -> str:
+    """``"3 rows, the first is row 7"`` for a boolean mask over rows."""
+    rows = np.flatnonzero(mask)
+    return f"{len(rows)} row{'s' if len(rows) > 1 else ''}, the first is row {rows[0]}"
+
+
+def unit_rows(features: np.ndarray, name: str = "features") -> np.ndarray:
+    """``[n, d]`` features with every row scaled to L2 norm 1, as float32.
+
+    These are the canonical unit rows of ``gnn_rerank(normalize=True)``
+    (``canonical.unit_rows``: scaled by a power of two and summed in float64, so rows of
+    1e-30 or 1e30 are fine), bit for bit.
+
+    Raises:
+        ValueError: no feature dimension, a row with NaN or inf, or a row of norm 0
+            (it has no direction to compare by cosine).
+    """
+    x = np.asarray(features)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"{name} must be [n, d] with d >= 1, got shape {x.shape}")
+    if x.dtype not in (np.float32, np.float64):  # also non-native byte order
+        x = x.astype(np.float64)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"{name} have NaN or inf in {describe_rows(~finite)}")
+    zero = ~x.any(axis=1)
+    if zero.any():
+        raise ValueError(f"{name} have rows of norm 0 ({describe_rows(zero)}), which cannot be "
+                         "compared by cosine")
+    out = torch.empty(x.shape, dtype=torch.float32)
+    canonical.unit_rows(torch.from_numpy(np.ascontiguousarray(x)), out)
+    return out.numpy()

@@ -42,14 +42,65 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     return (y / torch.sqrt(square_sum)).to(torch.float32)
 
 
-def canonical_similarities(nodes: torch.Tensor) -> torch.Tensor:
-    """``[N, N]`` float32 canonical similarities of float32 rows: float64 sums of the
-    products in order k = 0, 1, ..., d - 1, rounded to float32."""
+def canonical_similarities(nodes: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N, M]`` float32 canonical similarities of the float32 rows of ``nodes`` with
+    those of ``other`` (default ``nodes``): float64 sums of the products in order
+    k = 0, 1, ..., d - 1, rounded to float32."""
     x = nodes.to(torch.float64)
-    total = torch.zeros(x.shape[0], x.shape[0], dtype=torch.float64, device=x.device)
+    y = x if other is None else other.to(torch.float64)
+    total = torch.zeros(x.shape[0], y.shape[0], dtype=torch.float64, device=x.device)
     for k in range(x.shape[1]):
-        total = total + x[:, k:k + 1] * x[:, k]
+        total = total + x[:, k:k + 1] * y[:, k]
     return total.to(torch.float32)
+
+
+# --- one small reference per op, for the kernel tests --------------------------------
+
+def topk_by_tie_rule(scores: torch.Tensor, k: int):
+    """Top-k of each row of a dense ``[n, m]`` matrix by a full stable sort: descending,
+    equal values by smaller column. Returns ``(values [n, k], indices [n, k] int64)``."""
+    order = torch.sort(scores, dim=1, descending=True, stable=True)
+    return order.values[:, :k], order.indices[:, :k]
+
+
+def similarity_topk(x: torch.Tensor, y: torch.Tensor, k: int):
+    """The top-k op (``gpu/topk_similarity.py``, the CPU kNN selection): the canonical
+    similarities of float32 rows, or the exact (float64) products of float16/bfloat16
+    rows, top-k by the tie rule."""
+    x, y = x.cpu(), y.cpu()
+    if x.dtype == torch.float32:
+        scores = canonical_similarities(x, y).double()
+    else:
+        scores = x.double() @ y.double().T
+    return topk_by_tie_rule(scores, k)
+
+
+def aggregated_rows(weights: torch.Tensor, source: torch.Tensor, *, normalize: bool = True):
+    """The aggregation op (``gpu/aggregate.py``, ``cpu/kernels/aggregate.py``): the rows of
+    ``W @ S`` for dense ``W [r, n]`` and ``S [n, m]`` in float64, and their L2 norms;
+    each row divided by ``max(norm, NORM_EPS)`` when ``normalize``.
+    Returns ``(rows [r, m] float64, norms [r] float64)``."""
+    rows = weights.double() @ source.double()
+    norms = torch.linalg.vector_norm(rows, dim=1)
+    if normalize:
+        rows = rows / torch.clamp(norms, min=NORM_EPS)[:, None]
+    return rows, norms
+
+
+def two_hop_scores(z: torch.Tensor, g_idx: torch.Tensor, g_val: torch.Tensor,
+                   g_inv_norm: torch.Tensor, query: torch.Tensor, gallery: torch.Tensor, *,
+                   lamb: float) -> torch.Tensor:
+    """The scoring op (``gpu/scoring.py``, ``cpu/kernels/two_hop_scores.py``), in float64:
+    ``(1 - lamb) * T + lamb * query @ gallery.T`` with the two-hop term
+    ``T[i, j] = g_inv_norm[j] * sum_t g_val[j, t] * z[i, g_idx[j, t]]``.
+
+    Args:
+        z: ``[q, N]`` the queries' rows times M; g_idx, g_val: ``[g, t]``; g_inv_norm:
+            ``[g]``; query ``[q, d]``, gallery ``[g, d]``.
+    """
+    z, g_idx = z.cpu().double(), g_idx.cpu()
+    two_hop = (z[:, g_idx] * g_val.cpu().double()).sum(dim=2) * g_inv_norm.cpu().double()
+    return (1 - lamb) * two_hop + lamb * (query.cpu().double() @ gallery.cpu().double().T)
 
 
 def knn(nodes: torch.Tensor, k: int, similarity: str = "canonical"):
@@ -61,8 +112,7 @@ def knn(nodes: torch.Tensor, k: int, similarity: str = "canonical"):
         ``(values [N, k], indices [N, k] int64)``.
     """
     sims = canonical_similarities(nodes) if similarity == "canonical" else nodes @ nodes.T
-    order = torch.sort(sims, dim=1, descending=True, stable=True)
-    return order.values[:, :k], order.indices[:, :k]
+    return topk_by_tie_rule(sims, k)
 
 
 def propagated_rows(nodes: torch.Tensor, *, k1: int, k2: int, iterations: int,
@@ -131,12 +181,12 @@ def ranking(scores: torch.Tensor) -> torch.Tensor:
 
 def inductive_scores_reference(database, knn_values, knn_indices, query, *, k2: int,
                                iterations: int, lamb: float) -> np.ndarray:
-    """Dense oracle of inductive re-ranking (``triton_rerank.inductive``): the scores of
+    """Dense oracle of inductive re-ranking (``triton_rerank.database.inductive``): the scores of
     every database item for one query, all of them candidates, nothing pruned.
 
     The database graph is propagated alone (dense ``[g, g]`` matrices); the query is an
     extra node whose row, column and ``M_r[q]`` follow the rules in
-    ``cpu/inductive_scores.py``, with the database rows frozen.
+    ``cpu/kernels/inductive_scores.py``, with the database rows frozen.
 
     Args:
         database: ``[g, d]`` unit rows.

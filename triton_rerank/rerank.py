@@ -12,82 +12,72 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import limits
 from .checks import (
-    FeaturePair,
     check_features,
     check_rerank_params,
     check_similarity_blocks,
     check_unnormalised_scale,
 )
-from .graph import NeighbourLists, knn_graph
-from .memory import check_fits
-from .propagate import propagate
-from .scoring import rerank_scores
+from .limits import check_fits
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "cpu", "triton")
+# Old names still accepted, with a DeprecationWarning: "torch" was the CPU path's name.
+DEPRECATED_BACKENDS = {"torch": "cpu"}
 
 
 def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def canonical_backend_name(backend: str, *, stacklevel: int = 3) -> str:
+    """``backend`` with a deprecated alias replaced by its current name (and a
+    ``DeprecationWarning``); unknown names are left for the caller to refuse."""
+    if backend in DEPRECATED_BACKENDS:
+        new = DEPRECATED_BACKENDS[backend]
+        warnings.warn(f"backend={backend!r} is deprecated; use backend={new!r}",
+                      DeprecationWarning, stacklevel=stacklevel)
+        return new
+    return backend
+
+
 def resolve_backend(backend: str, device: torch.device | None = None) -> str:
     """The backend that will run for features on ``device`` (default: the CPU).
 
-    ``"auto"`` picks ``"triton"`` (the kernels of ``triton_rerank.kernels``) for CUDA
-    tensors and ``"torch"`` (the CPU path) otherwise, also when ``TRITON_INTERPRET=1``
+    ``"auto"`` picks ``"triton"`` (the kernels of ``triton_rerank.gpu``) for CUDA
+    tensors and ``"cpu"`` (the CPU path) otherwise, also when ``TRITON_INTERPRET=1``
     is set. ``"triton"`` runs the kernels on CUDA tensors, or on CPU tensors in the
-    Triton interpreter when ``TRITON_INTERPRET=1``. ``"torch"`` always runs on the CPU.
+    Triton interpreter when ``TRITON_INTERPRET=1``. ``"cpu"`` always runs on the CPU
+    (``"torch"``, its old name, is accepted with a ``DeprecationWarning``).
 
     Raises:
         ValueError: an unknown name, or ``"triton"`` where it cannot run (triton not
             installed, or CPU tensors without ``TRITON_INTERPRET=1``).
     """
+    backend = canonical_backend_name(backend, stacklevel=4)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     on_cuda = device is not None and device.type == "cuda"
-    if backend == "torch":
-        return "torch"
+    if backend == "cpu":
+        return "cpu"
     if backend == "auto":
         if on_cuda and not _triton_importable():
             warnings.warn("triton is not installed: re-ranking CUDA tensors on the CPU path "
                           "(pip install triton for the GPU kernels)", stacklevel=3)
-            return "torch"
-        return "triton" if on_cuda else "torch"
+            return "cpu"
+        return "triton" if on_cuda else "cpu"
     if not _triton_importable():
         raise ValueError("backend='triton' needs the triton package, which is not "
-                         "installed; pip install triton, or use backend='auto' or 'torch'")
+                         "installed; pip install triton, or use backend='auto' or 'cpu'")
     if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         where = "numpy arrays" if device is None else f"tensors on {device}"
         raise ValueError(f"backend='triton' runs on CUDA tensors, got {where}; set "
                          f"TRITON_INTERPRET=1 (before triton is imported) to run the "
                          f"kernels in the Triton interpreter, or use backend='auto' or "
-                         f"'torch'")
+                         f"'cpu'")
     return "triton"
 
 
-# Keep the query-gallery similarities from the kNN step (instead of recomputing them
-# per block) when the [q, g] matrix is the output anyway or at most this large.
-BASE_KEEP_BYTES = 512 * 2**20
-
-
-def keeps_query_gallery(n_query: int, n_gallery: int, *, lamb: float,
-                        topk: int | None) -> bool:
-    """Whether the CPU path keeps the ``[q, g]`` similarities of the kNN step for the
-    scoring (see ``BASE_KEEP_BYTES``)."""
-    return lamb > 0 and (topk is None or 4 * n_query * n_gallery <= BASE_KEEP_BYTES)
-
-
-def _run_cpu(features: FeaturePair, *, k1, k2, iterations, lamb, topk):
-    nodes = features.nodes.cpu()
-    n_query = features.n_query
-    n_gallery = nodes.shape[0] - n_query
-    keep_base = keeps_query_gallery(n_query, n_gallery, lamb=lamb, topk=topk)
-    knn_values, knn_indices, base = knn_graph(nodes, k1, n_query=n_query,
-                                              keep_query_gallery=keep_base)
-    graph = propagate(knn_values, knn_indices, n_query=n_query, k2=k2, iterations=iterations)
-    return rerank_scores(graph, nodes[:n_query], nodes[n_query:], lamb=lamb, topk=topk,
-                         base=base)
 
 
 def _to_caller(result, device: torch.device | None):
@@ -106,7 +96,7 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
     re-ranking). Each node's row of the adjacency is propagated over its ``k2``
     nearest neighbours with squared-similarity weights, ``iterations`` times, and
     the final score of a pair is the inner product of their rows, mixed with the
-    original cosine similarity by ``lamb``. See DESIGN.md §1 for the exact steps.
+    original cosine similarity by ``lamb``. See docs/design.md §1 for the exact steps.
 
     Args:
         query: ``[q, d]`` float features (numpy array or torch tensor).
@@ -119,9 +109,10 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
         topk: None for the full score matrix, or K (``1 <= K <= g``) for the top-K.
         normalize: L2-normalise rows first (rows of norm 0 are then an error).
         backend: ``"auto"`` (Triton kernels for CUDA tensors, the CPU path otherwise),
-            ``"torch"`` (the CPU path; CUDA tensors are computed on the CPU and returned
-            on their device) or ``"triton"`` (the kernels: on CUDA tensors, or on CPU
-            tensors and numpy arrays in the Triton interpreter when
+            ``"cpu"`` (the CPU path; CUDA tensors are computed on the CPU and returned
+            on their device; ``"torch"`` is its deprecated old name) or ``"triton"``
+            (the kernels: on CUDA tensors, or on CPU tensors and numpy arrays in the
+            Triton interpreter when
             ``TRITON_INTERPRET=1``). See :func:`resolve_backend`.
 
     Returns:
@@ -161,15 +152,15 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
                    "pass topk=K to get the K best gallery items of each query instead",
                    features.device)
     device = features.device if features.array_type == "torch" else None
-    run = _run_cpu
+    # each backend is imported when it runs: the GPU one needs triton, the CPU one numba
     if resolve_backend(backend, device) == "triton":
-        from .gpu_pipeline import run_triton as run
+        from .gpu.pipeline import run_triton as run
+    else:
+        from .cpu.pipeline import run_cpu as run
     result = run(features, k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk)
     return _to_caller(result, device)
 
 
-# Rows of a similarity matrix converted at a time by gnn_rerank_similarities.
-_SIMILARITY_CHUNK_BYTES = 64 * 2**20
 # Tensor dtypes that numpy cannot hold (bfloat16) or would scale in their own precision
 # (float16: numpy's float16 loop rounds each product to 16 bits): converted to float32
 # first, exactly, and scaled there.
@@ -266,6 +257,9 @@ def gnn_rerank_similarities(q_g, q_q, g_g, *, k1: int = 26, k2: int = 7, iterati
             entries (or entries that overflow float32 once scaled), naming the matrix and
             the row; bad hyper-parameters.
     """
+    from .cpu.knn import NeighbourLists
+    from .cpu.pipeline import scores_from_lists
+
     scale, offset = _check_affine(scale, offset)
     n_query, n_gallery = check_similarity_blocks(q_g, q_q, g_g)
     n = n_query + n_gallery
@@ -274,7 +268,7 @@ def gnn_rerank_similarities(q_g, q_q, g_g, *, k1: int = 26, k2: int = 7, iterati
         n_gallery=n_gallery)
     lists = NeighbourLists(n, k1)
     base = torch.empty(n_query, n_gallery, dtype=torch.float32)
-    rows = max(1, _SIMILARITY_CHUNK_BYTES // (4 * n))
+    rows = max(1, limits.SIMILARITY_CHUNK_BYTES // (4 * n))
     chunk = np.empty(rows * n, dtype=np.float32)
     for start in range(0, n_query, rows):
         stop = min(n_query, start + rows)
@@ -286,9 +280,9 @@ def gnn_rerank_similarities(q_g, q_q, g_g, *, k1: int = 26, k2: int = 7, iterati
         stop = min(n_gallery, start + rows)
         block = _similarity_rows(g_g, start, stop, scale, offset, chunk, "g_g")
         lists.offer(block, n_query + start, n_query)
-    graph = propagate(lists.values, lists.indices, n_query=n_query, k2=k2,
-                      iterations=iterations)
-    result = rerank_scores(graph, None, None, lamb=lamb, topk=topk, base=base)
+    result = scores_from_lists(lists.values, lists.indices, n_query=n_query, k2=k2,
+                               iterations=iterations, lamb=lamb, topk=topk, query=None,
+                               gallery=None, base=base)
     return _to_caller(result, q_g.device if isinstance(q_g, torch.Tensor) else None)
 
 
