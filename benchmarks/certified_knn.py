@@ -56,15 +56,20 @@ def certify(nodes: torch.Tensor, k: int, margin: int) -> dict:
     clear = (ref_values.diff(dim=1).abs() > 1e-6).all(dim=1)
     equal = (top_indices[sample] == ref[:, :k]).all(1)
     gaps = torch.cat(gaps)
-    return {"rows": n, "dim": nodes.shape[1], "k": k, "candidates": n_cand,
-            "certified_share": float(certified.float().mean()),
-            "median_delta": float(bound.median()),
-            "median_gap_over_delta": float(gaps.median()),
-            "smallest_gap_over_delta": float(gaps.min()),
-            "sampled_rows": int(sample.numel()),
-            "sampled_rows_with_near_ties": int((~clear).sum()),
-            "sampled_clear_rows_equal_fp64": float(equal[clear].float().mean()),
-            "sampled_rows_equal_fp64": float(equal.float().mean())}
+    return {
+        "rows": n,
+        "dim": nodes.shape[1],
+        "k": k,
+        "candidates": n_cand,
+        "certified_share": float(certified.float().mean()),
+        "median_delta": float(bound.median()),
+        "median_gap_over_delta": float(gaps.median()),
+        "smallest_gap_over_delta": float(gaps.min()),
+        "sampled_rows": int(sample.numel()),
+        "sampled_rows_with_near_ties": int((~clear).sum()),
+        "sampled_clear_rows_equal_fp64": float(equal[clear].float().mean()),
+        "sampled_rows_equal_fp64": float(equal.float().mean()),
+    }
 
 
 def datasets(quick: bool):
@@ -83,22 +88,30 @@ def datasets(quick: bool):
     except FileNotFoundError as error:
         print(f"skipping Fashion-MNIST: {error}")
     try:
-        from_set.append(("PKU-Sketch (real re-ID features)",
-                         load_features("../shared/data/pku_sketch_pytorch_result.mat")))
+        from_set.append(
+            (
+                "PKU-Sketch (real re-ID features)",
+                load_features("../shared/data/pku_sketch_pytorch_result.mat"),
+            )
+        )
     except FileNotFoundError as error:
         print(f"skipping PKU-Sketch: {error}")
     shapes = [MARKET1501, replace(MARKET1501, dim=2048)]
     if quick:
         shapes = [replace(s, n_query=300, n_gallery=1700, n_ids=150) for s in shapes]
     for shape in shapes:
-        from_set.append((f"Market-shaped synthetic (d={shape.dim})",
-                         reid_like_features(shape, seed=0)))
-    arrays = [(name, np.concatenate([data.query_features, data.gallery_features]))
-              for name, data in from_set]
+        from_set.append(
+            (f"Market-shaped synthetic (d={shape.dim})", reid_like_features(shape, seed=0))
+        )
+    arrays = [
+        (name, np.concatenate([data.query_features, data.gallery_features]))
+        for name, data in from_set
+    ]
     if not quick:
         try:
-            arrays.append(("Fashion-MNIST, all 70,000 (real pixels, d=784)",
-                           load_fashion_mnist()[0]))
+            arrays.append(
+                ("Fashion-MNIST, all 70,000 (real pixels, d=784)", load_fashion_mnist()[0])
+            )
         except FileNotFoundError:
             pass
     for name, nodes in arrays:
@@ -114,32 +127,43 @@ def main() -> None:
     for name, nodes in datasets(args.quick):
         for k in (26, 60):  # Market's k1, VeRi's k1
             start = time.perf_counter()
-            result = {"data": name, **certify(nodes, k, DEFAULT_MARGIN),
-                      "seconds": time.perf_counter() - start}
+            result = {
+                "data": name,
+                **certify(nodes, k, DEFAULT_MARGIN),
+                "seconds": time.perf_counter() - start,
+            }
             print(result, flush=True)
             results.append(result)
-    lines = ["| data | N | d | k1 | candidates | certified | median delta | gap / delta:"
-             " median, smallest |"
-             " sampled rows = fp64 (without near-ties) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| data | N | d | k1 | candidates | certified | median delta | gap / delta:"
+        " median, smallest |"
+        " sampled rows = fp64 (without near-ties) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
-        lines.append(f"| {r['data']} | {r['rows']:,} | {r['dim']} | {r['k']} | "
-                     f"{r['candidates']} | {100 * r['certified_share']:.2f}% | "
-                     f"{r['median_delta']:.2e} | {r['median_gap_over_delta']:.1f}, "
-                     f"{r['smallest_gap_over_delta']:.2f} | "
-                     f"{100 * r['sampled_rows_equal_fp64']:.1f}% "
-                     f"({100 * r['sampled_clear_rows_equal_fp64']:.1f}%) |")
-    table = ("# Certified kNN: share of rows certified by the float16 pass\n\n"
-             "Command: `.venv/bin/python benchmarks/certified_knn.py` (CPU emulation of the\n"
-             "candidate pass; margin "
-             f"{DEFAULT_MARGIN}). The gap is the k-th rescored similarity minus the last\n"
-             "candidate's float16 similarity; a row is certified when the gap exceeds its\n"
-             "delta (the error bound), i.e. gap / delta > 1. Uncertified rows are recomputed\n"
-             "by the exact kernel on the GPU. The last column compares a sample of 500\n"
-             "certified rows with the fp64 top-k (in brackets: rows without a near-tie).\n\n"
-             + "\n".join(lines) + "\n")
-    publish("certified_knn", table, {"margin": DEFAULT_MARGIN, "results": results},
-            save=not args.quick)
+        lines.append(
+            f"| {r['data']} | {r['rows']:,} | {r['dim']} | {r['k']} | "
+            f"{r['candidates']} | {100 * r['certified_share']:.2f}% | "
+            f"{r['median_delta']:.2e} | {r['median_gap_over_delta']:.1f}, "
+            f"{r['smallest_gap_over_delta']:.2f} | "
+            f"{100 * r['sampled_rows_equal_fp64']:.1f}% "
+            f"({100 * r['sampled_clear_rows_equal_fp64']:.1f}%) |"
+        )
+    table = (
+        "# Certified kNN: share of rows certified by the float16 pass\n\n"
+        "Command: `.venv/bin/python benchmarks/certified_knn.py` (CPU emulation of the\n"
+        "candidate pass; margin "
+        f"{DEFAULT_MARGIN}). The gap is the k-th rescored similarity minus the last\n"
+        "candidate's float16 similarity; a row is certified when the gap exceeds its\n"
+        "delta (the error bound), i.e. gap / delta > 1. Uncertified rows are recomputed\n"
+        "by the exact kernel on the GPU. The last column compares a sample of 500\n"
+        "certified rows with the fp64 top-k (in brackets: rows without a near-tie).\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+    publish(
+        "certified_knn", table, {"margin": DEFAULT_MARGIN, "results": results}, save=not args.quick
+    )
 
 
 if __name__ == "__main__":

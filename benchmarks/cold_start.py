@@ -56,8 +56,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "cold_start.md"
-STEPS = ("import", "first gnn_rerank", "first inductive search", "warm gnn_rerank",
-         "warm inductive search")
+STEPS = (
+    "import",
+    "first gnn_rerank",
+    "first inductive search",
+    "warm gnn_rerank",
+    "warm inductive search",
+)
 COLD = ("first gnn_rerank", "first inductive search")
 
 
@@ -97,8 +102,9 @@ def _child() -> dict:
     from numba.core import event
 
     times = _CompileTimes()
-    listener = type("Listener", (event.Listener,), {"on_start": times.on_start,
-                                                     "on_end": times.on_end})()
+    listener = type(
+        "Listener", (event.Listener,), {"on_start": times.on_start, "on_end": times.on_end}
+    )()
     event.register("numba:compile", listener)
     wall, cpu = {}, {}
 
@@ -111,9 +117,10 @@ def _child() -> dict:
 
     def imports():
         import faiss
-        from triton_rerank.integrations.faiss import RerankedIndex
 
+        from triton_rerank.integrations.faiss import RerankedIndex
         from triton_rerank.rerank import gnn_rerank
+
         return faiss, RerankedIndex, gnn_rerank
 
     faiss, RerankedIndex, gnn_rerank = timed("import", imports)
@@ -136,16 +143,24 @@ def _child() -> dict:
 
     import triton_rerank
 
-    return {"wall": wall, "cpu": cpu, "compile": dict(times.top),
-            "compile_nested": dict(times.nested), "threads": numba.get_num_threads(),
-            "package": str(Path(triton_rerank.__file__).parent)}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "compile": dict(times.top),
+        "compile_nested": dict(times.nested),
+        "threads": numba.get_num_threads(),
+        "package": str(Path(triton_rerank.__file__).parent),
+    }
 
 
 def extract_revision(rev: str, into: Path) -> Path:
     """The package of git revision ``rev`` in ``into`` (``integrations/`` moved into
     ``triton_rerank/``, where the installed package maps it)."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "triton_rerank",
-                              "integrations"], capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "triton_rerank", "integrations"],
+        capture_output=True,
+        check=True,
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     shutil.move(into / "integrations", into / "triton_rerank" / "integrations")
@@ -157,10 +172,12 @@ def run_cold(tree: str) -> dict:
     ``triton_rerank`` package in the folder ``tree``."""
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(tree).resolve()),
-                                             env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        proc = subprocess.run([sys.executable, __file__, "--child"], env=env,
-                              capture_output=True, text=True)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(tree).resolve()), env.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child"], env=env, capture_output=True, text=True
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"cold-start child failed:\n{proc.stderr[-3000:]}")
         report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -174,21 +191,39 @@ def _runs(values) -> str:
 
 def table(reports: list[dict], label: str, command: str) -> str:
     """The markdown section of one measured tree (medians over ``reports``)."""
-    lines = [f"## {label}", "", f"Command: `{command}`", "",
-             f"{len(reports)} cold processes, {reports[0]['threads']} numba threads. Seconds: "
-             f"median (every run).", "",
-             "| step | wall-clock | CPU (process) |", "|---|---:|---:|"]
+    lines = [
+        f"## {label}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"{len(reports)} cold processes, {reports[0]['threads']} numba threads. Seconds: "
+        f"median (every run).",
+        "",
+        "| step | wall-clock | CPU (process) |",
+        "|---|---:|---:|",
+    ]
     for step in STEPS:
-        lines.append(f"| {step} | {_runs([r['wall'][step] for r in reports])} | "
-                     f"{_runs([r['cpu'][step] for r in reports])} |")
-    lines.append("| **cold start: first gnn_rerank + first inductive search** | **"
-                 + _runs([sum(r["wall"][s] for s in COLD) for r in reports]) + "** | **"
-                 + _runs([sum(r["cpu"][s] for s in COLD) for r in reports]) + "** |")
+        lines.append(
+            f"| {step} | {_runs([r['wall'][step] for r in reports])} | "
+            f"{_runs([r['cpu'][step] for r in reports])} |"
+        )
+    lines.append(
+        "| **cold start: first gnn_rerank + first inductive search** | **"
+        + _runs([sum(r["wall"][s] for s in COLD) for r in reports])
+        + "** | **"
+        + _runs([sum(r["cpu"][s] for s in COLD) for r in reports])
+        + "** |"
+    )
     total = [sum(r["compile"].values()) for r in reports]
-    lines += ["", f"Compile time (CPU seconds of the compiling thread), outermost kernels "
-              f"(their helpers compile inside them): total {_runs(total)}; "
-              f"{reports[0]['cache_files']} cache files written.", "",
-              "| kernel (argument types) | CPU seconds |", "|---|---:|"]
+    lines += [
+        "",
+        f"Compile time (CPU seconds of the compiling thread), outermost kernels "
+        f"(their helpers compile inside them): total {_runs(total)}; "
+        f"{reports[0]['cache_files']} cache files written.",
+        "",
+        "| kernel (argument types) | CPU seconds |",
+        "|---|---:|",
+    ]
     names = {name for r in reports for name in r["compile"]}
     medians = {name: np.median([r["compile"].get(name, 0.0) for r in reports]) for name in names}
     for name in sorted(names, key=lambda n: -medians[n]):
@@ -204,26 +239,41 @@ def _short(name: str) -> str:
 
 def write_section(path: Path, label: str, section: str) -> None:
     """Put ``section`` into ``path`` in place of the section with the same label."""
-    text = path.read_text() if path.exists() else (
-        "# Cold start of the CPU path\n\nThe first calls of a fresh process with an empty "
-        "numba cache; see `benchmarks/cold_start.py` for the steps.\n\n")
+    text = (
+        path.read_text()
+        if path.exists()
+        else (
+            "# Cold start of the CPU path\n\nThe first calls of a fresh process with an empty "
+            "numba cache; see `benchmarks/cold_start.py` for the steps.\n\n"
+        )
+    )
     parts = re.split(r"(?m)^(?=## )", text)
     head, sections = parts[0], {p.splitlines()[0][3:]: p for p in parts[1:]}
     sections[label] = section
-    path.write_text("\n\n".join(part.strip("\n") for part in [head, *sections.values()])
-                    + "\n")
+    path.write_text("\n\n".join(part.strip("\n") for part in [head, *sections.values()]) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="cold processes per version")
     parser.add_argument("--label", default="current", help="section of the results file")
-    parser.add_argument("--rev", action="append", default=[],
-                        help="measure this git revision's package (repeatable)")
-    parser.add_argument("--tree", action="append", default=[],
-                        help="measure the triton_rerank package in this folder (repeatable)")
-    parser.add_argument("--worktree", action="store_true",
-                        help="measure the checkout too (the default without --rev/--tree)")
+    parser.add_argument(
+        "--rev",
+        action="append",
+        default=[],
+        help="measure this git revision's package (repeatable)",
+    )
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        help="measure the triton_rerank package in this folder (repeatable)",
+    )
+    parser.add_argument(
+        "--worktree",
+        action="store_true",
+        help="measure the checkout too (the default without --rev/--tree)",
+    )
     parser.add_argument("--no-save", action="store_true", help="print only")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -231,8 +281,10 @@ def main() -> None:
         print(json.dumps(_child()))
         return
     with tempfile.TemporaryDirectory() as scratch:
-        versions = {f"rev {rev}": str(extract_revision(rev, Path(scratch) / f"rev{i}"))
-                    for i, rev in enumerate(args.rev)}
+        versions = {
+            f"rev {rev}": str(extract_revision(rev, Path(scratch) / f"rev{i}"))
+            for i, rev in enumerate(args.rev)
+        }
         versions.update({f"tree {tree}": tree for tree in args.tree})
         if args.worktree or not versions:
             versions["worktree"] = str(ROOT)

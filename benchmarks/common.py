@@ -25,10 +25,12 @@ def run_child(script: str, args: list[str], source: str | None = None) -> dict:
     ``triton_rerank`` from there instead."""
     env = None
     if source is not None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [os.path.join(source, "integrations"), source]))
-    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                          env=env, cwd=source)
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([os.path.join(source, "integrations"), source])
+        )
+    proc = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, env=env, cwd=source
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{script} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -36,9 +38,15 @@ def run_child(script: str, args: list[str], source: str | None = None) -> dict:
 
 def save_feature_set(path: str, data) -> None:
     """Write a FeatureSet in the ``pytorch_result`` layout as ``.npz``."""
-    np.savez(path, query_f=data.query_features, gallery_f=data.gallery_features,
-             query_label=data.query_pids, gallery_label=data.gallery_pids,
-             query_cam=data.query_camids, gallery_cam=data.gallery_camids)
+    np.savez(
+        path,
+        query_f=data.query_features,
+        gallery_f=data.gallery_features,
+        query_label=data.query_pids,
+        gallery_label=data.gallery_pids,
+        query_cam=data.query_camids,
+        gallery_cam=data.gallery_camids,
+    )
 
 
 def top_agreement(a: np.ndarray, b: np.ndarray, k: int) -> float:
@@ -56,8 +64,14 @@ def machine() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "numba": numba.__version__, "numpy": np.__version__}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numba": numba.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def benchmark_parser(description: str, methods) -> argparse.ArgumentParser:
@@ -75,8 +89,12 @@ def benchmark_parser(description: str, methods) -> argparse.ArgumentParser:
 def median_report(reports: list[dict]) -> dict:
     """One report for repeated runs: median time (all kept), worst peak RSS."""
     seconds = [r["seconds"] for r in reports]
-    return dict(reports[0], all_seconds=seconds, seconds=float(np.median(seconds)),
-                peak_rss_mb=max(r["peak_rss_mb"] for r in reports))
+    return dict(
+        reports[0],
+        all_seconds=seconds,
+        seconds=float(np.median(seconds)),
+        peak_rss_mb=max(r["peak_rss_mb"] for r in reports),
+    )
 
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -15,10 +15,12 @@ from triton_rerank.app.synthetic import ReidShape, reid_like_features
 
 # (name, shape): small enough for CI's single runs, large enough to time
 SIZES = {
-    "N2k": ReidShape(n_query=400, n_gallery=1600, dim=128, n_ids=100, n_cams=6,
-                     distractor_fraction=1 / 8),
-    "N10k": ReidShape(n_query=1500, n_gallery=8500, dim=256, n_ids=400, n_cams=6,
-                      distractor_fraction=1 / 8),
+    "N2k": ReidShape(
+        n_query=400, n_gallery=1600, dim=128, n_ids=100, n_cams=6, distractor_fraction=1 / 8
+    ),
+    "N10k": ReidShape(
+        n_query=1500, n_gallery=8500, dim=256, n_ids=400, n_cams=6, distractor_fraction=1 / 8
+    ),
 }
 
 

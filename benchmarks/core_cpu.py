@@ -58,15 +58,20 @@ def run_method(method: str, data_path: str, topk: int | None, out_path: str) -> 
     if method == "ours":
         result = gnn_rerank(xq, xg, k1=26, k2=7, lamb=0.3, topk=topk)
     elif method == "reference":
-        result = gnn_rerank_reference(xq, xg, k1=26, k2=7, lamb=0.3, dtype=torch.float32,
-                                      similarity="matmul")
+        result = gnn_rerank_reference(
+            xq, xg, k1=26, k2=7, lamb=0.3, dtype=torch.float32, similarity="matmul"
+        )
     else:
         from triton_rerank.integrations.torchreid import k_reciprocal_distances
 
         result = -k_reciprocal_distances(torch.from_numpy(xq), torch.from_numpy(xg))
     seconds = time.perf_counter() - start
-    report = {"method": method, "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
-              "rss_before_mb": rss_before}
+    report = {
+        "method": method,
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": rss_before,
+    }
     if topk is None:
         scores = np.asarray(result, dtype=np.float32)
         metrics = evaluate(scores, *data.labels())
@@ -112,8 +117,10 @@ def main() -> None:
         for method in METHODS:
             print(f"running {method} on the Market-1501 shape ...", file=sys.stderr, flush=True)
             rows[method] = spawn(method, paths["market"], None, workdir)
-        rows["ours"] = median_report([rows["ours"]] + [
-            spawn("ours", paths["market"], None, workdir) for _ in range(OURS_REPEATS - 1)])
+        rows["ours"] = median_report(
+            [rows["ours"]]
+            + [spawn("ours", paths["market"], None, workdir) for _ in range(OURS_REPEATS - 1)]
+        )
         print("running ours on the MSMT17 shape (topk=100) ...", file=sys.stderr, flush=True)
         msmt_row = spawn("ours", paths["msmt"], 100, workdir)
         ours_top, reference_top = (np.load(rows[m]["top_path"]) for m in ("ours", "reference"))
@@ -145,8 +152,10 @@ def main() -> None:
     ]
     for method in METHODS:
         r = rows[method]
-        lines.append(f"| {method} | {r['seconds']:.2f} | {r['seconds'] / ours['seconds']:.1f}x | "
-                     f"{r['peak_rss_mb']:.0f} | {100 * r['mAP']:.1f}% | {100 * r['rank1']:.1f}% |")
+        lines.append(
+            f"| {method} | {r['seconds']:.2f} | {r['seconds'] / ours['seconds']:.1f}x | "
+            f"{r['peak_rss_mb']:.0f} | {100 * r['mAP']:.1f}% | {100 * r['rank1']:.1f}% |"
+        )
     lines += [
         "",
         "Ours vs the dense reference, identical top-k lists (order included): "
@@ -156,9 +165,17 @@ def main() -> None:
         f"topk=100: {msmt_row['seconds']:.1f} s, peak RSS {msmt_row['peak_rss_mb']:.0f} MB "
         "(the dense reference would hold several 93,820^2 fp32 matrices: > 100 GB).",
     ]
-    publish("core_cpu", "\n".join(lines) + "\n",
-            {"market": rows, "msmt17_topk100": msmt_row, "plain_mAP": plain.mAP,
-             "top_agreement_vs_reference": agreement}, save=not args.quick)
+    publish(
+        "core_cpu",
+        "\n".join(lines) + "\n",
+        {
+            "market": rows,
+            "msmt17_topk100": msmt_row,
+            "plain_mAP": plain.mAP,
+            "top_agreement_vs_reference": agreement,
+        },
+        save=not args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -51,18 +51,23 @@ def run_method(method: str, data_path: str, topk: int | None) -> dict:
         torch.matmul(nodes[:64], nodes[:256].T)
         start = time.perf_counter()
         for a in range(0, nodes.shape[0], STRIP_ROWS):
-            torch.matmul(nodes[a:a + STRIP_ROWS], nodes[a:].T)
+            torch.matmul(nodes[a : a + STRIP_ROWS], nodes[a:].T)
     else:
         gnn_rerank(xq[:4], xg[:60], k1=8, k2=3)
         gnn_rerank(xq[:4], xg[:60], k1=8, k2=3, topk=5)
         start = time.perf_counter()
         gnn_rerank(xq, xg, k1=26, k2=7, lamb=0.3, topk=topk)
-    return {"method": method, "seconds": time.perf_counter() - start,
-            "peak_rss_mb": peak_rss_mb()}
+    return {"method": method, "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
 
 
-def spawn(method: str, data_path: str, topk: int | None, *, precision: str = "auto",
-          source: str | None = None) -> dict:
+def spawn(
+    method: str,
+    data_path: str,
+    topk: int | None,
+    *,
+    precision: str = "auto",
+    source: str | None = None,
+) -> dict:
     """:func:`run_method` in a fresh process, on this checkout or on ``source``."""
     os.environ[PRECISION_VARIABLE] = precision  # inherited by the child
     args = ["--child", method, "--data", data_path]
@@ -90,11 +95,18 @@ def certified_shares(sets: dict) -> list[dict]:
             report = {}
             start = time.perf_counter()
             knn_graph(nodes, 26, precision=precision, report=report)
-            rows.append({"data": name, "n": nodes.shape[0], "d": nodes.shape[1],
-                         "precision": precision, "candidates": report["candidates"],
-                         "close_calls": report["close_calls"],
-                         "certified": 1 - report["close_calls"] / nodes.shape[0],
-                         "knn_seconds": time.perf_counter() - start})
+            rows.append(
+                {
+                    "data": name,
+                    "n": nodes.shape[0],
+                    "d": nodes.shape[1],
+                    "precision": precision,
+                    "candidates": report["candidates"],
+                    "close_calls": report["close_calls"],
+                    "certified": 1 - report["close_calls"] / nodes.shape[0],
+                    "knn_seconds": time.perf_counter() - start,
+                }
+            )
     return rows
 
 
@@ -123,33 +135,38 @@ def main() -> None:
             paths[name] = os.path.join(workdir, f"{name}.npz")
             np.savez(paths[name], query_f=data.query_features, gallery_f=data.gallery_features)
             if name == "market":
-                shares_input["Market-1501 shape (synthetic)"] = (data.query_features,
-                                                                 data.gallery_features)
+                shares_input["Market-1501 shape (synthetic)"] = (
+                    data.query_features,
+                    data.gallery_features,
+                )
         print("Market shape ...", file=sys.stderr, flush=True)
         runs = results["market"]
         runs["gemm"] = repeated("gemm", paths["market"], None, repeats)
         for topk in (None, 100):
             label = "full" if topk is None else f"top{topk}"
             runs[f"ours auto {label}"] = repeated("ours", paths["market"], topk, repeats)
-            runs[f"ours fp32 {label}"] = repeated("ours", paths["market"], topk, repeats,
-                                                  precision="fp32")
+            runs[f"ours fp32 {label}"] = repeated(
+                "ours", paths["market"], topk, repeats, precision="fp32"
+            )
             if args.before_src:
-                runs[f"before {label}"] = repeated("ours", paths["market"], topk, repeats,
-                                                   source=args.before_src)
+                runs[f"before {label}"] = repeated(
+                    "ours", paths["market"], topk, repeats, source=args.before_src
+                )
         print("MSMT17 shape ...", file=sys.stderr, flush=True)
         runs = results["msmt17"]
         runs["ours auto top100"] = spawn("ours", paths["msmt17"], 100)
         runs["ours fp32 top100"] = spawn("ours", paths["msmt17"], 100, precision="fp32")
         if args.before_src:
-            runs["before top100"] = spawn("ours", paths["msmt17"], 100,
-                                          source=args.before_src)
+            runs["before top100"] = spawn("ours", paths["msmt17"], 100, source=args.before_src)
 
     digits = load_digits_split()
     shares_input["digits (real, d=64)"] = (digits.query_features, digits.gallery_features)
     try:
         fashion = load_fashion_mnist_split()
-        shares_input["Fashion-MNIST test (real pixels, d=784)"] = (fashion.query_features,
-                                                                   fashion.gallery_features)
+        shares_input["Fashion-MNIST test (real pixels, d=784)"] = (
+            fashion.query_features,
+            fashion.gallery_features,
+        )
     except FileNotFoundError as error:
         print(f"Fashion-MNIST skipped: {error}", file=sys.stderr)
     shares = certified_shares(shares_input)
@@ -173,9 +190,10 @@ def main() -> None:
         "|---|---:|---:|---:|---|",
     ]
     for name, r in results["market"].items():
-        lines.append(f"| {name} | {r['seconds']:.2f} | {r['seconds'] / gemm:.2f}x | "
-                     f"{r['peak_rss_mb']:.0f} | "
-                     + ", ".join(f"{t:.2f}" for t in r["all_seconds"]) + " |")
+        lines.append(
+            f"| {name} | {r['seconds']:.2f} | {r['seconds'] / gemm:.2f}x | "
+            f"{r['peak_rss_mb']:.0f} | " + ", ".join(f"{t:.2f}" for t in r["all_seconds"]) + " |"
+        )
     lines += [
         "",
         f"MSMT17 shape (q={msmt.n_query}, g={msmt.n_gallery}, d={msmt.dim}), topk=100, one "
@@ -194,12 +212,17 @@ def main() -> None:
         "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in shares:
-        lines.append(f"| {r['data']} | {r['n']:,} | {r['d']} | {r['precision']} | "
-                     f"{r['candidates']} | {100 * r['certified']:.2f}% | {r['close_calls']} | "
-                     f"{r['knn_seconds']:.2f} |")
-    publish("cpu_knn", "\n".join(lines) + "\n",
-            {"market": results["market"], "msmt17": results["msmt17"],
-             "certified": shares}, save=not args.quick)
+        lines.append(
+            f"| {r['data']} | {r['n']:,} | {r['d']} | {r['precision']} | "
+            f"{r['candidates']} | {100 * r['certified']:.2f}% | {r['close_calls']} | "
+            f"{r['knn_seconds']:.2f} |"
+        )
+    publish(
+        "cpu_knn",
+        "\n".join(lines) + "\n",
+        {"market": results["market"], "msmt17": results["msmt17"], "certified": shares},
+        save=not args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,13 @@ def run_case(kind: str, n: int) -> dict:
     before = peak_rss_mb()
     start = time.perf_counter()
     gnn_rerank(x[:N_QUERY], x[N_QUERY:])
-    return {"kind": kind, "n": n, "seconds": time.perf_counter() - start,
-            "peak_rss_mb": peak_rss_mb(), "rss_before_mb": before}
+    return {
+        "kind": kind,
+        "n": n,
+        "seconds": time.perf_counter() - start,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": before,
+    }
 
 
 def main() -> None:
@@ -79,11 +84,12 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['code']} | {r['kind']} | {r['seconds']:.2f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / gaussian['peak_rss_mb']:.2f}x "
-                     f"| {r['rss_before_mb']:.0f} |")
-    publish("degenerate_memory", "\n".join(lines) + "\n", {"cases": rows},
-            save=not args.quick)
+        lines.append(
+            f"| {r['code']} | {r['kind']} | {r['seconds']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / gaussian['peak_rss_mb']:.2f}x "
+            f"| {r['rss_before_mb']:.0f} |"
+        )
+    publish("degenerate_memory", "\n".join(lines) + "\n", {"cases": rows}, save=not args.quick)
 
 
 if __name__ == "__main__":

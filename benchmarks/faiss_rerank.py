@@ -43,7 +43,7 @@ SIZES = {  # part -> (database, queries) full / quick
 }
 K = 100
 SHORTLIST = 1000
-CLUSTERS_PER_VECTOR = 1 / 100   # about 100 vectors per cluster
+CLUSTERS_PER_VECTOR = 1 / 100  # about 100 vectors per cluster
 # noise scale around a cluster centre (see synthetic.py): IVF4096 at nprobe 16 then
 # finds ~80% of the exact top-100 and plain search's mAP@100 is high but not perfect
 SPREAD = 1.2
@@ -53,9 +53,13 @@ def clustered_split(n_database: int, n_queries: int):
     """``(xb, xq, database labels, query labels)`` of one clustered draw."""
     from triton_rerank.app.synthetic import clustered_vectors
 
-    x, labels = clustered_vectors(n_database + n_queries, 128,
-                                  max(10, round(n_database * CLUSTERS_PER_VECTOR)),
-                                  spread=SPREAD, seed=0)
+    x, labels = clustered_vectors(
+        n_database + n_queries,
+        128,
+        max(10, round(n_database * CLUSTERS_PER_VECTOR)),
+        spread=SPREAD,
+        seed=0,
+    )
     return x[n_queries:], x[:n_queries], labels[n_queries:], labels[:n_queries]
 
 
@@ -77,9 +81,8 @@ def timed(call):
 
 
 def run_large(quick: bool) -> dict:
-    from triton_rerank.integrations.faiss import RerankedIndex
-
     from triton_rerank.evaluation.metrics import map_at_k
+    from triton_rerank.integrations.faiss import RerankedIndex
 
     n_database, n_queries = SIZES["large"][quick]
     xb, xq, db_labels, q_labels = clustered_split(n_database, n_queries)
@@ -91,30 +94,35 @@ def run_large(quick: bool) -> dict:
     online = {}
     for nprobe in (16, 64):
         index.nprobe = nprobe
-        reranked.search(xq[:50], K)                  # warm-up (numba compile / caches)
+        reranked.search(xq[:50], K)  # warm-up (numba compile / caches)
         index.search(xq[:50], K)
         (_, plain), plain_seconds = timed(lambda: index.search(xq, K))
         (_, ours), ours_seconds = timed(lambda: reranked.search(xq, K))
         _, shortlist_seconds = timed(lambda: index.search(xq, SHORTLIST))
         online[nprobe] = {
-            "plain_qps": n_queries / plain_seconds, "reranked_qps": n_queries / ours_seconds,
+            "plain_qps": n_queries / plain_seconds,
+            "reranked_qps": n_queries / ours_seconds,
             "shortlist_search_seconds": shortlist_seconds,
             "rerank_seconds": ours_seconds - shortlist_seconds,
             "plain_map": map_at_k(plain, q_labels, db_labels),
             "reranked_map": map_at_k(ours, q_labels, db_labels),
         }
     return {
-        "n_database": n_database, "n_queries": n_queries, "index_seconds": index_seconds,
-        "build_seconds": build_seconds, "build_peak_rss_mb": build_rss, "online": online,
+        "n_database": n_database,
+        "n_queries": n_queries,
+        "index_seconds": index_seconds,
+        "build_seconds": build_seconds,
+        "build_peak_rss_mb": build_rss,
+        "online": online,
         "peak_rss_mb": peak_rss_mb(),
     }
 
 
 def run_subset(quick: bool) -> dict:
     import faiss
-    from triton_rerank.integrations.faiss import RerankedIndex
 
     from triton_rerank.evaluation.metrics import list_recall, map_at_k
+    from triton_rerank.integrations.faiss import RerankedIndex
 
     n_database, n_queries = SIZES["subset"][quick]
     xb, xq, db_labels, q_labels = clustered_split(SIZES["large"][quick][0], n_queries)
@@ -133,14 +141,17 @@ def run_subset(quick: bool) -> dict:
     (_, inductive), inductive_seconds = timed(lambda: reranked.search(xq, K))
     _, plain_flat = flat.search(xq, K)
     return {
-        "n_database": n_database, "n_queries": n_queries, "exact_seconds": exact_seconds,
+        "n_database": n_database,
+        "n_queries": n_queries,
+        "exact_seconds": exact_seconds,
         "plain_flat_recall_of_exact": list_recall(plain_flat, exact),
         "plain_flat_map": map_at_k(plain_flat, q_labels, db_labels),
         "flat_inductive_build_seconds": flat_build_seconds,
         "flat_inductive_seconds": flat_inductive_seconds,
         "flat_inductive_recall_of_exact": list_recall(flat_inductive, exact),
         "flat_inductive_map": map_at_k(flat_inductive, q_labels, db_labels),
-        "inductive_build_seconds": build_seconds, "inductive_seconds": inductive_seconds,
+        "inductive_build_seconds": build_seconds,
+        "inductive_seconds": inductive_seconds,
         "plain_recall_of_exact": list_recall(plain, exact),
         "inductive_recall_of_exact": list_recall(inductive, exact),
         "plain_map": map_at_k(plain, q_labels, db_labels),
@@ -152,17 +163,22 @@ def run_subset(quick: bool) -> dict:
 
 def run_fashion(quick: bool) -> dict:
     import faiss
-    from triton_rerank.integrations.faiss import RerankedIndex
 
     from triton_rerank.app.data import load_fashion_mnist, unit_rows
     from triton_rerank.evaluation.metrics import list_recall, map_at_k
+    from triton_rerank.integrations.faiss import RerankedIndex
 
     images, labels = load_fashion_mnist()
     n_database, n_queries = SIZES["fashion"][quick]
     rng = np.random.default_rng(0)
-    query_idx = np.sort(np.concatenate([
-        rng.choice(np.flatnonzero(labels == c), n_queries // 10, replace=False)
-        for c in range(10)]))
+    query_idx = np.sort(
+        np.concatenate(
+            [
+                rng.choice(np.flatnonzero(labels == c), n_queries // 10, replace=False)
+                for c in range(10)
+            ]
+        )
+    )
     database_idx = np.setdiff1d(np.arange(len(labels)), query_idx)[:n_database]
     xq, xb = unit_rows(images[query_idx]), unit_rows(images[database_idx])
     index = faiss.IndexFlatIP(xb.shape[1])
@@ -174,9 +190,12 @@ def run_fashion(quick: bool) -> dict:
     (_, inductive), inductive_seconds = timed(lambda: reranked.search(xq, K))
     q_labels, db_labels = labels[query_idx], labels[database_idx]
     return {
-        "n_database": len(database_idx), "n_queries": len(query_idx),
-        "plain_seconds": plain_seconds, "exact_seconds": exact_seconds,
-        "inductive_build_seconds": build_seconds, "inductive_seconds": inductive_seconds,
+        "n_database": len(database_idx),
+        "n_queries": len(query_idx),
+        "plain_seconds": plain_seconds,
+        "exact_seconds": exact_seconds,
+        "inductive_build_seconds": build_seconds,
+        "inductive_seconds": inductive_seconds,
         "plain_map": map_at_k(plain, q_labels, db_labels),
         "exact_map": map_at_k(exact, q_labels, db_labels),
         "inductive_map": map_at_k(inductive, q_labels, db_labels),
@@ -192,56 +211,76 @@ def table(large: dict, subset: dict, fashion: dict, command: str) -> str:
             f"| {nprobe} | plain `index.search` | {row['plain_qps']:,.0f} | - | "
             f"{row['plain_map']:.1%} |",
             f"| {nprobe} | `RerankedIndex.search` (inductive) | {row['reranked_qps']:,.0f} | "
-            f"{row['reranked_qps'] / row['plain_qps']:.0%} | {row['reranked_map']:.1%} |"]
+            f"{row['reranked_qps'] / row['plain_qps']:.0%} | {row['reranked_map']:.1%} |",
+        ]
     split = ", ".join(
         f"nprobe {nprobe}: {row['shortlist_search_seconds']:.2f} s shortlist search + "
-        f"{row['rerank_seconds']:.2f} s re-ranking" for nprobe, row in large["online"].items())
-    return "\n".join([
-        "# FAISS adapter benchmark", "",
-        f"Command: `{command}`", "",
-        "GNN parameters k1=26, k2=7, lamb=0.3, 2 iterations; top-100 results; mAP@100 "
-        "(`triton_rerank.evaluation.metrics.map_at_k`). Each part ran in its own process.", "",
-        f"## {large['n_database']:,} x 128 clustered database, {large['n_queries']:,} queries",
-        "",
-        "IVF4096,Flat inner-product index; inductive graph built with it at nprobe 8; "
-        f"online with a {SHORTLIST:,}-candidate shortlist from the same index.", "",
-        "| offline | value |", "|---|---:|",
-        f"| index train + add | {large['index_seconds']:.1f} s |",
-        f"| inductive graph build | {large['build_seconds']:.1f} s |",
-        f"| peak RSS after the build (whole process) | {large['build_peak_rss_mb']:,.0f} MB |",
-        "",
-        "| nprobe | online (k=100) | queries/s | vs plain | mAP@100 |",
-        "|---:|---|---:|---:|---:|", *online_rows, "",
-        f"Re-ranked time per {large['n_queries']:,} queries: {split}.", "",
-        f"## Accuracy against exact mode: first {subset['n_database']:,} vectors, "
-        f"{subset['n_queries']:,} queries", "",
-        "| method | recall of exact mode's top-100 | mAP@100 | time (s) |",
-        "|---|---:|---:|---:|",
-        f"| plain flat search | {subset['plain_flat_recall_of_exact']:.1%} | "
-        f"{subset['plain_flat_map']:.1%} | - |",
-        f"| plain IVF1024 search (nprobe 16) | {subset['plain_recall_of_exact']:.1%} | "
-        f"{subset['plain_map']:.1%} | - |",
-        f"| exact mode (flat index) | 100% | {subset['exact_map']:.1%} | "
-        f"{subset['exact_seconds']:.1f} |",
-        f"| inductive mode, flat index (shortlist {SHORTLIST:,}) | "
-        f"{subset['flat_inductive_recall_of_exact']:.1%} | {subset['flat_inductive_map']:.1%} | "
-        f"{subset['flat_inductive_seconds']:.1f} (+ {subset['flat_inductive_build_seconds']:.1f}"
-        " build) |",
-        f"| inductive mode, IVF1024 (shortlist {SHORTLIST:,}) | "
-        f"{subset['inductive_recall_of_exact']:.1%} | {subset['inductive_map']:.1%} | "
-        f"{subset['inductive_seconds']:.1f} (+ {subset['inductive_build_seconds']:.1f} build) |",
-        "",
-        f"## Fashion-MNIST (real): {fashion['n_queries']:,} queries, "
-        f"{fashion['n_database']:,} database images, raw pixels, flat index", "",
-        "| method | mAP@100 | time (s) |", "|---|---:|---:|",
-        f"| plain search | {fashion['plain_map']:.1%} | {fashion['plain_seconds']:.1f} |",
-        f"| exact mode | {fashion['exact_map']:.1%} | {fashion['exact_seconds']:.1f} |",
-        f"| inductive mode (shortlist {SHORTLIST:,}) | {fashion['inductive_map']:.1%} | "
-        f"{fashion['inductive_seconds']:.1f} (+ {fashion['inductive_build_seconds']:.1f} "
-        f"build) |", "",
-        f"Inductive mode recalls {fashion['inductive_recall_of_exact']:.1%} of exact mode's "
-        "top-100 on Fashion-MNIST.", "",
-    ])
+        f"{row['rerank_seconds']:.2f} s re-ranking"
+        for nprobe, row in large["online"].items()
+    )
+    return "\n".join(
+        [
+            "# FAISS adapter benchmark",
+            "",
+            f"Command: `{command}`",
+            "",
+            "GNN parameters k1=26, k2=7, lamb=0.3, 2 iterations; top-100 results; mAP@100 "
+            "(`triton_rerank.evaluation.metrics.map_at_k`). Each part ran in its own process.",
+            "",
+            f"## {large['n_database']:,} x 128 clustered database, {large['n_queries']:,} queries",
+            "",
+            "IVF4096,Flat inner-product index; inductive graph built with it at nprobe 8; "
+            f"online with a {SHORTLIST:,}-candidate shortlist from the same index.",
+            "",
+            "| offline | value |",
+            "|---|---:|",
+            f"| index train + add | {large['index_seconds']:.1f} s |",
+            f"| inductive graph build | {large['build_seconds']:.1f} s |",
+            f"| peak RSS after the build (whole process) | {large['build_peak_rss_mb']:,.0f} MB |",
+            "",
+            "| nprobe | online (k=100) | queries/s | vs plain | mAP@100 |",
+            "|---:|---|---:|---:|---:|",
+            *online_rows,
+            "",
+            f"Re-ranked time per {large['n_queries']:,} queries: {split}.",
+            "",
+            f"## Accuracy against exact mode: first {subset['n_database']:,} vectors, "
+            f"{subset['n_queries']:,} queries",
+            "",
+            "| method | recall of exact mode's top-100 | mAP@100 | time (s) |",
+            "|---|---:|---:|---:|",
+            f"| plain flat search | {subset['plain_flat_recall_of_exact']:.1%} | "
+            f"{subset['plain_flat_map']:.1%} | - |",
+            f"| plain IVF1024 search (nprobe 16) | {subset['plain_recall_of_exact']:.1%} | "
+            f"{subset['plain_map']:.1%} | - |",
+            f"| exact mode (flat index) | 100% | {subset['exact_map']:.1%} | "
+            f"{subset['exact_seconds']:.1f} |",
+            f"| inductive mode, flat index (shortlist {SHORTLIST:,}) | "
+            f"{subset['flat_inductive_recall_of_exact']:.1%} | "
+            f"{subset['flat_inductive_map']:.1%} | "
+            f"{subset['flat_inductive_seconds']:.1f} "
+            f"(+ {subset['flat_inductive_build_seconds']:.1f} build) |",
+            f"| inductive mode, IVF1024 (shortlist {SHORTLIST:,}) | "
+            f"{subset['inductive_recall_of_exact']:.1%} | {subset['inductive_map']:.1%} | "
+            f"{subset['inductive_seconds']:.1f} "
+            f"(+ {subset['inductive_build_seconds']:.1f} build) |",
+            "",
+            f"## Fashion-MNIST (real): {fashion['n_queries']:,} queries, "
+            f"{fashion['n_database']:,} database images, raw pixels, flat index",
+            "",
+            "| method | mAP@100 | time (s) |",
+            "|---|---:|---:|",
+            f"| plain search | {fashion['plain_map']:.1%} | {fashion['plain_seconds']:.1f} |",
+            f"| exact mode | {fashion['exact_map']:.1%} | {fashion['exact_seconds']:.1f} |",
+            f"| inductive mode (shortlist {SHORTLIST:,}) | {fashion['inductive_map']:.1%} | "
+            f"{fashion['inductive_seconds']:.1f} (+ {fashion['inductive_build_seconds']:.1f} "
+            f"build) |",
+            "",
+            f"Inductive mode recalls {fashion['inductive_recall_of_exact']:.1%} of exact mode's "
+            "top-100 on Fashion-MNIST.",
+            "",
+        ]
+    )
 
 
 def main() -> None:
@@ -254,9 +293,12 @@ def main() -> None:
     flags = ["--quick"] if args.quick else []
     reports = {part: run_child(__file__, ["--child", part, *flags]) for part in PARTS}
     command = ".venv/bin/python benchmarks/faiss_rerank.py" + (" --quick" if args.quick else "")
-    publish("faiss_rerank", table(reports["large"], reports["subset"], reports["fashion"],
-                                  command),
-            {"command": command, **reports}, save=not args.quick)
+    publish(
+        "faiss_rerank",
+        table(reports["large"], reports["subset"], reports["fashion"], command),
+        {"command": command, **reports},
+        save=not args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -50,17 +50,30 @@ K1, K2, LAMB, TOPK = 26, 7, 0.3, 100
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="JSON path (default benchmarks/results/"
-                                      "gpu_check_<device>.json)")
-    parser.add_argument("--runs", type=int, default=None,
-                        help="timed runs per method (default 20; 2 with --tiny)")
-    parser.add_argument("--budget-s", type=float, default=230.0,
-                        help="stop starting new steps after this many seconds")
-    parser.add_argument("--tests-wait-s", type=float, default=40.0,
-                        help="how long to wait for the kernel tests after the timings")
+    parser.add_argument(
+        "--out", help="JSON path (default benchmarks/results/gpu_check_<device>.json)"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=None, help="timed runs per method (default 20; 2 with --tiny)"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=230.0,
+        help="stop starting new steps after this many seconds",
+    )
+    parser.add_argument(
+        "--tests-wait-s",
+        type=float,
+        default=40.0,
+        help="how long to wait for the kernel tests after the timings",
+    )
     parser.add_argument("--skip-tests", action="store_true", help="timings only")
-    parser.add_argument("--tiny", action="store_true",
-                        help="small shapes; without a GPU, runs in the Triton interpreter")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="small shapes; without a GPU, runs in the Triton interpreter",
+    )
     args = parser.parse_args()
     if args.runs is None:  # the interpreter takes seconds per call
         args.runs = 2 if args.tiny else 20
@@ -86,14 +99,24 @@ class KernelTests:
     that runs alongside the timings: compiling them takes CPU minutes, running them
     takes the GPU a few milliseconds."""
 
-    COMMAND = [sys.executable, "-m", "pytest", "-q", "-m", "interpreter", "-p",
-               "no:cacheprovider", "tests/test_triton_kernels.py",
-               "tests/test_triton_backend.py"]
+    COMMAND = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-m",
+        "interpreter",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_triton_kernels.py",
+        "tests/test_triton_backend.py",
+    ]
 
     def __init__(self):
         self.start = time.perf_counter()
-        self.proc = subprocess.Popen(self.COMMAND, cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            self.COMMAND, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
 
     def result(self, timeout_s: float) -> dict:
         """Wait up to ``timeout_s`` for the tests; kill them after that."""
@@ -102,12 +125,19 @@ class KernelTests:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             output, _ = self.proc.communicate()
-            return {"passed": False, "summary": f"timed out after "
-                    f"{time.perf_counter() - self.start:.0f} s", "output_tail": output[-3000:]}
+            return {
+                "passed": False,
+                "summary": f"timed out after {time.perf_counter() - self.start:.0f} s",
+                "output_tail": output[-3000:],
+            }
         lines = output.strip().splitlines()
-        return {"passed": self.proc.returncode == 0, "returncode": self.proc.returncode,
-                "summary": lines[-1] if lines else "",
-                "seconds": time.perf_counter() - self.start, "output_tail": output[-3000:]}
+        return {
+            "passed": self.proc.returncode == 0,
+            "returncode": self.proc.returncode,
+            "summary": lines[-1] if lines else "",
+            "seconds": time.perf_counter() - self.start,
+            "output_tail": output[-3000:],
+        }
 
 
 class Timer:
@@ -142,8 +172,17 @@ def dense_reference_topk(xq, xg, topk: int):
     from triton_rerank.reference import gnn_rerank_reference
     from triton_rerank.topk import topk_rows
 
-    scores = gnn_rerank_reference(xq, xg, k1=K1, k2=K2, iterations=2, lamb=LAMB,
-                                  dtype=torch.float32, device=xq.device, similarity="matmul")
+    scores = gnn_rerank_reference(
+        xq,
+        xg,
+        k1=K1,
+        k2=K2,
+        iterations=2,
+        lamb=LAMB,
+        dtype=torch.float32,
+        device=xq.device,
+        similarity="matmul",
+    )
     return topk_rows(scores, topk)
 
 
@@ -160,8 +199,12 @@ def time_method(fn, timer: Timer, runs: int, deadline: float) -> dict:
     times = []
     while len(times) < runs and time.perf_counter() < deadline:
         times.append(timer(fn))
-    result = {"median_ms": float(np.median(times)) if times else None, "runs": len(times),
-              "all_ms": [round(t, 3) for t in times], "warmup_ms": round(warm_ms, 3)}
+    result = {
+        "median_ms": float(np.median(times)) if times else None,
+        "runs": len(times),
+        "all_ms": [round(t, 3) for t in times],
+        "warmup_ms": round(warm_ms, 3),
+    }
     if cuda:
         result["peak_gpu_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     return result
@@ -196,12 +239,12 @@ def stage_times(xq, xg, timer: Timer, runs: int, deadline: float) -> dict:
         state["knn"] = gpu_pipeline.knn(nodes, K1)
 
     def propagate():
-        state["graph"] = gpu_pipeline.propagate(*state["knn"], n_query=n_query, k2=K2,
-                                                iterations=2)
+        state["graph"] = gpu_pipeline.propagate(*state["knn"], n_query=n_query, k2=K2, iterations=2)
 
     def score():
-        gpu_pipeline.rerank_scores(state["graph"], nodes[:n_query], nodes[n_query:],
-                                   lamb=LAMB, topk=min(TOPK, xg.shape[0]))
+        gpu_pipeline.rerank_scores(
+            state["graph"], nodes[:n_query], nodes[n_query:], lamb=LAMB, topk=min(TOPK, xg.shape[0])
+        )
 
     stages = {"knn": knn, "propagate": propagate, "score_topk": score}
     times = {name: [] for name in stages}
@@ -209,9 +252,12 @@ def stage_times(xq, xg, timer: Timer, runs: int, deadline: float) -> dict:
         for name, stage in stages.items():
             times[name].append(timer(stage))
     graph = state["graph"]
-    result = {**{f"{name}_ms": float(np.median(t[1:])) for name, t in times.items()},
-              "mixing_nnz": int(graph.mixing.indices.shape[0]),
-              "query_rows_nnz": int(graph.query_rows.indices.shape[0]), "scoring_sweep": []}
+    result = {
+        **{f"{name}_ms": float(np.median(t[1:])) for name, t in times.items()},
+        "mixing_nnz": int(graph.mixing.indices.shape[0]),
+        "query_rows_nnz": int(graph.query_rows.indices.shape[0]),
+        "scoring_sweep": [],
+    }
     k_pad = triton.next_power_of_2(min(TOPK, xg.shape[0]))
     for override in SCORING_SWEEP:
         entry = {"tuning": override}
@@ -230,8 +276,14 @@ def stage_times(xq, xg, timer: Timer, runs: int, deadline: float) -> dict:
 
 # Launch settings of the streaming top-k kernel tried by knn_sweep, on the float16
 # candidate pass of the certified kNN (the default) and on the exact float32 kernel
-CANDIDATE_SWEEP = [{}, {"num_warps": 4}, {"BLOCK_M": 32}, {"BLOCK_M": 128},
-                   {"BLOCK_N": 128}, {"BLOCK_D": 64}]
+CANDIDATE_SWEEP = [
+    {},
+    {"num_warps": 4},
+    {"BLOCK_M": 32},
+    {"BLOCK_M": 128},
+    {"BLOCK_N": 128},
+    {"BLOCK_D": 64},
+]
 EXACT_SWEEP = [{}, {"INPUT_PRECISION": "ieee"}, {"num_warps": 4}]
 
 
@@ -250,12 +302,22 @@ def knn_sweep(xq, xg, timer: Timer, runs: int, deadline: float) -> list[dict]:
     n = nodes.shape[0]
     n_cand = candidate_count(K1, n)
     runs_to_do = [("certified (default)", {}, lambda: certified_topk(nodes, nodes, K1))]
-    runs_to_do += [(f"fp16 candidates k={n_cand}", tuning,
-                    lambda t=tuning: streaming_topk(n_cand, n, n, x=half, y=half, tuning=t))
-                   for tuning in CANDIDATE_SWEEP]
-    runs_to_do += [("exact fp32", tuning,
-                    lambda t=tuning: streaming_topk(K1, n, n, x=nodes, y=nodes, tuning=t))
-                   for tuning in EXACT_SWEEP]
+    runs_to_do += [
+        (
+            f"fp16 candidates k={n_cand}",
+            tuning,
+            lambda t=tuning: streaming_topk(n_cand, n, n, x=half, y=half, tuning=t),
+        )
+        for tuning in CANDIDATE_SWEEP
+    ]
+    runs_to_do += [
+        (
+            "exact fp32",
+            tuning,
+            lambda t=tuning: streaming_topk(K1, n, n, x=nodes, y=nodes, tuning=t),
+        )
+        for tuning in EXACT_SWEEP
+    ]
     results, reference = [], None
     for label, tuning, fn in runs_to_do:
         entry = {"run": label, "tuning": tuning}
@@ -279,13 +341,21 @@ def knn_sweep(xq, xg, timer: Timer, runs: int, deadline: float) -> list[dict]:
             reference = indices
             entry["rows_recomputed"] = out["result"][2]
         elif label == "exact fp32" and reference is not None:
-            entry["rows_equal_to_certified"] = float(
-                (indices == reference).all(1).float().mean())
+            entry["rows_equal_to_certified"] = float((indices == reference).all(1).float().mean())
     return results
 
 
-def run_case(name: str, shape, *, with_reference: bool, skip_reason: str, device, timer,
-             runs: int, deadline: float) -> dict:
+def run_case(
+    name: str,
+    shape,
+    *,
+    with_reference: bool,
+    skip_reason: str,
+    device,
+    timer,
+    runs: int,
+    deadline: float,
+) -> dict:
     import torch
 
     from triton_rerank import gnn_rerank
@@ -295,14 +365,21 @@ def run_case(name: str, shape, *, with_reference: bool, skip_reason: str, device
     xq = torch.from_numpy(data.query_features).to(device)
     xg = torch.from_numpy(data.gallery_features).to(device)
     topk = min(TOPK, shape.n_gallery)
-    case = {"name": name, "n_query": shape.n_query, "n_gallery": shape.n_gallery,
-            "dim": shape.dim, "k1": K1, "k2": K2, "lamb": LAMB, "topk": topk,
-            "input_gpu_mb": (xq.numel() + xg.numel()) * 4 / 2**20}
+    case = {
+        "name": name,
+        "n_query": shape.n_query,
+        "n_gallery": shape.n_gallery,
+        "dim": shape.dim,
+        "k1": K1,
+        "k2": K2,
+        "lamb": LAMB,
+        "topk": topk,
+        "input_gpu_mb": (xq.numel() + xg.numel()) * 4 / 2**20,
+    }
     ours_out = {}
 
     def ours():
-        ours_out["top"] = gnn_rerank(xq, xg, k1=K1, k2=K2, lamb=LAMB, topk=topk,
-                                     backend="triton")
+        ours_out["top"] = gnn_rerank(xq, xg, k1=K1, k2=K2, lamb=LAMB, topk=topk, backend="triton")
 
     case["ours"] = time_method(ours, timer, runs, deadline)
     if with_reference and time.perf_counter() < deadline:  # the Market shapes
@@ -325,8 +402,9 @@ def run_case(name: str, shape, *, with_reference: bool, skip_reason: str, device
         return case
     ours_idx, ref_idx = ours_out["top"][1].cpu().numpy(), ref_out["top"][1].cpu().numpy()
     case["top10_rows_identical"] = top_agreement(ours_idx, ref_idx, 10)
-    case["top100_overlap"] = float(np.mean([np.intersect1d(a, b).size / topk
-                                            for a, b in zip(ours_idx, ref_idx, strict=True)]))
+    case["top100_overlap"] = float(
+        np.mean([np.intersect1d(a, b).size / topk for a, b in zip(ours_idx, ref_idx, strict=True)])
+    )
     ours_ms, ref_ms = case["ours"]["median_ms"], case["reference"]["median_ms"]
     if ours_ms and ref_ms:
         case["speedup_vs_reference"] = ref_ms / ours_ms
@@ -342,8 +420,9 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     if not cuda:
         if not args.tiny:
-            sys.exit("gpu_check: no CUDA device; use --tiny for a smoke test in the "
-                     "Triton interpreter")
+            sys.exit(
+                "gpu_check: no CUDA device; use --tiny for a smoke test in the Triton interpreter"
+            )
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported
     import triton
 
@@ -356,27 +435,54 @@ def main() -> None:
     paths = [Path(args.out) if args.out else ROOT / "benchmarks" / "results" / name]
     if os.environ.get("OUT"):
         paths.append(Path(os.environ["OUT"]) / paths[0].name)
-    report = Report(paths, {
-        "device": device_name, "torch": torch.__version__, "triton": triton.__version__,
-        "cuda": torch.version.cuda, "python": platform.python_version(),
-        "numpy": np.__version__, "runs": args.runs, "budget_s": args.budget_s,
-        "tiny": args.tiny, "timing": "CUDA events, 1 warm-up, median" if cuda
-        else "wall clock (interpreter), median"})
+    report = Report(
+        paths,
+        {
+            "device": device_name,
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "runs": args.runs,
+            "budget_s": args.budget_s,
+            "tiny": args.tiny,
+            "timing": "CUDA events, 1 warm-up, median"
+            if cuda
+            else "wall clock (interpreter), median",
+        },
+    )
     report.save()
 
     tests = None if args.skip_tests else KernelTests()
 
     if args.tiny:
-        cases = [("tiny-d64", replace(MARKET1501, n_query=30, n_gallery=170, dim=64,
-                                      n_ids=20), True, ""),
-                 ("tiny-no-reference", replace(MSMT17, n_query=20, n_gallery=120, dim=32,
-                                               n_ids=15), False, "skipped (test of the skip)")]
+        cases = [
+            (
+                "tiny-d64",
+                replace(MARKET1501, n_query=30, n_gallery=170, dim=64, n_ids=20),
+                True,
+                "",
+            ),
+            (
+                "tiny-no-reference",
+                replace(MSMT17, n_query=20, n_gallery=120, dim=32, n_ids=15),
+                False,
+                "skipped (test of the skip)",
+            ),
+        ]
     else:
-        cases = [("market-d512", MARKET1501, True, ""),
-                 ("market-d2048", replace(MARKET1501, dim=2048), True, ""),
-                 ("msmt17-d128", MSMT17, False,
-                  "dense reference needs several N x N fp32 buffers (N = 93,820: 35 GB "
-                  "each); it does not fit, and the original CUDA code overflows int32")]
+        cases = [
+            ("market-d512", MARKET1501, True, ""),
+            ("market-d2048", replace(MARKET1501, dim=2048), True, ""),
+            (
+                "msmt17-d128",
+                MSMT17,
+                False,
+                "dense reference needs several N x N fp32 buffers (N = 93,820: 35 GB "
+                "each); it does not fit, and the original CUDA code overflows int32",
+            ),
+        ]
     timer = Timer(device)
     for case_name, shape, with_reference, reason in cases:
         if time.perf_counter() > deadline:
@@ -384,16 +490,25 @@ def main() -> None:
             report.save()
             continue
         try:
-            case = run_case(case_name, shape, with_reference=with_reference,
-                            skip_reason=reason, device=device, timer=timer, runs=args.runs,
-                            deadline=deadline)
+            case = run_case(
+                case_name,
+                shape,
+                with_reference=with_reference,
+                skip_reason=reason,
+                device=device,
+                timer=timer,
+                runs=args.runs,
+                deadline=deadline,
+            )
         except Exception as error:  # record and go on: one shot on the GPU
             case = {"name": case_name, "error": f"{type(error).__name__}: {error}"[:2000]}
         report.data["cases"].append(case)
         report.data["elapsed_s"] = time.perf_counter() - start
         report.save()
-        print(json.dumps({k: v for k, v in case.items() if k != "all_ms"}, default=str)[:600],
-              flush=True)
+        print(
+            json.dumps({k: v for k, v in case.items() if k != "all_ms"}, default=str)[:600],
+            flush=True,
+        )
         if cuda:
             torch.cuda.empty_cache()
     if time.perf_counter() < deadline:
@@ -401,8 +516,11 @@ def main() -> None:
             data = reid_like_features(MARKET1501 if not args.tiny else cases[0][1], seed=0)
             report.data["knn_sweep"] = knn_sweep(
                 torch.from_numpy(data.query_features).to(device),
-                torch.from_numpy(data.gallery_features).to(device), timer,
-                runs=min(args.runs, 10), deadline=deadline)
+                torch.from_numpy(data.gallery_features).to(device),
+                timer,
+                runs=min(args.runs, 10),
+                deadline=deadline,
+            )
         except Exception as error:
             report.data["knn_sweep"] = {"error": f"{type(error).__name__}: {error}"[:2000]}
         report.data["elapsed_s"] = time.perf_counter() - start

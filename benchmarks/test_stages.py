@@ -20,23 +20,26 @@ K1, K2 = 26, 7
 
 @pytest.fixture(scope="module")
 def knn(features, nodes):
-    values, indices, base = knn_graph(nodes, K1, n_query=len(features.query_features),
-                                      keep_query_gallery=True)
+    values, indices, base = knn_graph(
+        nodes, K1, n_query=len(features.query_features), keep_query_gallery=True
+    )
     return values, indices, base
 
 
 @pytest.mark.benchmark(group="knn")
 def test_knn(benchmark, features, nodes):
-    values, indices, _ = benchmark(knn_graph, nodes, K1, n_query=len(features.query_features),
-                                   keep_query_gallery=True)
+    values, indices, _ = benchmark(
+        knn_graph, nodes, K1, n_query=len(features.query_features), keep_query_gallery=True
+    )
     assert np.all(indices[:, 0] == np.arange(len(nodes)))  # self first (distinct rows)
 
 
 @pytest.mark.benchmark(group="propagate")
 def test_propagate(benchmark, features, knn):
     values, indices, _ = knn
-    graph = benchmark(propagate, values, indices, n_query=len(features.query_features), k2=K2,
-                      iterations=2)
+    graph = benchmark(
+        propagate, values, indices, n_query=len(features.query_features), k2=K2, iterations=2
+    )
     assert graph.query_rows.n_rows == len(features.query_features)
 
 
@@ -45,15 +48,15 @@ def test_scoring_topk(benchmark, features, nodes, knn):
     values, indices, _ = knn
     n_query = len(features.query_features)
     graph = propagate(values, indices, n_query=n_query, k2=K2, iterations=2)
-    top_values, top_indices = benchmark(rerank_scores, graph, nodes[:n_query], nodes[n_query:],
-                                        lamb=0.3, topk=100)
+    top_values, top_indices = benchmark(
+        rerank_scores, graph, nodes[:n_query], nodes[n_query:], lamb=0.3, topk=100
+    )
     assert np.all(np.diff(top_values.numpy(), axis=1) <= 0)
 
 
 @pytest.mark.benchmark(group="end-to-end")
 def test_end_to_end(benchmark, features):
-    scores = benchmark(gnn_rerank, features.query_features, features.gallery_features,
-                       k1=K1, k2=K2)
+    scores = benchmark(gnn_rerank, features.query_features, features.gallery_features, k1=K1, k2=K2)
     assert scores.shape == (len(features.query_features), len(features.gallery_features))
 
 
@@ -83,10 +86,11 @@ def test_faiss_exact_search(benchmark, features, flat_index):
     from triton_rerank.integrations.faiss import RerankedIndex
 
     reranked = RerankedIndex(flat_index, k1=K1, k2=K2)
-    reranked.search(features.query_features[:2], 10)          # builds the cache
+    reranked.search(features.query_features[:2], 10)  # builds the cache
     distances, labels = benchmark(reranked.search, features.query_features, 100)
-    expected = gnn_rerank(features.query_features, features.gallery_features, k1=K1, k2=K2,
-                          topk=100)[1]
+    expected = gnn_rerank(
+        features.query_features, features.gallery_features, k1=K1, k2=K2, topk=100
+    )[1]
     assert (labels == expected).mean() > 0.99
 
 

@@ -42,11 +42,11 @@ REPEATS = 3  # the GNN runs take seconds: median of this many fresh processes
 def run_method(method: str, data_path: str, out_path: str) -> dict:
     """Child process: distances as the engine makes them, then one timed re-ranking."""
     import torch
-    from triton_rerank.integrations.torchreid import re_ranking, torchreid_module
 
     from triton_rerank import gnn_rerank
     from triton_rerank.app.data import load_features
     from triton_rerank.evaluation.metrics import evaluate
+    from triton_rerank.integrations.torchreid import re_ranking, torchreid_module
 
     data = load_features(data_path)
     qf = torch.nn.functional.normalize(torch.from_numpy(data.query_features), dim=1)
@@ -92,12 +92,17 @@ def main() -> None:
             print(f"running {method} ...", file=sys.stderr, flush=True)
             out_path = os.path.join(workdir, f"{method.replace(' ', '_')}.npy")
             repeats = 1 if method.startswith("torchreid") else REPEATS
-            rows[method] = median_report([
-                run_child(__file__, ["--child", method, "--data", data_path, "--out", out_path])
-                for _ in range(repeats)])
+            rows[method] = median_report(
+                [
+                    run_child(__file__, ["--child", method, "--data", data_path, "--out", out_path])
+                    for _ in range(repeats)
+                ]
+            )
             tops[method] = np.load(out_path)
-    agreement = {k: top_agreement(tops["gnn drop-in"], tops["gnn_rerank on features"], k)
-                 for k in (1, 10, 100)}
+    agreement = {
+        k: top_agreement(tops["gnn drop-in"], tops["gnn_rerank on features"], k)
+        for k in (1, 10, 100)
+    }
     base = rows["gnn drop-in"]["seconds"]
     lines = [
         "# torchreid re_ranking benchmark",
@@ -119,19 +124,28 @@ def main() -> None:
     ]
     for method in METHODS:
         r = rows[method]
-        lines.append(f"| {method} | {r['seconds']:.2f} | {r['seconds'] / base:.1f}x | "
-                     f"{r['peak_rss_mb']:.0f} | {100 * r['mAP']:.2f}% | "
-                     f"{100 * r['rank1']:.2f}% |")
+        lines.append(
+            f"| {method} | {r['seconds']:.2f} | {r['seconds'] / base:.1f}x | "
+            f"{r['peak_rss_mb']:.0f} | {100 * r['mAP']:.2f}% | "
+            f"{100 * r['rank1']:.2f}% |"
+        )
     lines += [
         "",
         "Drop-in (from distances) vs gnn_rerank (from features), identical top-k lists: "
         + ", ".join(f"top-{k}: {100 * v:.2f}% of queries" for k, v in agreement.items()),
         "",
-        "GNN times: " + "; ".join(f"{m}: " + ", ".join(f"{t:.2f}" for t in rows[m]["all_seconds"])
-                                  for m in METHODS[1:]) + " s.",
+        "GNN times: "
+        + "; ".join(
+            f"{m}: " + ", ".join(f"{t:.2f}" for t in rows[m]["all_seconds"]) for m in METHODS[1:]
+        )
+        + " s.",
     ]
-    publish("torchreid_rerank", "\n".join(lines) + "\n",
-            {"rows": rows, "top_agreement": agreement}, save=not args.quick)
+    publish(
+        "torchreid_rerank",
+        "\n".join(lines) + "\n",
+        {"rows": rows, "top_agreement": agreement},
+        save=not args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import time
 
 import faiss
 import numpy as np
-from triton_rerank.integrations.faiss import RerankedIndex
 
 from triton_rerank import gnn_rerank
+from triton_rerank.integrations.faiss import RerankedIndex
 
 # --- clustered vectors: 100 clusters x 30 database vectors, d = 64 ---------------------
 rng = np.random.default_rng(0)

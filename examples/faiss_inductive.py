@@ -17,6 +17,7 @@ import time
 
 import faiss
 import numpy as np
+
 from triton_rerank.integrations.faiss import RerankedIndex
 
 # --- clustered vectors: 200 clusters x 40 database vectors, d = 64 ---------------------

@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 import torch
+
 from triton_rerank.integrations.torchreid import evaluate, torchreid_module, use_gnn_reranking
 
 # torchreid 0.2.5 from PyPI lives under torchreid.reid, upstream under torchreid; its

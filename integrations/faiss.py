@@ -50,8 +50,10 @@ import torch
 try:
     import faiss
 except ImportError as error:  # pragma: no cover - exercised only without faiss
-    raise ImportError("triton_rerank.integrations.faiss needs FAISS: pip install "
-                      "'triton-rerank[faiss]' (or faiss-gpu on CUDA machines)") from error
+    raise ImportError(
+        "triton_rerank.integrations.faiss needs FAISS: pip install "
+        "'triton-rerank[faiss]' (or faiss-gpu on CUDA machines)"
+    ) from error
 
 from triton_rerank.checks import (
     check_int,
@@ -70,6 +72,7 @@ METRICS = {faiss.METRIC_INNER_PRODUCT: "inner product", faiss.METRIC_L2: "L2"}
 
 # Database rows searched at a time while building the inductive graph.
 GRAPH_SEARCH_BATCH = 16384
+
 
 class UnnormalisedVectorsWarning(UserWarning):
     """The index stores vectors that are not unit-norm, so its own search (the
@@ -120,7 +123,7 @@ def database_ids(index) -> np.ndarray:
         return np.concatenate(parts)
     if isinstance(index, faiss.IndexReplicas):
         return database_ids(_children(index)[0])
-    if isinstance(index, faiss.IndexIVF):   # ids given to add_with_ids live in the lists
+    if isinstance(index, faiss.IndexIVF):  # ids given to add_with_ids live in the lists
         ids = _ivf_list_ids(index)
         if not np.array_equal(np.sort(ids), np.arange(ids.shape[0])):
             return ids
@@ -162,11 +165,15 @@ def database_vectors(index) -> np.ndarray:
     except RuntimeError as error:
         hint = ""
         if isinstance(index, faiss.IndexIVF):
-            hint = ("; an IVF index holding its own ids needs a direct map: call "
-                    "index.set_direct_map_type(faiss.DirectMap.Hashtable) before adding")
+            hint = (
+                "; an IVF index holding its own ids needs a direct map: call "
+                "index.set_direct_map_type(faiss.DirectMap.Hashtable) before adding"
+            )
         reason = str(error).strip().splitlines()[-1]
-        raise ValueError(f"{type(index).__name__} cannot return its stored vectors, which "
-                         f"re-ranking needs ({reason}){hint}") from None
+        raise ValueError(
+            f"{type(index).__name__} cannot return its stored vectors, which "
+            f"re-ranking needs ({reason}){hint}"
+        ) from None
 
 
 class _IdsToPositions:
@@ -213,32 +220,45 @@ class RerankedIndex:
             deprecated old name of ``"cpu"``).
     """
 
-    def __init__(self, index, *, k1: int = 26, k2: int = 7, iterations: int = 2,
-                 lamb: float = 0.3, mode: str = "exact", shortlist: int | None = None,
-                 backend: str = "auto"):
+    def __init__(
+        self,
+        index,
+        *,
+        k1: int = 26,
+        k2: int = 7,
+        iterations: int = 2,
+        lamb: float = 0.3,
+        mode: str = "exact",
+        shortlist: int | None = None,
+        backend: str = "auto",
+    ):
         if not isinstance(index, faiss.Index):
             raise TypeError(f"index must be a FAISS index, got {type(index).__name__}")
         if index.metric_type not in METRICS:
-            raise ValueError("RerankedIndex needs an inner-product or L2 index, got "
-                             f"metric_type {index.metric_type}")
+            raise ValueError(
+                "RerankedIndex needs an inner-product or L2 index, got "
+                f"metric_type {index.metric_type}"
+            )
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         backend = canonical_backend_name(backend)
         if backend not in ("auto", "cpu"):
-            raise ValueError(f"RerankedIndex runs on the CPU path: backend must be 'auto' or "
-                             f"'cpu', got {backend!r}")
+            raise ValueError(
+                f"RerankedIndex runs on the CPU path: backend must be 'auto' or "
+                f"'cpu', got {backend!r}"
+            )
         self.k1 = check_int(k1, "k1", minimum=1)
-        self.k2 = check_int(k2, "k2", minimum=1, maximum=self.k1,
-                            maximum_reason="k2 must not exceed k1")
+        self.k2 = check_int(
+            k2, "k2", minimum=1, maximum=self.k1, maximum_reason="k2 must not exceed k1"
+        )
         self.iterations = check_int(iterations, "iterations", minimum=0)
         self.lamb = check_unit_interval(lamb, "lamb")
-        self.shortlist = None if shortlist is None else check_int(shortlist, "shortlist",
-                                                                  minimum=1)
+        self.shortlist = None if shortlist is None else check_int(shortlist, "shortlist", minimum=1)
         self.index = index
         self.mode = mode
         self.backend = backend
-        self._database = None   # exact mode: (unit vectors, ids, knn values, knn indices)
-        self._graph = None      # inductive mode: InductiveGraph
+        self._database = None  # exact mode: (unit vectors, ids, knn values, knn indices)
+        self._graph = None  # inductive mode: InductiveGraph
         self._graph_positions = None  # and the map from its ids to its positions
         self._cached_ntotal = None
 
@@ -302,7 +322,9 @@ class RerankedIndex:
                     f"{norms.min():.3g} to {norms.max():.3g}): its {METRICS[self.metric_type]} "
                     f"search does not rank by cosine similarity, so the inductive shortlists "
                     f"miss cosine neighbours; add faiss.normalize_L2-ed vectors instead",
-                    UnnormalisedVectorsWarning, stacklevel=3)
+                    UnnormalisedVectorsWarning,
+                    stacklevel=3,
+                )
         return vectors, unit
 
     def _database_ids(self) -> np.ndarray:
@@ -310,9 +332,11 @@ class RerankedIndex:
         "no result" with -1, and the inductive shortlist maps ids back to vectors."""
         ids = database_ids(self.index)
         if ids.size and ids.min() < 0:
-            raise ValueError(f"the index holds negative ids (e.g. {int(ids.min())}), which "
-                             f"FAISS search results cannot tell from 'no result' (-1); "
-                             f"re-ranking needs ids >= 0")
+            raise ValueError(
+                f"the index holds negative ids (e.g. {int(ids.min())}), which "
+                f"FAISS search results cannot tell from 'no result' (-1); "
+                f"re-ranking needs ids >= 0"
+            )
         return ids
 
     # -- exact mode ----------------------------------------------------------------------
@@ -320,8 +344,11 @@ class RerankedIndex:
     def _exact_database(self):
         if self._database is None:
             vectors = self._unit_database()[1]
-            self._database = (torch.from_numpy(vectors), self._database_ids(),
-                              *_database_knn(vectors, min(self.k1, vectors.shape[0])))
+            self._database = (
+                torch.from_numpy(vectors),
+                self._database_ids(),
+                *_database_knn(vectors, min(self.k1, vectors.shape[0])),
+            )
             self._cached_ntotal = self.ntotal
         return self._database
 
@@ -329,17 +356,32 @@ class RerankedIndex:
         vectors, ids, knn_values, knn_indices = self._exact_database()
         n_query, n_db = queries.shape[0], vectors.shape[0]
         k1, k2, iterations, lamb, k = check_rerank_params(
-            k1=self.k1, k2=self.k2, iterations=self.iterations, lamb=self.lamb, topk=k,
-            n_nodes=n_query + n_db, n_gallery=n_db)
+            k1=self.k1,
+            k2=self.k2,
+            iterations=self.iterations,
+            lamb=self.lamb,
+            topk=k,
+            n_nodes=n_query + n_db,
+            n_gallery=n_db,
+        )
         scores, positions = rerank_against_database(
-            torch.from_numpy(queries), vectors, knn_values, knn_indices, k1=k1, k2=k2,
-            iterations=iterations, lamb=lamb, topk=k)
+            torch.from_numpy(queries),
+            vectors,
+            knn_values,
+            knn_indices,
+            k1=k1,
+            k2=k2,
+            iterations=iterations,
+            lamb=lamb,
+            topk=k,
+        )
         return scores.numpy(), positions.numpy(), ids
 
     # -- inductive mode ------------------------------------------------------------------
 
-    def build_graph(self, graph_index=None, *,
-                    row_budget: int = DEFAULT_ROW_BUDGET) -> InductiveGraph:
+    def build_graph(
+        self, graph_index=None, *, row_budget: int = DEFAULT_ROW_BUDGET
+    ) -> InductiveGraph:
         """Build (and keep) the inductive mode's database graph.
 
         Args:
@@ -359,10 +401,17 @@ class RerankedIndex:
         self._check_populated()
         search_index = self.index if graph_index is None else graph_index
         if search_index.ntotal != self.ntotal:
-            raise ValueError(f"graph_index holds {search_index.ntotal} vectors but the index "
-                             f"holds {self.ntotal}: they must hold the same database")
-        check_int(self.k1, "k1", minimum=1, maximum=self.ntotal,
-                  maximum_reason=f"the index holds {self.ntotal} vectors")
+            raise ValueError(
+                f"graph_index holds {search_index.ntotal} vectors but the index "
+                f"holds {self.ntotal}: they must hold the same database"
+            )
+        check_int(
+            self.k1,
+            "k1",
+            minimum=1,
+            maximum=self.ntotal,
+            maximum_reason=f"the index holds {self.ntotal} vectors",
+        )
         row_budget = check_int(row_budget, "row_budget", minimum=1)
         ids = self._database_ids()
         stored, vectors = self._unit_database(warn_unnormalised=True)
@@ -377,10 +426,15 @@ class RerankedIndex:
                 neighbours[start:stop] = to_positions(labels)
         # the fingerprint of the database as the index stores it: load_graph refuses a
         # file built for another
-        self._graph = InductiveGraph.build(vectors, neighbours, k2=self.k2,
-                                           iterations=self.iterations, row_budget=row_budget,
-                                           ids=ids,
-                                           fingerprint=database_fingerprint(stored, ids))
+        self._graph = InductiveGraph.build(
+            vectors,
+            neighbours,
+            k2=self.k2,
+            iterations=self.iterations,
+            row_budget=row_budget,
+            ids=ids,
+            fingerprint=database_fingerprint(stored, ids),
+        )
         self._graph_positions = to_positions
         self._cached_ntotal = self.ntotal
         return self._graph
@@ -408,25 +462,35 @@ class RerankedIndex:
         graph = InductiveGraph.load(path)
         built = (graph.k1, graph.k2, graph.iterations)
         if built != (self.k1, self.k2, self.iterations):
-            raise ValueError(f"{path} was built with (k1, k2, iterations) = {built}, but this "
-                             f"RerankedIndex uses {(self.k1, self.k2, self.iterations)}")
+            raise ValueError(
+                f"{path} was built with (k1, k2, iterations) = {built}, but this "
+                f"RerankedIndex uses {(self.k1, self.k2, self.iterations)}"
+            )
         if graph.vectors.shape[1] != self.d:
-            raise ValueError(f"{path} was built for another database: its vectors have "
-                             f"dimension {graph.vectors.shape[1]}, the index's {self.d}; "
-                             f"rebuild the graph")
+            raise ValueError(
+                f"{path} was built for another database: its vectors have "
+                f"dimension {graph.vectors.shape[1]}, the index's {self.d}; "
+                f"rebuild the graph"
+            )
         ids = self._database_ids()
         if graph.size != self.ntotal or not np.array_equal(graph.ids, ids):
-            raise ValueError(f"{path} was built for another database ({graph.size} vectors; "
-                             f"the index holds {self.ntotal} or different ids)")
+            raise ValueError(
+                f"{path} was built for another database ({graph.size} vectors; "
+                f"the index holds {self.ntotal} or different ids)"
+            )
         if graph.fingerprint is None:
-            raise ValueError(f"{path} records no fingerprint of the database it was built "
-                             f"for, so it cannot be checked against this index; rebuild "
-                             f"the graph with RerankedIndex.build_graph")
+            raise ValueError(
+                f"{path} records no fingerprint of the database it was built "
+                f"for, so it cannot be checked against this index; rebuild "
+                f"the graph with RerankedIndex.build_graph"
+            )
         if graph.fingerprint != database_fingerprint(database_vectors(self.index), ids):
-            raise ValueError(f"{path} was built for another database: the index holds as "
-                             f"many vectors under the same ids, but they differ from those "
-                             f"the graph was built from (re-extracted features?); rebuild "
-                             f"the graph")
+            raise ValueError(
+                f"{path} was built for another database: the index holds as "
+                f"many vectors under the same ids, but they differ from those "
+                f"the graph was built from (re-extracted features?); rebuild "
+                f"the graph"
+            )
         self._graph = graph
         self._graph_positions = _IdsToPositions(graph.ids)
         self._cached_ntotal = self.ntotal
@@ -438,8 +502,10 @@ class RerankedIndex:
         shortlist = self.shortlist if self.shortlist is not None else max(10 * k, self.k1)
         shortlist = min(shortlist, self.ntotal)
         if shortlist < k:
-            raise ValueError(f"shortlist={shortlist} is smaller than k={k}: the re-ranked "
-                             f"results come from the shortlist")
+            raise ValueError(
+                f"shortlist={shortlist} is smaller than k={k}: the re-ranked "
+                f"results come from the shortlist"
+            )
         _, labels = self.index.search(queries, shortlist)
         scores, positions = graph.rerank(queries, self._graph_positions(labels), k, self.lamb)
         return scores, positions, graph.ids
@@ -464,8 +530,13 @@ class RerankedIndex:
         """
         self._check_populated()
         queries, array_type, device = check_unit_rows(x, "queries", self.d)
-        k = check_int(k, "k", minimum=1, maximum=self.ntotal,
-                      maximum_reason=f"the index holds {self.ntotal} vectors")
+        k = check_int(
+            k,
+            "k",
+            minimum=1,
+            maximum=self.ntotal,
+            maximum_reason=f"the index holds {self.ntotal} vectors",
+        )
         if self.mode == "exact":
             scores, positions, ids = self._search_exact(queries, k)
         else:

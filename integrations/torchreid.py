@@ -87,11 +87,20 @@ def _warn_unnormalised_once(max_distance: float) -> None:
             f"squared euclidean distances up to {max_distance:.3g} (> 4): the features were "
             "not L2-normalised, so cosine = 1 - d/2 is only an approximation; evaluate "
             "with normalize_feature=True for exact GNN re-ranking",
-            UnnormalisedFeaturesWarning, stacklevel=3)
+            UnnormalisedFeaturesWarning,
+            stacklevel=3,
+        )
 
 
-def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 26, k2: int = 7, lamb: float = 0.3,
-               metric: str = "euclidean") -> np.ndarray:
+def re_ranking(
+    q_g_dist,
+    q_q_dist,
+    g_g_dist,
+    k1: int = 26,
+    k2: int = 7,
+    lamb: float = 0.3,
+    metric: str = "euclidean",
+) -> np.ndarray:
     """Drop-in for torchreid's ``re_ranking`` that runs GNN re-ranking.
 
     Args:
@@ -121,8 +130,7 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 26, k2: int = 7, lamb: fl
 
     _check_metric(metric)
     # the result is numpy whatever the input, as torchreid's: a tensor is read on the CPU
-    q_g_dist = q_g_dist.detach().cpu() if isinstance(q_g_dist, torch.Tensor) else \
-        as_numpy(q_g_dist)
+    q_g_dist = q_g_dist.detach().cpu() if isinstance(q_g_dist, torch.Tensor) else as_numpy(q_g_dist)
     check_similarity_blocks(q_g_dist, q_q_dist, g_g_dist)  # before reading any value
     if metric == "euclidean":
         # unnormalised features show in every block; the query-gallery one is checked
@@ -130,8 +138,9 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 26, k2: int = 7, lamb: fl
         if largest > _UNIT_SQUARED_DISTANCE_MAX:
             _warn_unnormalised_once(largest)
     scale = -0.5 if metric == "euclidean" else -1.0  # similarity = 1 + scale * distance
-    scores = gnn_rerank_similarities(q_g_dist, q_q_dist, g_g_dist, k1=k1, k2=k2, lamb=lamb,
-                                     scale=scale, offset=1.0)
+    scores = gnn_rerank_similarities(
+        q_g_dist, q_q_dist, g_g_dist, k1=k1, k2=k2, lamb=lamb, scale=scale, offset=1.0
+    )
     if isinstance(scores, torch.Tensor):
         scores = scores.numpy()  # a CPU tensor: a view
     scores -= 1.0  # back to the input's distance scale, in place
@@ -145,8 +154,9 @@ _ENGINE_MODULE = "engine.engine"  # where Engine._evaluate looks up re_ranking
 _patched: dict | None = None
 
 
-def enable_gnn_reranking(k1: int = 26, k2: int = 7, lamb: float = 0.3,
-                         metric: str = "euclidean") -> None:
+def enable_gnn_reranking(
+    k1: int = 26, k2: int = 7, lamb: float = 0.3, metric: str = "euclidean"
+) -> None:
     """Make torchreid's ``Engine`` (``rerank=True``) use GNN re-ranking until disabled.
 
     Args:
@@ -166,8 +176,7 @@ def enable_gnn_reranking(k1: int = 26, k2: int = 7, lamb: float = 0.3,
     def gnn_re_ranking(q_g_dist, q_q_dist, g_g_dist, *args, **kwargs):
         # torchreid passes its own k1/k2/lambda_value only positionally, if at all: the
         # GNN parameters chosen here win
-        return re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=k1, k2=k2, lamb=lamb,
-                          metric=metric)
+        return re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=k1, k2=k2, lamb=lamb, metric=metric)
 
     _patched = {"module": engine_module, "original": engine_module.re_ranking}
     engine_module.re_ranking = gnn_re_ranking
@@ -201,9 +210,15 @@ def use_gnn_reranking(k1: int = 26, k2: int = 7, lamb: float = 0.3, metric: str 
 RERANK_MODES = ("gnn", "none", "k-reciprocal")
 
 
-def k_reciprocal_distances(query: torch.Tensor, gallery: torch.Tensor, *,
-                           metric: str = "euclidean", k1: int = 20, k2: int = 6,
-                           lambda_value: float = 0.3) -> np.ndarray:
+def k_reciprocal_distances(
+    query: torch.Tensor,
+    gallery: torch.Tensor,
+    *,
+    metric: str = "euclidean",
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+) -> np.ndarray:
     """torchreid's own k-reciprocal re-ranking (Zhong et al. 2017) of query features
     against gallery features, as torchreid's engine runs it: the three distance matrices
     from torchreid's ``compute_distance_matrix``, then ``torchreid.utils.rerank.re_ranking``
@@ -219,10 +234,14 @@ def k_reciprocal_distances(query: torch.Tensor, gallery: torch.Tensor, *,
     """
     distance = torchreid_module("metrics").compute_distance_matrix
     re_ranking = torchreid_module("utils.rerank").re_ranking
-    return re_ranking(distance(query, gallery, metric).numpy(),
-                      distance(query, query, metric).numpy(),
-                      distance(gallery, gallery, metric).numpy(),
-                      k1=k1, k2=k2, lambda_value=lambda_value)
+    return re_ranking(
+        distance(query, gallery, metric).numpy(),
+        distance(query, query, metric).numpy(),
+        distance(gallery, gallery, metric).numpy(),
+        k1=k1,
+        k2=k2,
+        lambda_value=lambda_value,
+    )
 
 
 def _float32_features(x, name: str) -> torch.Tensor:
@@ -237,9 +256,22 @@ def _float32_features(x, name: str) -> torch.Tensor:
     return t
 
 
-def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, *, rerank: str = "gnn",
-             metric: str = "euclidean", normalize_feature: bool = True, max_rank: int = 50,
-             k1: int = 26, k2: int = 7, lamb: float = 0.3):
+def evaluate(
+    qf,
+    gf,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    *,
+    rerank: str = "gnn",
+    metric: str = "euclidean",
+    normalize_feature: bool = True,
+    max_rank: int = 50,
+    k1: int = 26,
+    k2: int = 7,
+    lamb: float = 0.3,
+):
     """torchreid's ``(cmc, mAP)`` for features, with optional re-ranking.
 
     The same numbers as torchreid's engine (``_evaluate``: distances with ``metric``,
@@ -278,9 +310,16 @@ def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, *, rerank: str = "gnn",
         raise ValueError(f"rerank must be one of {RERANK_MODES}, got {rerank!r}")
     _check_metric(metric)
     qf, gf = _float32_features(qf, "qf"), _float32_features(gf, "gf")
-    labels = check_labels(q_pids, g_pids, q_camids, g_camids, n_query=qf.shape[0],
-                          n_gallery=gf.shape[0], query_source=f"qf {list(qf.shape)}",
-                          gallery_source=f"gf {list(gf.shape)}")
+    labels = check_labels(
+        q_pids,
+        g_pids,
+        q_camids,
+        g_camids,
+        n_query=qf.shape[0],
+        n_gallery=gf.shape[0],
+        query_source=f"qf {list(qf.shape)}",
+        gallery_source=f"gf {list(gf.shape)}",
+    )
     if normalize_feature:
         qf = torch.nn.functional.normalize(qf, p=2, dim=1)
         gf = torch.nn.functional.normalize(gf, p=2, dim=1)

@@ -11,8 +11,9 @@ SCORE_ATOL = 2e-5
 
 def to_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().to(torch.float64).numpy() if x.is_floating_point() \
-            else x.cpu().numpy()
+        return (
+            x.detach().cpu().to(torch.float64).numpy() if x.is_floating_point() else x.cpu().numpy()
+        )
     return np.asarray(x)
 
 
@@ -36,8 +37,9 @@ def assert_same_ranking(ours, ref, atol: float = SCORE_ATOL) -> None:
     np.testing.assert_allclose(ours, ref, rtol=0, atol=atol)
     ref_order, our_order = ranking(ref), ranking(ours)
     ref_sorted = np.take_along_axis(ref, ref_order, 1)
-    np.testing.assert_allclose(np.take_along_axis(ref, our_order, 1), ref_sorted, rtol=0,
-                               atol=2 * atol)
+    np.testing.assert_allclose(
+        np.take_along_axis(ref, our_order, 1), ref_sorted, rtol=0, atol=2 * atol
+    )
     clear = tie_free(ref_sorted, 4 * atol)
     np.testing.assert_array_equal(our_order[clear], ref_order[clear])
 
@@ -49,13 +51,16 @@ def assert_same_topk(values, indices, ref, k: int, atol: float = SCORE_ATOL) -> 
     assert indices.dtype == np.int64
     # (a negative index would wrap around in take_along_axis below)
     out_of_range = (indices < 0) | (indices >= ref.shape[1])
-    assert not out_of_range.any(), f"indices outside [0, {ref.shape[1]}): " \
+    assert not out_of_range.any(), (
+        f"indices outside [0, {ref.shape[1]}): "
         f"{indices[out_of_range][:5]} at {np.argwhere(out_of_range)[:5].tolist()}"
+    )
     ref_order = ranking(ref)
     ref_sorted = np.take_along_axis(ref, ref_order, 1)
     np.testing.assert_allclose(values, ref_sorted[:, :k], rtol=0, atol=atol)
-    np.testing.assert_allclose(np.take_along_axis(ref, indices, 1), ref_sorted[:, :k], rtol=0,
-                               atol=2 * atol)
+    np.testing.assert_allclose(
+        np.take_along_axis(ref, indices, 1), ref_sorted[:, :k], rtol=0, atol=2 * atol
+    )
     clear = tie_free(ref_sorted, 4 * atol)[:, :k]
     np.testing.assert_array_equal(indices[clear], ref_order[:, :k][clear])
     # values are reported in descending order, equal values by smaller index
@@ -79,8 +84,10 @@ def half_unit_vectors(rng: np.random.Generator, n: int, d: int = 4) -> np.ndarra
 
 def gaussian(rng, n_query, n_gallery, d=16):
     """Continuous rows: no two similarities tie."""
-    return (rng.standard_normal((n_query, d)).astype(np.float32),
-            rng.standard_normal((n_gallery, d)).astype(np.float32))
+    return (
+        rng.standard_normal((n_query, d)).astype(np.float32),
+        rng.standard_normal((n_gallery, d)).astype(np.float32),
+    )
 
 
 def exact_with_duplicates(rng, n_query, n_gallery):

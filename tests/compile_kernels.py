@@ -63,16 +63,23 @@ def streaming_variant(k: int, dtype: torch.dtype, has_dot: bool, has_two_hop: bo
     constexprs = streaming_topk.streaming_config(k, dtype, CUDA)
     num_warps = constexprs.pop("num_warps")
     constexprs.update(HAS_DOT=has_dot, HAS_TWO_HOP=has_two_hop)
-    pointers = {"x_ptr": TRITON_TYPES[dtype], "y_ptr": TRITON_TYPES[dtype],
-                "g_idx_ptr": "i64", "out_idx_ptr": "i64"}
+    pointers = {
+        "x_ptr": TRITON_TYPES[dtype],
+        "y_ptr": TRITON_TYPES[dtype],
+        "g_idx_ptr": "i64",
+        "out_idx_ptr": "i64",
+    }
     return streaming_topk._streaming_topk_kernel, pointers, constexprs, num_warps
 
 
 def score_block_variant(has_dot: bool):
     launch = launch_config.score_block(CUDA)
-    constexprs = dict(HAS_DOT=has_dot, HAS_TWO_HOP=True,
-                      INPUT_PRECISION=input_precision(torch.float32),
-                      **{n: v for n, v in launch.items() if n != "num_warps"})
+    constexprs = dict(
+        HAS_DOT=has_dot,
+        HAS_TWO_HOP=True,
+        INPUT_PRECISION=input_precision(torch.float32),
+        **{n: v for n, v in launch.items() if n != "num_warps"},
+    )
     return scoring._score_block_kernel, {"g_idx_ptr": "i64"}, constexprs, launch["num_warps"]
 
 
@@ -89,24 +96,31 @@ VARIANTS = {
     "knn bf16 k=60": streaming_variant(60, torch.bfloat16, True, False),
     "knn fp32 k=256": streaming_variant(256, torch.float32, True, False),
     "certified knn: fp16 candidates k=64": streaming_variant(64, torch.float16, True, False),
-    "certified knn: canonical rescoring": (canonical._rescore_kernel, {"cand_ptr": "i64"},
-                                           dict(BLOCK_C=64),
-                                           launch_config.canonical_rescore()["num_warps"]),
+    "certified knn: canonical rescoring": (
+        canonical._rescore_kernel,
+        {"cand_ptr": "i64"},
+        dict(BLOCK_C=64),
+        launch_config.canonical_rescore()["num_warps"],
+    ),
     "certified knn: canonical close calls": (
-        canonical._block_kernel, {},
+        canonical._block_kernel,
+        {},
         {n: v for n, v in launch_config.canonical_block().items() if n != "num_warps"},
-        launch_config.canonical_block()["num_warps"]),
+        launch_config.canonical_block()["num_warps"],
+    ),
     "top-100 fp32, lamb in (0, 1)": streaming_variant(100, torch.float32, True, True),
     "top-100, lamb = 0": streaming_variant(100, torch.float32, False, True),
     "score block, lamb in (0, 1)": score_block_variant(True),
     "score block, lamb = 0": score_block_variant(False),
-    "sparse aggregation": aggregate_variant(aggregate._sparse_rows_kernel,
-                                            launch_config.aggregate_sparse(), WRITE_ROWS=True),
-    "sparse aggregation, norms only": aggregate_variant(aggregate._sparse_rows_kernel,
-                                                        launch_config.aggregate_sparse(),
-                                                        WRITE_ROWS=False),
-    "dense aggregation": aggregate_variant(aggregate._dense_rows_kernel,
-                                           launch_config.aggregate_dense()),
+    "sparse aggregation": aggregate_variant(
+        aggregate._sparse_rows_kernel, launch_config.aggregate_sparse(), WRITE_ROWS=True
+    ),
+    "sparse aggregation, norms only": aggregate_variant(
+        aggregate._sparse_rows_kernel, launch_config.aggregate_sparse(), WRITE_ROWS=False
+    ),
+    "dense aggregation": aggregate_variant(
+        aggregate._dense_rows_kernel, launch_config.aggregate_dense()
+    ),
 }
 
 
@@ -119,16 +133,18 @@ def resource_usage(cubin: bytes) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
-        report = subprocess.run([str(tool), "--dump-resource-usage", file.name],
-                                capture_output=True, text=True).stdout
+        report = subprocess.run(
+            [str(tool), "--dump-resource-usage", file.name], capture_output=True, text=True
+        ).stdout
     found = re.search(r"REG:(\d+) STACK:(\d+)", report)
     return f"{found[1]} registers, {found[2]} B stack" if found else ""
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, action="append",
-                        help="compute capability x 10 (default: 90 and 80)")
+    parser.add_argument(
+        "--arch", type=int, action="append", help="compute capability x 10 (default: 90 and 80)"
+    )
     archs = parser.parse_args().arch or [90, 80]
     failures = 0
     for arch in archs:
@@ -136,16 +152,18 @@ def main() -> int:
             start = time.perf_counter()
             try:
                 source = ASTSource(kernel, signature(kernel, pointers, constexprs), constexprs)
-                compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                                          options={"num_warps": num_warps})
+                compiled = triton.compile(
+                    source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps}
+                )
                 tensor_cores = "mma" in compiled.asm["ptx"]
-                status = (f"ok ({'tensor cores' if tensor_cores else 'no mma'}; "
-                          f"{resource_usage(compiled.asm['cubin'])})")
+                status = (
+                    f"ok ({'tensor cores' if tensor_cores else 'no mma'}; "
+                    f"{resource_usage(compiled.asm['cubin'])})"
+                )
             except Exception:  # report every variant, then fail
                 failures += 1
                 status = "FAILED\n" + traceback.format_exc(limit=3)
-            print(f"sm_{arch} {name}: {status} [{time.perf_counter() - start:.1f} s]",
-                  flush=True)
+            print(f"sm_{arch} {name}: {status} [{time.perf_counter() - start:.1f} s]", flush=True)
     return 1 if failures else 0
 
 

@@ -33,7 +33,7 @@ def straddling_copies(rng, n: int, d: int, k: int, at: int, copies: int) -> np.n
     others -= (others @ anchor)[:, None] * anchor
     others = unit(others)
     rows = levels[:, None] * anchor + np.sqrt(1 - levels**2)[:, None] * others
-    rows[at - 1: at - 1 + copies] = rows[at - 1]          # the copies around place `at`
+    rows[at - 1 : at - 1 + copies] = rows[at - 1]  # the copies around place `at`
     order = np.concatenate([[0], 1 + rng.permutation(n - 2)])
     return unit(np.concatenate([anchor[None], rows])[order])
 
@@ -41,7 +41,7 @@ def straddling_copies(rng, n: int, d: int, k: int, at: int, copies: int) -> np.n
 def data(kind: str, rng, n: int, d: int, k: int) -> np.ndarray:
     if kind == "gaussian":
         return unit(rng.standard_normal((n, d)))
-    if kind == "copies everywhere":       # every third row copies its neighbour
+    if kind == "copies everywhere":  # every third row copies its neighbour
         x = rng.standard_normal((n, d))
         x[1::3] = x[0::3][: len(x[1::3])]
         return unit(x)
@@ -64,11 +64,18 @@ def data(kind: str, rng, n: int, d: int, k: int) -> np.ndarray:
     raise ValueError(kind)
 
 
-KINDS = ["gaussian", "copies everywhere", "all identical", "half identical",
-         "copies at the k1 boundary", "copies at the k2 boundary", "near-ties at the bound"]
+KINDS = [
+    "gaussian",
+    "copies everywhere",
+    "all identical",
+    "half identical",
+    "copies at the k1 boundary",
+    "copies at the k2 boundary",
+    "near-ties at the bound",
+]
 SIZES = [  # (n, d, k, strip rows)
-    (90, 16, 26, 7),     # several strips, unaligned
-    (61, 5, 26, 61),     # one strip, d = 5
+    (90, 16, 26, 7),  # several strips, unaligned
+    (61, 5, 26, 61),  # one strip, d = 5
     (700, 33, 26, 128),  # many strips, several 256-column chunks
 ]
 
@@ -78,21 +85,29 @@ SIZES = [  # (n, d, k, strip rows)
 @pytest.mark.parametrize("kind", KINDS)
 def test_lists_equal_the_canonical_reference(kind, n, d, k, strip_rows, precision):
     x = data(kind, np.random.default_rng(n + d), n, d, k)
-    values, indices, _ = knn_graph(torch.from_numpy(x), k, strip_bytes=4 * n * strip_rows,
-                                   precision=precision)
+    values, indices, _ = knn_graph(
+        torch.from_numpy(x), k, strip_bytes=4 * n * strip_rows, precision=precision
+    )
     ref_values, ref_indices = reference.knn(torch.from_numpy(x), k)
     np.testing.assert_array_equal(indices, ref_indices.numpy())
     np.testing.assert_array_equal(values, ref_values.numpy())
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("kind", ["copies everywhere", "copies at the k1 boundary",
-                                  "near-ties at the bound"])
+@pytest.mark.parametrize(
+    "kind", ["copies everywhere", "copies at the k1 boundary", "near-ties at the bound"]
+)
 def test_query_strips_and_the_kept_base_give_the_same_lists(kind, precision):
     x = data(kind, np.random.default_rng(4), 300, 24, 26)
     nodes = torch.from_numpy(x)
-    values, indices, base = knn_graph(nodes, 26, n_query=37, keep_query_gallery=True,
-                                      strip_bytes=4 * 300 * 50, precision=precision)
+    values, indices, base = knn_graph(
+        nodes,
+        26,
+        n_query=37,
+        keep_query_gallery=True,
+        strip_bytes=4 * 300 * 50,
+        precision=precision,
+    )
     ref_values, ref_indices = reference.knn(nodes, 26)
     np.testing.assert_array_equal(indices, ref_indices.numpy())
     np.testing.assert_array_equal(values, ref_values.numpy())
@@ -143,8 +158,7 @@ def test_unit_rows_of_float64_rows_beyond_float32(scale):
     np.testing.assert_array_equal(ours, reference.unit_rows(torch.from_numpy(x * scale)))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32,
-                                   torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_unit_rows_on_the_cpu_and_with_torch_are_bit_identical(dtype):
     # the CPU kernel and the torch version (what CUDA tensors use) of one definition
     rng = np.random.default_rng(11)
@@ -165,8 +179,16 @@ def test_duplicate_rows_across_query_and_gallery_normalise_identically():
     np.testing.assert_array_equal(nodes[:5], nodes[-5:][::-1])
 
 
-@pytest.mark.parametrize("kind", ["copies everywhere", "all identical", "half identical",
-                                  "copies at the k1 boundary", "near-ties at the bound"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "copies everywhere",
+        "all identical",
+        "half identical",
+        "copies at the k1 boundary",
+        "near-ties at the bound",
+    ],
+)
 def test_bf16_and_fp32_passes_give_bit_identical_results(kind, monkeypatch):
     x = data(kind, np.random.default_rng(5), 260, 40, 26)
     xq, xg = x[:40], x[40:]
@@ -178,17 +200,19 @@ def test_bf16_and_fp32_passes_give_bit_identical_results(kind, monkeypatch):
         np.testing.assert_array_equal(ours_bf16, ours_fp32)
 
 
-@pytest.mark.parametrize("kind", ["copies everywhere", "all identical",
-                                  "copies at the k1 boundary", "near-ties at the bound"])
+@pytest.mark.parametrize(
+    "kind",
+    ["copies everywhere", "all identical", "copies at the k1 boundary", "near-ties at the bound"],
+)
 def test_a_query_batch_against_cached_database_lists_equals_one_graph(kind):
     # the FAISS exact mode's path: database lists computed once, queries added per batch
     x = data(kind, np.random.default_rng(6), 240, 20, 12)
     nodes = torch.from_numpy(x)
     n_query = 30
     db_values, db_indices, _ = knn_graph(nodes[n_query:], 12)
-    values, indices, base = knn_with_database(nodes, n_query, db_values, db_indices, 12,
-                                              keep_query_gallery=True,
-                                              strip_bytes=4 * 240 * 8)
+    values, indices, base = knn_with_database(
+        nodes, n_query, db_values, db_indices, 12, keep_query_gallery=True, strip_bytes=4 * 240 * 8
+    )
     want_values, want_indices, _ = knn_graph(nodes, 12)
     np.testing.assert_array_equal(indices, want_indices)
     np.testing.assert_array_equal(values, want_values)
@@ -199,7 +223,7 @@ def test_the_certificate_sends_near_ties_to_the_canonical_recomputation():
     x = data("near-ties at the bound", np.random.default_rng(7), 200, 32, 26)
     report = {}
     values, indices, _ = knn_graph(torch.from_numpy(x), 26, precision="bf16", report=report)
-    assert report["close_calls"] > 100       # bf16 cannot separate 1e-4 gaps
+    assert report["close_calls"] > 100  # bf16 cannot separate 1e-4 gaps
     ref_values, ref_indices = reference.knn(torch.from_numpy(x), 26)
     np.testing.assert_array_equal(indices, ref_indices.numpy())
     # well-separated rows are all proven by the fast pass
@@ -213,9 +237,14 @@ def _bound_cases(rng):
     x = rng.standard_normal((30, 96)) * 10.0 ** rng.uniform(-6, 3, (30, 96))
     cancelling = np.empty_like(x)
     cancelling[:, 0::2], cancelling[:, 1::2] = x[:, 1::2], -x[:, 0::2]
-    y = np.concatenate([cancelling + 1e-3 * rng.standard_normal(x.shape),
-                        rng.standard_normal((30, 96)),
-                        np.full((2, 96), 1e-41), rng.standard_normal((2, 96)) * 1e-30])
+    y = np.concatenate(
+        [
+            cancelling + 1e-3 * rng.standard_normal(x.shape),
+            rng.standard_normal((30, 96)),
+            np.full((2, 96), 1e-41),
+            rng.standard_normal((2, 96)) * 1e-30,
+        ]
+    )
     return np.concatenate([x, y]).astype(np.float32)
 
 

@@ -24,8 +24,13 @@ COMMAND = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "triton_
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "triton_rerank", *args], capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "triton_rerank", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
 
 
 def run_main(argv, capsys):
@@ -40,9 +45,14 @@ def run_main(argv, capsys):
 
 def save_features(path, data, **overrides):
     """A FeatureSet as an .npz of the pytorch_result keys (``overrides`` replace arrays)."""
-    arrays = dict(query_f=data.query_features, gallery_f=data.gallery_features,
-                  query_label=data.query_pids, gallery_label=data.gallery_pids,
-                  query_cam=data.query_camids, gallery_cam=data.gallery_camids)
+    arrays = dict(
+        query_f=data.query_features,
+        gallery_f=data.gallery_features,
+        query_label=data.query_pids,
+        gallery_label=data.gallery_pids,
+        query_cam=data.query_camids,
+        gallery_cam=data.gallery_camids,
+    )
     arrays.update(overrides)
     np.savez(path, **arrays)
 
@@ -81,8 +91,17 @@ def test_demo_reads_fashion_mnist_idx_files(tmp_path):
     images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[:, :28, :28] * 15
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", digits[:300])
-    result = run("demo", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path),
-                 "--queries-per-class", "3", "--picture", "")
+    result = run(
+        "demo",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(tmp_path),
+        "--queries-per-class",
+        "3",
+        "--picture",
+        "",
+    )
     assert result.returncode == 0, result.stderr
     assert "30 queries, 270 gallery images" in result.stdout
 
@@ -103,19 +122,29 @@ def test_evaluate_table_and_json(pku_path):
     report = json.loads(result.stdout)
     assert report["queries"] == 50 and report["gallery"] == 100
     methods = [r["method"] for r in report["results"]]
-    assert methods == ["no re-ranking (cosine)", "GNN re-ranking (k1=26, k2=7)",
-                       "k-reciprocal (torchreid)"]
+    assert methods == [
+        "no re-ranking (cosine)",
+        "GNN re-ranking (k1=26, k2=7)",
+        "k-reciprocal (torchreid)",
+    ]
     assert all(0 <= r["mAP"] <= 1 for r in report["results"])
 
 
-@pytest.mark.parametrize("make_file, args, message", [
-    (None, [], "no such feature file"),
-    (lambda p: np.savez(p, query_f=np.ones((2, 3))), [], "missing gallery_f"),
-    (lambda p: np.savez(p, query_f=np.ones((2, 3)), gallery_f=np.ones((4, 3))), [],
-     "no labels; evaluate needs query_label"),
-    ("pku", ["--k1", "0"], "k1 must be >= 1, got 0"),
-    ("pku", ["--lamb", "2"], r"lamb must be in [0, 1], got 2.0"),
-], ids=["missing", "layout", "labels", "k1", "lamb"])
+@pytest.mark.parametrize(
+    "make_file, args, message",
+    [
+        (None, [], "no such feature file"),
+        (lambda p: np.savez(p, query_f=np.ones((2, 3))), [], "missing gallery_f"),
+        (
+            lambda p: np.savez(p, query_f=np.ones((2, 3)), gallery_f=np.ones((4, 3))),
+            [],
+            "no labels; evaluate needs query_label",
+        ),
+        ("pku", ["--k1", "0"], "k1 must be >= 1, got 0"),
+        ("pku", ["--lamb", "2"], r"lamb must be in [0, 1], got 2.0"),
+    ],
+    ids=["missing", "layout", "labels", "k1", "lamb"],
+)
 def test_evaluate_errors_exit_2_with_one_line(tmp_path, pku_path, make_file, args, message):
     path = tmp_path / "features.npz"
     if make_file == "pku":
@@ -142,20 +171,36 @@ def test_tune_reports_held_out_map_and_draws_the_heatmap(tmp_path, pku_path):
     from triton_rerank.app.visual import heatmap_size
 
     heatmap = tmp_path / "heat.png"
-    result = run("tune", str(pku_path), "--k1", "10,26", "--k2", "1,3,7", "--lamb", "0,0.3",
-                 "--heatmap", str(heatmap))
+    result = run(
+        "tune",
+        str(pku_path),
+        "--k1",
+        "10,26",
+        "--k2",
+        "1,3,7",
+        "--lamb",
+        "0,0.3",
+        "--heatmap",
+        str(heatmap),
+    )
     assert result.returncode == 0, result.stderr
     assert "chose on 25 queries, measured on the other 25" in result.stdout
-    assert re.search(r"best: no re-ranking -- re-ranking lowers mAP on this data \(tune half: "
-                     r"20\.8% without, 1\d\.\d% with the best grid setting k1=\d+ k2=\d ",
-                     result.stdout), result.stdout
-    for line in ("held-out mAP, no re-ranking  22.6%", "held-out mAP, defaults",
-                 "held-out mAP, best           22.6% (no re-ranking)"):
+    assert re.search(
+        r"best: no re-ranking -- re-ranking lowers mAP on this data \(tune half: "
+        r"20\.8% without, 1\d\.\d% with the best grid setting k1=\d+ k2=\d ",
+        result.stdout,
+    ), result.stdout
+    for line in (
+        "held-out mAP, no re-ranking  22.6%",
+        "held-out mAP, defaults",
+        "held-out mAP, best           22.6% (no re-ranking)",
+    ):
         assert line in result.stdout
     with Image.open(heatmap) as image:
         assert image.format == "PNG" and image.size == heatmap_size(2, 3)
-    report = json.loads(run("tune", str(pku_path), "--k1", "10", "--k2", "3", "--json",
-                            "--heatmap", "").stdout)
+    report = json.loads(
+        run("tune", str(pku_path), "--k1", "10", "--k2", "3", "--json", "--heatmap", "").stdout
+    )
     assert set(report) == {"best", "held_out_mAP", "grid", "no_rerank_tune_mAP", "best_grid"}
     assert report["best"] == {"rerank": False} and len(report["grid"]) == 4 * 2
     assert report["held_out_mAP"]["best"] == report["held_out_mAP"]["no re-ranking"]
@@ -164,12 +209,27 @@ def test_tune_reports_held_out_map_and_draws_the_heatmap(tmp_path, pku_path):
 
 def test_tune_chooses_re_ranking_where_it_helps(tmp_path, capsys):
     digits_file(tmp_path / "digits.npz")
-    argv = ["tune", str(tmp_path / "digits.npz"), "--k1", "10,26", "--k2", "1,7", "--lamb",
-            "0,0.3", "--iterations", "2", "--heatmap", ""]
+    argv = [
+        "tune",
+        str(tmp_path / "digits.npz"),
+        "--k1",
+        "10,26",
+        "--k2",
+        "1,7",
+        "--lamb",
+        "0,0.3",
+        "--iterations",
+        "2",
+        "--heatmap",
+        "",
+    ]
     status, out, err = run_main(argv, capsys)
     assert status == 0, err
-    assert re.search(r"best: k1=\d+ k2=\d+ lamb=0\.\d iterations=2 \(tune half: \d+\.\d% mAP, "
-                     r"\d+\.\d% without re-ranking\)", out), out
+    assert re.search(
+        r"best: k1=\d+ k2=\d+ lamb=0\.\d iterations=2 \(tune half: \d+\.\d% mAP, "
+        r"\d+\.\d% without re-ranking\)",
+        out,
+    ), out
     assert "(no re-ranking)" not in out
     status, out, err = run_main(argv + ["--json"], capsys)
     report = json.loads(out)
@@ -182,13 +242,26 @@ def test_tune_says_when_no_re_ranking_is_best(tmp_path, capsys):
     from triton_rerank.app.visual import heatmap_size
 
     save_features(tmp_path / "single.npz", single_shot_features())
-    argv = ["tune", str(tmp_path / "single.npz"), "--k1", "10,20", "--k2", "1,3", "--lamb",
-            "0,0.5,0.9", "--iterations", "1,2"]
+    argv = [
+        "tune",
+        str(tmp_path / "single.npz"),
+        "--k1",
+        "10,20",
+        "--k2",
+        "1,3",
+        "--lamb",
+        "0,0.5,0.9",
+        "--iterations",
+        "1,2",
+    ]
     status, out, err = run_main(argv + ["--heatmap", str(tmp_path / "heat.png")], capsys)
     assert status == 0, err
-    assert re.search(r"best: no re-ranking -- re-ranking lowers mAP on this data \(tune half: "
-                     r"100\.0% without, \d\.\d% with the best grid setting k1=\d+ k2=\d "
-                     r"lamb=0\.\d iterations=\d\)\n", out), out
+    assert re.search(
+        r"best: no re-ranking -- re-ranking lowers mAP on this data \(tune half: "
+        r"100\.0% without, \d\.\d% with the best grid setting k1=\d+ k2=\d "
+        r"lamb=0\.\d iterations=\d\)\n",
+        out,
+    ), out
     assert "held-out mAP, no re-ranking  100.0%" in out
     assert "held-out mAP, best           100.0% (no re-ranking)" in out
     with Image.open(tmp_path / "heat.png") as image:
@@ -202,11 +275,14 @@ def test_tune_says_when_no_re_ranking_is_best(tmp_path, capsys):
 def test_evaluate_maps_string_labels_like_integers(tmp_path, capsys):
     data = load_digits_split(queries_per_class=5)
     save_features(tmp_path / "ints.npz", data)
-    save_features(tmp_path / "strings.npz", data,
-                  query_label=np.char.zfill(data.query_pids.astype(str), 4),
-                  gallery_label=np.char.zfill(data.gallery_pids.astype(str), 4),
-                  query_cam=np.full(len(data.query_pids), "cam-a"),
-                  gallery_cam=np.full(len(data.gallery_pids), "cam-b"))
+    save_features(
+        tmp_path / "strings.npz",
+        data,
+        query_label=np.char.zfill(data.query_pids.astype(str), 4),
+        gallery_label=np.char.zfill(data.gallery_pids.astype(str), 4),
+        query_cam=np.full(len(data.query_pids), "cam-a"),
+        gallery_cam=np.full(len(data.gallery_pids), "cam-b"),
+    )
     reports = []
     for name in ("ints.npz", "strings.npz"):
         status, out, err = run_main(["evaluate", str(tmp_path / name), "--json"], capsys)
@@ -215,11 +291,15 @@ def test_evaluate_maps_string_labels_like_integers(tmp_path, capsys):
     assert reports[0] == reports[1]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--k1", "0"], "--k1 values must be >= 1, got 0"),
-    (["--lamb", "0.3,2"], "--lamb values must be in [0, 1]"),
-    (["--k1", "5", "--k2", "7"], "no valid setting in the grid"),
-], ids=["k1", "lamb", "empty-grid"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--k1", "0"], "--k1 values must be >= 1, got 0"),
+        (["--lamb", "0.3,2"], "--lamb values must be in [0, 1]"),
+        (["--k1", "5", "--k2", "7"], "no valid setting in the grid"),
+    ],
+    ids=["k1", "lamb", "empty-grid"],
+)
 def test_tune_errors_exit_2(pku_path, args, message):
     result = run("tune", str(pku_path), "--heatmap", "", *args)
     assert result.returncode == 2 and message in result.stderr
@@ -238,20 +318,28 @@ def test_bench_table_json_and_plot(tmp_path):
     result = run("bench", "--sizes", "150,300", "--dim", "16", "--plot", str(plot))
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()[1:] if line[:1] == " "]
-    assert {(r[0], r[1]) for r in rows} == {(n, m) for n in ("150", "300")
-                                            for m in ("ours", "reference", "k-reciprocal")}
+    assert {(r[0], r[1]) for r in rows} == {
+        (n, m) for n in ("150", "300") for m in ("ours", "reference", "k-reciprocal")
+    }
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.size == (2 * PLOT_SIZE[0], PLOT_SIZE[1])
-    report = json.loads(run("bench", "--sizes", "100", "--dim", "8", "--methods", "ours",
-                            "--json", "--plot", "").stdout)
+    report = json.loads(
+        run(
+            "bench", "--sizes", "100", "--dim", "8", "--methods", "ours", "--json", "--plot", ""
+        ).stdout
+    )
     assert [(r["method"], r["n"]) for r in report] == [("ours", 100)]
     assert report[0]["seconds"] > 0 and report[0]["peak_rss_mb"] > 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--methods", "ours,faiss"], "--methods must be among ours, reference, k-reciprocal"),
-    (["--sizes", "1"], "--sizes must be >= 26 (every method uses k1 = 26 neighbours), got 1"),
-], ids=["method", "size"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "ours,faiss"], "--methods must be among ours, reference, k-reciprocal"),
+        (["--sizes", "1"], "--sizes must be >= 26 (every method uses k1 = 26 neighbours), got 1"),
+    ],
+    ids=["method", "size"],
+)
 def test_bench_errors_exit_2(args, message):
     result = run("bench", "--plot", "", *args)
     assert result.returncode == 2 and message in result.stderr
@@ -259,10 +347,13 @@ def test_bench_errors_exit_2(args, message):
 
 def labelled(**overrides):
     """Make the real digits file with ``overrides`` replacing arrays."""
+
     def make(path):
         data = load_digits_split(queries_per_class=5)
-        save_features(path, data, **{k: v(data) if callable(v) else v
-                                     for k, v in overrides.items()})
+        save_features(
+            path, data, **{k: v(data) if callable(v) else v for k, v in overrides.items()}
+        )
+
     return make
 
 
@@ -281,90 +372,217 @@ def truncated(make):
 USER_ERRORS = {
     # files
     "missing-file": ("f.npz", None, ["evaluate"], r"{file}: no such feature file$"),
-    "empty-mat": ("f.mat", lambda p: p.write_bytes(b""), ["evaluate"],
-                  r"{file}: the file is empty \(0 bytes\)$"),
-    "truncated-mat": ("f.mat", truncated(bad.write_example), ["evaluate"],
-                      r"{file}: corrupt or truncated \.mat file \(the variable at byte \d+ has"),
-    "truncated-npz": ("f.npz", truncated(digits_file), ["tune"],
-                      r"{file}: damaged or truncated \.npz archive \(zipfile\.BadZipFile: "),
-    "garbage-npz": ("f.npz", bad.garbage, ["evaluate"],
-                    r"{file}: not an \.npz archive \(it does not start with a zip header\)$"),
-    "npy-renamed-npz": ("f.npz", bad.npy_renamed, ["evaluate"],
-                        r"{file}: is a \.npy file \(a single array\), not an \.npz archive"),
-    "missing-key": ("f.npz", bad.with_array(gallery_f=None), ["evaluate"],
-                    r"{file}: missing gallery_f; found keys \['gallery_cam', "),
-    "no-labels": ("f.npz", bad.with_array(query_label=None, gallery_label=None, query_cam=None,
-                                          gallery_cam=None), ["tune"],
-                  r"{file}: no labels; tune needs query_label, gallery_label, query_cam and"),
-    "complex-features": ("f.npz", labelled(gallery_f=lambda d: d.gallery_features * 1j),
-                         ["evaluate"], r"{file}: gallery_f: must hold numbers, got complex "
-                                       r"numbers \(dtype complex64\); features must be real"),
-    "object-labels": ("f.npz", bad.with_array(gallery_cam=np.array([1, "a", 2, 3, None],
-                                                                   dtype=object)),
-                      ["evaluate"], r"{file}: gallery_cam: holds Python objects \(dtype obj"),
-    "nan-features": ("f.npz", labelled(query_f=nan_feature_rows), ["evaluate"],
-                     r"{file}: query_f: 2 NaN values in 2 rows, the first is row 7; features "
-                     r"must be finite$"),
-    "dim-mismatch": ("f.npz", labelled(gallery_f=lambda d: d.gallery_features[:, :63]),
-                     ["evaluate"], r"{file}: gallery_f: has dimension 63 but query_f has "
-                                   r"dimension 64 \(shapes \(1747, 63\) and \(50, 64\)\)"),
-    "empty-query-set": ("f.npz", labelled(query_f=np.zeros((0, 64)), query_label=np.zeros(0),
-                                          query_cam=np.zeros(0)), ["evaluate"],
-                        r"{file}: query_f: has no rows \(shape \(0, 64\)\): the query set is "
-                        r"empty$"),
-    "zero-dim": ("f.npz", labelled(query_f=np.zeros((50, 0)), gallery_f=np.zeros((1747, 0))),
-                 ["evaluate"], r"{file}: query_f: has feature dimension 0 \(shape \(50, 0\)\)$"),
-    "strings-vs-numbers": ("f.npz", labelled(query_label=lambda d: d.query_pids.astype(str)),
-                           ["evaluate"], r"{file}: gallery_label: holds numbers but "
-                                         r"query_label holds strings; store both as integers"),
-    "nan-label": ("f.npz", labelled(gallery_label=lambda d: np.where(
-        np.arange(1747) == 9, np.nan, d.gallery_pids)), ["evaluate"],
-        r"{file}: gallery_label: entry 9 is nan, NaN; labels must be integers"),
-    "no-valid-match": ("f.npz", labelled(gallery_cam=lambda d: np.zeros(1747, np.int64),
-                                         query_cam=lambda d: np.zeros(50, np.int64)),
-                       ["evaluate"], r"{file}: query_label: no query has a correct match in the "
-                                     r"gallery .* so mAP is undefined$"),
-    "one-query": ("f.npz", labelled(query_f=lambda d: d.query_features[:1],
-                                    query_label=lambda d: d.query_pids[:1],
-                                    query_cam=lambda d: d.query_camids[:1]), ["tune"],
-                  r"{file}: query_f: has 1 row; tune needs at least 2 queries"),
+    "empty-mat": (
+        "f.mat",
+        lambda p: p.write_bytes(b""),
+        ["evaluate"],
+        r"{file}: the file is empty \(0 bytes\)$",
+    ),
+    "truncated-mat": (
+        "f.mat",
+        truncated(bad.write_example),
+        ["evaluate"],
+        r"{file}: corrupt or truncated \.mat file \(the variable at byte \d+ has",
+    ),
+    "truncated-npz": (
+        "f.npz",
+        truncated(digits_file),
+        ["tune"],
+        r"{file}: damaged or truncated \.npz archive \(zipfile\.BadZipFile: ",
+    ),
+    "garbage-npz": (
+        "f.npz",
+        bad.garbage,
+        ["evaluate"],
+        r"{file}: not an \.npz archive \(it does not start with a zip header\)$",
+    ),
+    "npy-renamed-npz": (
+        "f.npz",
+        bad.npy_renamed,
+        ["evaluate"],
+        r"{file}: is a \.npy file \(a single array\), not an \.npz archive",
+    ),
+    "missing-key": (
+        "f.npz",
+        bad.with_array(gallery_f=None),
+        ["evaluate"],
+        r"{file}: missing gallery_f; found keys \['gallery_cam', ",
+    ),
+    "no-labels": (
+        "f.npz",
+        bad.with_array(query_label=None, gallery_label=None, query_cam=None, gallery_cam=None),
+        ["tune"],
+        r"{file}: no labels; tune needs query_label, gallery_label, query_cam and",
+    ),
+    "complex-features": (
+        "f.npz",
+        labelled(gallery_f=lambda d: d.gallery_features * 1j),
+        ["evaluate"],
+        r"{file}: gallery_f: must hold numbers, got complex "
+        r"numbers \(dtype complex64\); features must be real",
+    ),
+    "object-labels": (
+        "f.npz",
+        bad.with_array(gallery_cam=np.array([1, "a", 2, 3, None], dtype=object)),
+        ["evaluate"],
+        r"{file}: gallery_cam: holds Python objects \(dtype obj",
+    ),
+    "nan-features": (
+        "f.npz",
+        labelled(query_f=nan_feature_rows),
+        ["evaluate"],
+        r"{file}: query_f: 2 NaN values in 2 rows, the first is row 7; features "
+        r"must be finite$",
+    ),
+    "dim-mismatch": (
+        "f.npz",
+        labelled(gallery_f=lambda d: d.gallery_features[:, :63]),
+        ["evaluate"],
+        r"{file}: gallery_f: has dimension 63 but query_f has "
+        r"dimension 64 \(shapes \(1747, 63\) and \(50, 64\)\)",
+    ),
+    "empty-query-set": (
+        "f.npz",
+        labelled(query_f=np.zeros((0, 64)), query_label=np.zeros(0), query_cam=np.zeros(0)),
+        ["evaluate"],
+        r"{file}: query_f: has no rows \(shape \(0, 64\)\): the query set is "
+        r"empty$",
+    ),
+    "zero-dim": (
+        "f.npz",
+        labelled(query_f=np.zeros((50, 0)), gallery_f=np.zeros((1747, 0))),
+        ["evaluate"],
+        r"{file}: query_f: has feature dimension 0 \(shape \(50, 0\)\)$",
+    ),
+    "strings-vs-numbers": (
+        "f.npz",
+        labelled(query_label=lambda d: d.query_pids.astype(str)),
+        ["evaluate"],
+        r"{file}: gallery_label: holds numbers but "
+        r"query_label holds strings; store both as integers",
+    ),
+    "nan-label": (
+        "f.npz",
+        labelled(gallery_label=lambda d: np.where(np.arange(1747) == 9, np.nan, d.gallery_pids)),
+        ["evaluate"],
+        r"{file}: gallery_label: entry 9 is nan, NaN; labels must be integers",
+    ),
+    "no-valid-match": (
+        "f.npz",
+        labelled(
+            gallery_cam=lambda d: np.zeros(1747, np.int64),
+            query_cam=lambda d: np.zeros(50, np.int64),
+        ),
+        ["evaluate"],
+        r"{file}: query_label: no query has a correct match in the "
+        r"gallery .* so mAP is undefined$",
+    ),
+    "one-query": (
+        "f.npz",
+        labelled(
+            query_f=lambda d: d.query_features[:1],
+            query_label=lambda d: d.query_pids[:1],
+            query_cam=lambda d: d.query_camids[:1],
+        ),
+        ["tune"],
+        r"{file}: query_f: has 1 row; tune needs at least 2 queries",
+    ),
     # evaluate options (checked before any work)
-    "evaluate-k1": ("f.npz", digits_file, ["evaluate", "{file}", "--k1", "0"],
-                    r"--k1 must be >= 1, got 0$"),
-    "evaluate-k1-too-large": ("f.npz", digits_file, ["evaluate", "{file}", "--k1", "5000"],
-                              r"--k1=5000 is larger than 1797, the number of images"),
-    "evaluate-k2": ("f.npz", digits_file, ["evaluate", "{file}", "--k2", "27"],
-                    r"--k2 must be between 1 and --k1=26, got 27$"),
-    "evaluate-iterations": ("f.npz", digits_file, ["evaluate", "{file}", "--iterations", "-1"],
-                            r"--iterations must be >= 0, got -1$"),
-    "evaluate-lamb-nan": ("f.npz", digits_file, ["evaluate", "{file}", "--lamb", "nan"],
-                          r"--lamb must be in \[0, 1\], got nan$"),
-    "demo-picture-directory": (None, None, ["demo", "--picture", "{tmp}/absent/demo.png"],
-                               r"--picture {tmp}/absent/demo\.png: no such directory "
-                               r"{tmp}/absent$"),
-    "demo-queries-per-class": (None, None, ["demo", "--dataset", "fashion-mnist",
-                                            "--queries-per-class", "0", "--picture", ""],
-                               r"--queries-per-class must be >= 1, got 0$"),
+    "evaluate-k1": (
+        "f.npz",
+        digits_file,
+        ["evaluate", "{file}", "--k1", "0"],
+        r"--k1 must be >= 1, got 0$",
+    ),
+    "evaluate-k1-too-large": (
+        "f.npz",
+        digits_file,
+        ["evaluate", "{file}", "--k1", "5000"],
+        r"--k1=5000 is larger than 1797, the number of images",
+    ),
+    "evaluate-k2": (
+        "f.npz",
+        digits_file,
+        ["evaluate", "{file}", "--k2", "27"],
+        r"--k2 must be between 1 and --k1=26, got 27$",
+    ),
+    "evaluate-iterations": (
+        "f.npz",
+        digits_file,
+        ["evaluate", "{file}", "--iterations", "-1"],
+        r"--iterations must be >= 0, got -1$",
+    ),
+    "evaluate-lamb-nan": (
+        "f.npz",
+        digits_file,
+        ["evaluate", "{file}", "--lamb", "nan"],
+        r"--lamb must be in \[0, 1\], got nan$",
+    ),
+    "demo-picture-directory": (
+        None,
+        None,
+        ["demo", "--picture", "{tmp}/absent/demo.png"],
+        r"--picture {tmp}/absent/demo\.png: no such directory "
+        r"{tmp}/absent$",
+    ),
+    "demo-queries-per-class": (
+        None,
+        None,
+        ["demo", "--dataset", "fashion-mnist", "--queries-per-class", "0", "--picture", ""],
+        r"--queries-per-class must be >= 1, got 0$",
+    ),
     # tune options
-    "tune-seed": ("f.npz", digits_file, ["tune", "{file}", "--seed", "-1"],
-                  r"--seed must be >= 0, got -1$"),
-    "tune-empty-grid": ("f.npz", digits_file, ["tune", "{file}", "--k1", "5", "--k2", "7"],
-                        r"--k1, --k2: no valid setting in the grid \(need k2 <= k1 <= 1797, "),
-    "tune-heatmap-directory": ("f.npz", digits_file, ["tune", "{file}", "--heatmap", "{tmp}"],
-                               r"--heatmap {tmp}: is a directory$"),
-    "tune-malformed-list": ("f.npz", digits_file, ["tune", "{file}", "--k1", "ten"],
-                            r"argument --k1: expected a comma-separated list, got 'ten' \(see "
-                            r"'triton-rerank tune --help'\)$"),
+    "tune-seed": (
+        "f.npz",
+        digits_file,
+        ["tune", "{file}", "--seed", "-1"],
+        r"--seed must be >= 0, got -1$",
+    ),
+    "tune-empty-grid": (
+        "f.npz",
+        digits_file,
+        ["tune", "{file}", "--k1", "5", "--k2", "7"],
+        r"--k1, --k2: no valid setting in the grid \(need k2 <= k1 <= 1797, ",
+    ),
+    "tune-heatmap-directory": (
+        "f.npz",
+        digits_file,
+        ["tune", "{file}", "--heatmap", "{tmp}"],
+        r"--heatmap {tmp}: is a directory$",
+    ),
+    "tune-malformed-list": (
+        "f.npz",
+        digits_file,
+        ["tune", "{file}", "--k1", "ten"],
+        r"argument --k1: expected a comma-separated list, got 'ten' \(see "
+        r"'triton-rerank tune --help'\)$",
+    ),
     # bench options
     "bench-dim": (None, None, ["bench", "--dim", "0"], r"--dim must be >= 1, got 0$"),
-    "bench-sizes": (None, None, ["bench", "--sizes", "1000,20"],
-                    r"--sizes must be >= 26 \(every method uses k1 = 26 neighbours\), got 20$"),
-    "bench-max-baseline": (None, None, ["bench", "--max-baseline", "-1"],
-                           r"--max-baseline must be >= 0, got -1$"),
-    "bench-methods": (None, None, ["bench", "--methods", "ours,faiss"],
-                      r"--methods must be among ours, reference, k-reciprocal; got ours,faiss$"),
-    "bench-plot-directory": (None, None, ["bench", "--plot", "{tmp}/absent/p.png"],
-                             r"--plot {tmp}/absent/p\.png: no such directory {tmp}/absent$"),
+    "bench-sizes": (
+        None,
+        None,
+        ["bench", "--sizes", "1000,20"],
+        r"--sizes must be >= 26 \(every method uses k1 = 26 neighbours\), got 20$",
+    ),
+    "bench-max-baseline": (
+        None,
+        None,
+        ["bench", "--max-baseline", "-1"],
+        r"--max-baseline must be >= 0, got -1$",
+    ),
+    "bench-methods": (
+        None,
+        None,
+        ["bench", "--methods", "ours,faiss"],
+        r"--methods must be among ours, reference, k-reciprocal; got ours,faiss$",
+    ),
+    "bench-plot-directory": (
+        None,
+        None,
+        ["bench", "--plot", "{tmp}/absent/p.png"],
+        r"--plot {tmp}/absent/p\.png: no such directory {tmp}/absent$",
+    ),
 }
 
 
@@ -379,28 +597,44 @@ def user_error_argv(tmp_path, name, make, args):
     return [a.format(**fill) for a in args], {k: re.escape(v) for k, v in fill.items()}
 
 
-@pytest.mark.parametrize("name, make, args, message", USER_ERRORS.values(),
-                         ids=USER_ERRORS.keys())
+@pytest.mark.parametrize("name, make, args, message", USER_ERRORS.values(), ids=USER_ERRORS.keys())
 def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys, name, make, args, message):
     argv, fill = user_error_argv(tmp_path, name, make, args)
     status, out, err = run_main(argv, capsys)
     assert status == 2, (out, err)
     assert err.startswith("triton-rerank: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err and out == ""
-    assert re.search(message.format(**fill), err[len("triton-rerank: error: "):-1]), err
+    assert re.search(message.format(**fill), err[len("triton-rerank: error: ") : -1]), err
 
 
-@pytest.mark.parametrize("name, make, args, message", [
-    ("f.mat", truncated(bad.write_example), ["evaluate"], "corrupt or truncated .mat file"),
-    # scipy.io.loadmat segfaults on these two; the loader refuses them first
-    ("f.mat", bad.mat_with_unknown_data_type, ["evaluate"],
-     "corrupt or truncated .mat file (query_f: unknown data type code 99)"),
-    ("f.mat", bad.mat_with_dimensionless_char, ["tune"],
-     "corrupt or truncated .mat file (a matrix with 0 dimensions)"),
-    ("f.npz", bad.garbage, ["evaluate", "{file}", "--json"], "not an .npz archive"),
-    (None, None, ["bench", "--dim", "0"], "--dim must be >= 1, got 0"),
-], ids=["truncated-mat", "mat-unknown-data-type", "mat-char-without-dimensions",
-        "garbage-npz", "bench-dim"])
+@pytest.mark.parametrize(
+    "name, make, args, message",
+    [
+        ("f.mat", truncated(bad.write_example), ["evaluate"], "corrupt or truncated .mat file"),
+        # scipy.io.loadmat segfaults on these two; the loader refuses them first
+        (
+            "f.mat",
+            bad.mat_with_unknown_data_type,
+            ["evaluate"],
+            "corrupt or truncated .mat file (query_f: unknown data type code 99)",
+        ),
+        (
+            "f.mat",
+            bad.mat_with_dimensionless_char,
+            ["tune"],
+            "corrupt or truncated .mat file (a matrix with 0 dimensions)",
+        ),
+        ("f.npz", bad.garbage, ["evaluate", "{file}", "--json"], "not an .npz archive"),
+        (None, None, ["bench", "--dim", "0"], "--dim must be >= 1, got 0"),
+    ],
+    ids=[
+        "truncated-mat",
+        "mat-unknown-data-type",
+        "mat-char-without-dimensions",
+        "garbage-npz",
+        "bench-dim",
+    ],
+)
 def test_user_errors_through_the_installed_command(tmp_path, name, make, args, message):
     argv, _ = user_error_argv(tmp_path, name, make, args)
     result = subprocess.run([*COMMAND, *argv], capture_output=True, text=True, timeout=300)

@@ -31,9 +31,14 @@ def write_example(path, compress=False, **overrides):
     """A small valid feature file (3 queries, 5 gallery, dimension 4), with ``overrides``
     replacing arrays (None removes one); .mat or .npz by the name."""
     rng = np.random.default_rng(0)
-    arrays = dict(query_f=rng.standard_normal((3, 4)), gallery_f=rng.standard_normal((5, 4)),
-                  query_label=np.array([[1, 2, 3]]), gallery_label=np.array([[1, 2, 3, 4, 5]]),
-                  query_cam=np.array([[0, 0, 1]]), gallery_cam=np.array([[1, 1, 0, 0, 1]]))
+    arrays = dict(
+        query_f=rng.standard_normal((3, 4)),
+        gallery_f=rng.standard_normal((5, 4)),
+        query_label=np.array([[1, 2, 3]]),
+        gallery_label=np.array([[1, 2, 3, 4, 5]]),
+        query_cam=np.array([[0, 0, 1]]),
+        gallery_cam=np.array([[1, 1, 0, 0, 1]]),
+    )
     arrays.update(overrides)
     arrays = {k: v for k, v in arrays.items() if v is not None}
     if str(path).endswith(".mat"):
@@ -65,7 +70,7 @@ def damaged_npz_member(path):
     write_example(path, compress=True)
     data = bytearray(Path(path).read_bytes())
     start = data.index(b"query_f.npy") + len("query_f.npy") + 5  # into the deflate stream
-    data[start: start + 20] = bytes(b ^ 0xFF for b in data[start: start + 20])
+    data[start : start + 20] = bytes(b ^ 0xFF for b in data[start : start + 20])
     Path(path).write_bytes(bytes(data))
 
 
@@ -87,13 +92,16 @@ def mat_with_unknown_data_type(path):
 def mat_with_dimensionless_char(path):
     """A .mat whose query_label cellstr holds a char matrix with 0 dimensions (its
     dimensions element shortened to 2 bytes), which crashes scipy's reader (segfault)."""
-    write_example(path, query_label=np.array(["a", "b", "c"], dtype=object),
-                  gallery_label=np.array(["a", "b", "c", "d", "e"]))
+    write_example(
+        path,
+        query_label=np.array(["a", "b", "c"], dtype=object),
+        gallery_label=np.array(["a", "b", "c", "d", "e"]),
+    )
     data = bytearray(Path(path).read_bytes())
     # array flags of a char matrix (class 4), then its dimensions tag (miINT32, 8 bytes)
     char_header = struct.pack("<IIII", 6, 8, 4, 0) + struct.pack("<II", 5, 8)
     at = data.index(char_header) + len(char_header) - 4
-    data[at: at + 4] = struct.pack("<I", 2)
+    data[at : at + 4] = struct.pack("<I", 2)
     Path(path).write_bytes(bytes(data))
 
 
@@ -117,85 +125,187 @@ def labels_of(**labels):
 
 # (file name, how to make it, the message after "<file>: ") for every user error
 BAD_FILES = [
-    pytest.param("f.mat", lambda p: p.write_bytes(b""), r"the file is empty \(0 bytes\)",
-                 id="empty-mat"),
-    pytest.param("f.npz", lambda p: p.write_bytes(b""), r"the file is empty \(0 bytes\)",
-                 id="empty-npz"),
-    pytest.param("f.mat", lambda p: (write_example(p), cut_in_half(p)),
-                 r"corrupt or truncated \.mat file \(the variable at byte \d+ has",
-                 id="truncated-mat"),
-    pytest.param("f.mat", lambda p: (write_example(p, compress=True), cut_in_half(p)),
-                 r"corrupt or truncated \.mat file", id="truncated-compressed-mat"),
-    pytest.param("f.npz", lambda p: (write_example(p), cut_in_half(p)),
-                 r"damaged or truncated \.npz archive \(zipfile.BadZipFile", id="truncated-npz"),
-    pytest.param("f.npz", damaged_npz_member,
-                 r"query_f: cannot be read, the archive is damaged \(zlib.error",
-                 id="damaged-npz-member"),
-    pytest.param("f.npz", garbage, r"not an \.npz archive \(it does not start with a zip header",
-                 id="garbage-npz"),
-    pytest.param("f.mat", garbage, r"not a readable \.mat file, or a damaged one",
-                 id="garbage-mat"),
-    pytest.param("f.npz", npy_renamed, r"is a \.npy file \(a single array\), not an \.npz",
-                 id="npy-renamed-npz"),
-    pytest.param("f.mat", matlab_v73, r"MATLAB v7\.3 \(HDF5\) files are not supported",
-                 id="matlab-v7.3"),
-    pytest.param("f.npz", with_array(gallery_f=None), r"missing gallery_f; found keys \[",
-                 id="missing-key"),
-    pytest.param("f.mat", with_array(gallery_f=None), r"missing gallery_f; found keys \['gal",
-                 id="missing-key-mat"),
-    pytest.param("f.npz", with_array(query_cam=None),
-                 r"has query_label, gallery_label, gallery_cam but not query_cam",
-                 id="some-labels"),
-    pytest.param("f.npz", with_array(query_f=np.zeros(4)),
-                 r"query_f: must be a 2-D \[n, d\] array, got shape \(4,\)", id="1-d-features"),
-    pytest.param("f.npz", with_array(query_f=np.ones((3, 4)) + 1j),
-                 r"query_f: must hold numbers, got complex numbers \(dtype complex128\)",
-                 id="complex-features"),
-    pytest.param("f.npz", with_array(gallery_f=np.full((5, 4), "0.5")),
-                 r"gallery_f: must hold numbers, got strings", id="string-features"),
-    pytest.param("f.npz", with_array(query_label=np.array([1, "a", None], dtype=object)),
-                 r"query_label: holds Python objects \(dtype object\), which are not loaded",
-                 id="object-npz"),
-    pytest.param("f.mat", with_array(query_f={"a": 1}), r"query_f: is a MATLAB struct",
-                 id="mat-struct"),
-    pytest.param("f.mat", with_array(query_f=scipy.sparse.csr_matrix(np.eye(3, 4))),
-                 r"query_f: is a MATLAB sparse matrix", id="mat-sparse"),
-    pytest.param("f.mat", with_array(query_label=np.array([1, np.ones(2), 3], dtype=object)),
-                 r"query_label: holds Python objects .* cell array of strings", id="mat-cell"),
-    pytest.param("f.npz", with_array(query_f=np.zeros((0, 4)), query_label=np.zeros(0),
-                                     query_cam=np.zeros(0)),
-                 r"query_f: has no rows \(shape \(0, 4\)\): the query set is empty",
-                 id="empty-query-set"),
-    pytest.param("f.npz", with_array(query_f=np.zeros((3, 0)), gallery_f=np.zeros((5, 0))),
-                 r"query_f: has feature dimension 0 \(shape \(3, 0\)\)", id="zero-dim"),
-    pytest.param("f.npz", with_array(gallery_f=np.ones((5, 3))),
-                 r"gallery_f: has dimension 3 but query_f has dimension 4", id="dim-mismatch"),
-    pytest.param("f.npz", nan_at((1, 2), (1, 3)),
-                 r"query_f: 2 NaN values in 1 row, the first is row 1; features must be finite",
-                 id="nan-features"),
-    pytest.param("f.npz", nan_at((4, 0), (2, 1), value=np.inf, key="gallery_f", shape=(5, 4)),
-                 r"gallery_f: 2 inf values in 2 rows, the first is row 2", id="inf-features"),
-    pytest.param("f.npz", nan_at((2, 1), value=1e300, key="gallery_f", shape=(5, 4)),
-                 r"gallery_f: values beyond float32's range \(largest magnitude 1e\+300\) in "
-                 r"1 row, the first is row 2", id="float32-overflow"),
-    pytest.param("f.npz", nan_at((2, slice(None)), value=0),
-                 r"query_f: all-zero features in 1 row, the first is row 2", id="zero-row"),
-    pytest.param("f.npz", with_array(gallery_label=np.array([[1, 2]])),
-                 r"gallery_label: has 2 entries but gallery_f has 5 rows", id="label-length"),
-    pytest.param("f.npz", with_array(gallery_cam=np.ones((5, 2))),
-                 r"gallery_cam: must be a vector of labels .* got shape \(5, 2\)",
-                 id="label-matrix"),
-    pytest.param("f.npz", labels_of(query_label=[1, np.nan, 3]),
-                 r"query_label: entry 1 is nan, NaN", id="nan-label"),
-    pytest.param("f.mat", labels_of(gallery_label=[[1, 2.5, 3, 4.5, 5]]),
-                 r"gallery_label: entry 1 is 2\.5, not a whole number \(2 entries\)",
-                 id="fractional-label"),
-    pytest.param("f.npz", labels_of(query_cam=[0, 1j, 1]),
-                 r"query_cam: must hold integers or strings, got complex numbers",
-                 id="complex-label"),
-    pytest.param("f.npz", labels_of(query_label=["0001", "0002", "0003"]),
-                 r"gallery_label: holds numbers but query_label holds strings",
-                 id="strings-vs-numbers"),
+    pytest.param(
+        "f.mat", lambda p: p.write_bytes(b""), r"the file is empty \(0 bytes\)", id="empty-mat"
+    ),
+    pytest.param(
+        "f.npz", lambda p: p.write_bytes(b""), r"the file is empty \(0 bytes\)", id="empty-npz"
+    ),
+    pytest.param(
+        "f.mat",
+        lambda p: (write_example(p), cut_in_half(p)),
+        r"corrupt or truncated \.mat file \(the variable at byte \d+ has",
+        id="truncated-mat",
+    ),
+    pytest.param(
+        "f.mat",
+        lambda p: (write_example(p, compress=True), cut_in_half(p)),
+        r"corrupt or truncated \.mat file",
+        id="truncated-compressed-mat",
+    ),
+    pytest.param(
+        "f.npz",
+        lambda p: (write_example(p), cut_in_half(p)),
+        r"damaged or truncated \.npz archive \(zipfile.BadZipFile",
+        id="truncated-npz",
+    ),
+    pytest.param(
+        "f.npz",
+        damaged_npz_member,
+        r"query_f: cannot be read, the archive is damaged \(zlib.error",
+        id="damaged-npz-member",
+    ),
+    pytest.param(
+        "f.npz",
+        garbage,
+        r"not an \.npz archive \(it does not start with a zip header",
+        id="garbage-npz",
+    ),
+    pytest.param(
+        "f.mat", garbage, r"not a readable \.mat file, or a damaged one", id="garbage-mat"
+    ),
+    pytest.param(
+        "f.npz",
+        npy_renamed,
+        r"is a \.npy file \(a single array\), not an \.npz",
+        id="npy-renamed-npz",
+    ),
+    pytest.param(
+        "f.mat", matlab_v73, r"MATLAB v7\.3 \(HDF5\) files are not supported", id="matlab-v7.3"
+    ),
+    pytest.param(
+        "f.npz", with_array(gallery_f=None), r"missing gallery_f; found keys \[", id="missing-key"
+    ),
+    pytest.param(
+        "f.mat",
+        with_array(gallery_f=None),
+        r"missing gallery_f; found keys \['gal",
+        id="missing-key-mat",
+    ),
+    pytest.param(
+        "f.npz",
+        with_array(query_cam=None),
+        r"has query_label, gallery_label, gallery_cam but not query_cam",
+        id="some-labels",
+    ),
+    pytest.param(
+        "f.npz",
+        with_array(query_f=np.zeros(4)),
+        r"query_f: must be a 2-D \[n, d\] array, got shape \(4,\)",
+        id="1-d-features",
+    ),
+    pytest.param(
+        "f.npz",
+        with_array(query_f=np.ones((3, 4)) + 1j),
+        r"query_f: must hold numbers, got complex numbers \(dtype complex128\)",
+        id="complex-features",
+    ),
+    pytest.param(
+        "f.npz",
+        with_array(gallery_f=np.full((5, 4), "0.5")),
+        r"gallery_f: must hold numbers, got strings",
+        id="string-features",
+    ),
+    pytest.param(
+        "f.npz",
+        with_array(query_label=np.array([1, "a", None], dtype=object)),
+        r"query_label: holds Python objects \(dtype object\), which are not loaded",
+        id="object-npz",
+    ),
+    pytest.param(
+        "f.mat", with_array(query_f={"a": 1}), r"query_f: is a MATLAB struct", id="mat-struct"
+    ),
+    pytest.param(
+        "f.mat",
+        with_array(query_f=scipy.sparse.csr_matrix(np.eye(3, 4))),
+        r"query_f: is a MATLAB sparse matrix",
+        id="mat-sparse",
+    ),
+    pytest.param(
+        "f.mat",
+        with_array(query_label=np.array([1, np.ones(2), 3], dtype=object)),
+        r"query_label: holds Python objects .* cell array of strings",
+        id="mat-cell",
+    ),
+    pytest.param(
+        "f.npz",
+        with_array(query_f=np.zeros((0, 4)), query_label=np.zeros(0), query_cam=np.zeros(0)),
+        r"query_f: has no rows \(shape \(0, 4\)\): the query set is empty",
+        id="empty-query-set",
+    ),
+    pytest.param(
+        "f.npz",
+        with_array(query_f=np.zeros((3, 0)), gallery_f=np.zeros((5, 0))),
+        r"query_f: has feature dimension 0 \(shape \(3, 0\)\)",
+        id="zero-dim",
+    ),
+    pytest.param(
+        "f.npz",
+        with_array(gallery_f=np.ones((5, 3))),
+        r"gallery_f: has dimension 3 but query_f has dimension 4",
+        id="dim-mismatch",
+    ),
+    pytest.param(
+        "f.npz",
+        nan_at((1, 2), (1, 3)),
+        r"query_f: 2 NaN values in 1 row, the first is row 1; features must be finite",
+        id="nan-features",
+    ),
+    pytest.param(
+        "f.npz",
+        nan_at((4, 0), (2, 1), value=np.inf, key="gallery_f", shape=(5, 4)),
+        r"gallery_f: 2 inf values in 2 rows, the first is row 2",
+        id="inf-features",
+    ),
+    pytest.param(
+        "f.npz",
+        nan_at((2, 1), value=1e300, key="gallery_f", shape=(5, 4)),
+        r"gallery_f: values beyond float32's range \(largest magnitude 1e\+300\) in "
+        r"1 row, the first is row 2",
+        id="float32-overflow",
+    ),
+    pytest.param(
+        "f.npz",
+        nan_at((2, slice(None)), value=0),
+        r"query_f: all-zero features in 1 row, the first is row 2",
+        id="zero-row",
+    ),
+    pytest.param(
+        "f.npz",
+        with_array(gallery_label=np.array([[1, 2]])),
+        r"gallery_label: has 2 entries but gallery_f has 5 rows",
+        id="label-length",
+    ),
+    pytest.param(
+        "f.npz",
+        with_array(gallery_cam=np.ones((5, 2))),
+        r"gallery_cam: must be a vector of labels .* got shape \(5, 2\)",
+        id="label-matrix",
+    ),
+    pytest.param(
+        "f.npz",
+        labels_of(query_label=[1, np.nan, 3]),
+        r"query_label: entry 1 is nan, NaN",
+        id="nan-label",
+    ),
+    pytest.param(
+        "f.mat",
+        labels_of(gallery_label=[[1, 2.5, 3, 4.5, 5]]),
+        r"gallery_label: entry 1 is 2\.5, not a whole number \(2 entries\)",
+        id="fractional-label",
+    ),
+    pytest.param(
+        "f.npz",
+        labels_of(query_cam=[0, 1j, 1]),
+        r"query_cam: must hold integers or strings, got complex numbers",
+        id="complex-label",
+    ),
+    pytest.param(
+        "f.npz",
+        labels_of(query_label=["0001", "0002", "0003"]),
+        r"gallery_label: holds numbers but query_label holds strings",
+        id="strings-vs-numbers",
+    ),
 ]
 
 
@@ -207,7 +317,7 @@ def test_bad_files_name_the_file_the_key_and_the_problem(tmp_path, name, make, m
         load_features(path)
     text = str(caught.value)
     assert text.startswith(f"{path}: ") and "\n" not in text
-    assert re.search(message, text[len(f"{path}: "):]), text
+    assert re.search(message, text[len(f"{path}: ") :]), text
 
 
 @pytest.mark.parametrize("name", ["features.mat", "features.npz"])
@@ -219,8 +329,9 @@ def test_round_trip(tmp_path, name):
 
 
 def test_labels_are_optional(tmp_path):
-    write_example(tmp_path / "f.npz", query_label=None, gallery_label=None, query_cam=None,
-                  gallery_cam=None)
+    write_example(
+        tmp_path / "f.npz", query_label=None, gallery_label=None, query_cam=None, gallery_cam=None
+    )
     data = load_features(tmp_path / "f.npz")
     assert not data.has_labels
     with pytest.raises(ValueError, match="no identity/camera labels"):
@@ -238,15 +349,20 @@ def test_missing_file_directory_and_unknown_extension(tmp_path):
         load_features(tmp_path / "folder.npz")
 
 
-@pytest.mark.parametrize("name, cellstr", [("f.npz", False), ("f.mat", False), ("f.mat", True)],
-                         ids=["npz", "mat-char", "mat-cellstr"])
+@pytest.mark.parametrize(
+    "name, cellstr",
+    [("f.npz", False), ("f.mat", False), ("f.mat", True)],
+    ids=["npz", "mat-char", "mat-cellstr"],
+)
 def test_string_labels_map_to_integers_jointly(tmp_path, name, cellstr):
     as_labels = (lambda v: np.array(v, dtype=object)) if cellstr else np.array
-    write_example(tmp_path / name,
-                  query_label=as_labels(["0003", "0001", "0002"]),
-                  gallery_label=as_labels(["0002", "0001", "0003 ", "0004", "0005"]),
-                  query_cam=as_labels(["c2", "c2", "c1"]),
-                  gallery_cam=as_labels(["c1", "c3", "c1", "c2", "c1"]))
+    write_example(
+        tmp_path / name,
+        query_label=as_labels(["0003", "0001", "0002"]),
+        gallery_label=as_labels(["0002", "0001", "0003 ", "0004", "0005"]),
+        query_cam=as_labels(["c2", "c2", "c1"]),
+        gallery_cam=as_labels(["c1", "c3", "c1", "c2", "c1"]),
+    )
     data = load_features(tmp_path / name)
     # sorted order over query and gallery together; surrounding spaces do not count
     np.testing.assert_array_equal(data.query_pids, [2, 0, 1])
@@ -257,23 +373,36 @@ def test_string_labels_map_to_integers_jointly(tmp_path, name, cellstr):
 
 
 def test_whole_number_float_labels_and_integer_features_are_accepted(tmp_path):
-    write_example(tmp_path / "f.mat", query_label=np.array([[1.0, 2.0, -1.0]]),
-                  gallery_f=np.arange(1, 21, dtype=np.int16).reshape(5, 4))
+    write_example(
+        tmp_path / "f.mat",
+        query_label=np.array([[1.0, 2.0, -1.0]]),
+        gallery_f=np.arange(1, 21, dtype=np.int16).reshape(5, 4),
+    )
     data = load_features(tmp_path / "f.mat")
     np.testing.assert_array_equal(data.query_pids, [1, 2, -1])
     assert data.gallery_features.dtype == np.float32 and data.gallery_features[4, 3] == 20
 
 
-@pytest.mark.parametrize("make", [mat_with_unknown_data_type, mat_with_dimensionless_char],
-                         ids=["unknown-data-type", "char-without-dimensions"])
+@pytest.mark.parametrize(
+    "make",
+    [mat_with_unknown_data_type, mat_with_dimensionless_char],
+    ids=["unknown-data-type", "char-without-dimensions"],
+)
 def test_mat_files_that_crash_scipy_give_a_value_error(tmp_path, make):
     # in a child process: without the check, scipy.io.loadmat segfaults on these files
     path = tmp_path / "f.mat"
     make(path)
-    code = ("import sys\nfrom triton_rerank.app.data import load_features\ntry:\n"
-            "    load_features(sys.argv[1])\nexcept ValueError as err:\n    print(err)\n")
-    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                            text=True, timeout=120, cwd=REPO)
+    code = (
+        "import sys\nfrom triton_rerank.app.data import load_features\ntry:\n"
+        "    load_features(sys.argv[1])\nexcept ValueError as err:\n    print(err)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert result.returncode == 0, f"exit status {result.returncode}: {result.stderr[-500:]}"
     assert result.stdout.startswith(f"{path}: corrupt or truncated .mat file (")
 
@@ -295,12 +424,19 @@ def load_damaged_copies(directory: str, n_random: int = 150) -> None:
     """Load damaged copies of valid files; print what is not a ValueError (run in a child
     process, so that a crash is seen as its exit status)."""
     directory = Path(directory)
-    for name, compress in (("v5.mat", False), ("v5z.mat", True), ("v.npz", False),
-                           ("vz.npz", True)):
+    for name, compress in (
+        ("v5.mat", False),
+        ("v5z.mat", True),
+        ("v.npz", False),
+        ("vz.npz", True),
+    ):
         source = directory / name
-        write_example(source, compress=compress, query_label=np.array(["a", "b", "c"],
-                                                                      dtype=object),
-                      gallery_label=np.array(["a", "b", "c", "d", "e"]))
+        write_example(
+            source,
+            compress=compress,
+            query_label=np.array(["a", "b", "c"], dtype=object),
+            gallery_label=np.array(["a", "b", "c", "d", "e"]),
+        )
         target = directory / f"damaged{source.suffix}"
         for i, data in enumerate(damaged_copies(source, n_random, seed=len(name))):
             target.write_bytes(data)
@@ -313,12 +449,15 @@ def load_damaged_copies(directory: str, n_random: int = 150) -> None:
 
 
 def test_damaged_files_give_one_line_value_errors(tmp_path):
-    code = ("from tests.test_data import load_damaged_copies\n"
-            f"load_damaged_copies({str(tmp_path)!r})")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300, cwd=REPO)
+    code = (
+        f"from tests.test_data import load_damaged_copies\nload_damaged_copies({str(tmp_path)!r})"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert result.returncode == 0 and result.stdout == "", (
-        f"exit status {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        f"exit status {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    )
 
 
 def test_digits_split():
@@ -352,8 +491,10 @@ def test_load_fashion_mnist_reads_train_then_test(tmp_path):
     from triton_rerank.app.data import load_fashion_mnist
 
     rng = np.random.default_rng(0)
-    parts = {"train": (rng.integers(0, 256, (6, 28, 28)), np.arange(6) % 10),
-             "t10k": (rng.integers(0, 256, (4, 28, 28)), np.arange(4) + 3)}
+    parts = {
+        "train": (rng.integers(0, 256, (6, 28, 28)), np.arange(6) % 10),
+        "t10k": (rng.integers(0, 256, (4, 28, 28)), np.arange(4) + 3),
+    }
     for prefix, (images, labels) in parts.items():
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)

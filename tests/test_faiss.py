@@ -6,17 +6,17 @@ import faiss
 import numpy as np
 import pytest
 import torch
-from triton_rerank.integrations.faiss import (
-    RerankedIndex,
-    UnnormalisedVectorsWarning,
-    database_vectors,
-)
 
 from tests.compare import assert_same_topk, four_halves_vectors
 from tests.compare import gaussian as gaussian_rows
 from triton_rerank import gnn_rerank, reference
 from triton_rerank.app.synthetic import clustered_vectors
 from triton_rerank.evaluation.metrics import list_recall
+from triton_rerank.integrations.faiss import (
+    RerankedIndex,
+    UnnormalisedVectorsWarning,
+    database_vectors,
+)
 from triton_rerank.reference import gnn_rerank_reference
 
 PARAMS = {"k1": 12, "k2": 4, "iterations": 2, "lamb": 0.3}
@@ -93,8 +93,10 @@ def clustered():
 
 # -- exact mode ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make_index", [flat_ip, flat_l2, id_map, shards, hnsw,
-                                        ivf_with_direct_map])
+
+@pytest.mark.parametrize(
+    "make_index", [flat_ip, flat_l2, id_map, shards, hnsw, ivf_with_direct_map]
+)
 def test_exact_mode_equals_gnn_rerank(make_index, gaussian):
     xq, xb = gaussian
     index = make_index(xb)
@@ -152,10 +154,10 @@ def test_database_graph_is_cached_and_rebuilt_after_changes(gaussian):
     cached = reranked._database
     reranked.search(xq[:3], 5)
     assert reranked._database is cached
-    reranked.add(xb[300:350])                       # through the wrapper
+    reranked.add(xb[300:350])  # through the wrapper
     _, I = reranked.search(xq, 5)
     np.testing.assert_array_equal(I, gnn_rerank(xq, xb[:350], topk=5, **PARAMS)[1])
-    reranked.index.add(xb[350:])                    # behind its back: ntotal changed
+    reranked.index.add(xb[350:])  # behind its back: ntotal changed
     _, I = reranked.search(xq, 5)
     np.testing.assert_array_equal(I, gnn_rerank(xq, xb, topk=5, **PARAMS)[1])
     reranked.remove_ids(np.arange(100, dtype=np.int64))
@@ -187,6 +189,7 @@ def test_unnormalised_vectors_are_normalised(gaussian):
 
 # -- inductive mode -----------------------------------------------------------------------
 
+
 def test_inductive_mode_recalls_most_of_exact_mode(clustered):
     xq, xb = clustered
     index = flat_ip(xb)
@@ -206,7 +209,7 @@ def test_inductive_mode_on_an_approximate_graph_and_l2_index(clustered):
     reranked.build_graph(graph_index=hnsw(xb))
     D, inductive = reranked.search(xq, 10)
     assert list_recall(inductive, exact) >= 0.85
-    assert np.all(np.diff(D, axis=1) >= 0)        # L2 convention: ascending distances
+    assert np.all(np.diff(D, axis=1) >= 0)  # L2 convention: ascending distances
 
 
 def test_inductive_results_do_not_depend_on_the_batch(clustered):
@@ -214,7 +217,7 @@ def test_inductive_results_do_not_depend_on_the_batch(clustered):
     reranked = RerankedIndex(id_map(xb), mode="inductive", **PARAMS)
     D, I = reranked.search(xq, 10)
     for i in (0, 37, 99):
-        d_one, i_one = reranked.search(xq[i:i + 1], 10)
+        d_one, i_one = reranked.search(xq[i : i + 1], 10)
         np.testing.assert_array_equal(i_one[0], I[i])
         np.testing.assert_array_equal(d_one[0], D[i])
     assert set(I.ravel()) <= set(faiss.vector_to_array(reranked.index.id_map))
@@ -227,12 +230,12 @@ def test_inductive_mode_pads_short_shortlists(clustered):
     index.train(xb)
     index.add(xb)
     index.make_direct_map()
-    index.nprobe = 1                            # lists of ~45 vectors: fewer than 200
+    index.nprobe = 1  # lists of ~45 vectors: fewer than 200
     D, I = RerankedIndex(index, mode="inductive", **PARAMS).search(xq, 200)
     short = I == -1
     assert short.any() and (~short).any()
     assert np.all(np.isposinf(D[short])) and np.all(np.isfinite(D[~short]))
-    assert np.all(np.diff(short.astype(int), axis=1) >= 0)      # padding comes last
+    assert np.all(np.diff(short.astype(int), axis=1) >= 0)  # padding comes last
 
 
 def test_graph_save_and_load_round_trip(tmp_path, clustered):
@@ -248,7 +251,8 @@ def test_graph_save_and_load_round_trip(tmp_path, clustered):
         RerankedIndex(index, mode="inductive", k1=20).load_graph(tmp_path / "graph.npz")
     with pytest.raises(ValueError, match="another database"):
         RerankedIndex(flat_ip(xb[:500]), mode="inductive", **PARAMS).load_graph(
-            tmp_path / "graph.npz")
+            tmp_path / "graph.npz"
+        )
     (tmp_path / "bad.npz").write_bytes(b"not a graph")
     with pytest.raises(ValueError, match="not a triton-rerank graph file"):
         loaded.load_graph(tmp_path / "bad.npz")
@@ -271,15 +275,22 @@ def test_inductive_mode_without_propagation(clustered):
 
 # -- errors -------------------------------------------------------------------------------
 
+
 @pytest.mark.filterwarnings("ignore::triton_rerank.integrations.faiss.UnnormalisedVectorsWarning")
 def test_bad_input_gives_clear_errors(gaussian):
     xq, xb = gaussian
     reranked = RerankedIndex(flat_ip(xb))
     cases = [
-        (lambda: reranked.search(xq[:, :8], 5), ValueError, "dimension 8 but the index has "
-                                                             "dimension 16"),
-        (lambda: reranked.search(xq, 401), ValueError, "k=401 is larger than 400 .the index "
-                                                        "holds 400 vectors"),
+        (
+            lambda: reranked.search(xq[:, :8], 5),
+            ValueError,
+            "dimension 8 but the index has dimension 16",
+        ),
+        (
+            lambda: reranked.search(xq, 401),
+            ValueError,
+            "k=401 is larger than 400 .the index holds 400 vectors",
+        ),
         (lambda: reranked.search(xq, 0), ValueError, "k must be >= 1"),
         (lambda: reranked.search(xq, 2.5), TypeError, "k must be an integer"),
         (lambda: reranked.search(xq[0], 5), ValueError, "must be 2-D"),
@@ -288,21 +299,32 @@ def test_bad_input_gives_clear_errors(gaussian):
         (lambda: reranked.search(np.zeros_like(xq), 5), ValueError, "zero-norm"),
         (lambda: reranked.search(xq.astype(np.int32), 5), TypeError, "floating-point"),
         (lambda: reranked.search(xq.tolist(), 5), TypeError, "numpy.ndarray or a torch"),
-        (lambda: RerankedIndex(faiss.IndexFlatIP(16)).search(xq, 5), ValueError,
-         "index is empty"),
+        (lambda: RerankedIndex(faiss.IndexFlatIP(16)).search(xq, 5), ValueError, "index is empty"),
         (lambda: RerankedIndex(xb), TypeError, "must be a FAISS index"),
-        (lambda: RerankedIndex(faiss.IndexFlat(16, faiss.METRIC_L1)), ValueError,
-         "inner-product or L2 index"),
+        (
+            lambda: RerankedIndex(faiss.IndexFlat(16, faiss.METRIC_L1)),
+            ValueError,
+            "inner-product or L2 index",
+        ),
         (lambda: RerankedIndex(flat_ip(xb), mode="fast"), ValueError, "mode must be one of"),
         (lambda: RerankedIndex(flat_ip(xb), backend="triton"), ValueError, "CPU path"),
         (lambda: RerankedIndex(flat_ip(xb), k1=5, k2=6), ValueError, "k2 must not exceed k1"),
         (lambda: RerankedIndex(flat_ip(xb), lamb=2), ValueError, "lamb must be in"),
-        (lambda: RerankedIndex(flat_ip(xb), mode="inductive", shortlist=5).search(xq, 10),
-         ValueError, "shortlist=5 is smaller than k=10"),
-        (lambda: RerankedIndex(flat_ip(xb[:8]), mode="inductive", k1=10).search(xq, 5),
-         ValueError, "k1=10 is larger than 8"),
-        (lambda: RerankedIndex(flat_ip(xb), mode="inductive").build_graph(flat_ip(xb[:9])),
-         ValueError, "graph_index holds 9 vectors"),
+        (
+            lambda: RerankedIndex(flat_ip(xb), mode="inductive", shortlist=5).search(xq, 10),
+            ValueError,
+            "shortlist=5 is smaller than k=10",
+        ),
+        (
+            lambda: RerankedIndex(flat_ip(xb[:8]), mode="inductive", k1=10).search(xq, 5),
+            ValueError,
+            "k1=10 is larger than 8",
+        ),
+        (
+            lambda: RerankedIndex(flat_ip(xb), mode="inductive").build_graph(flat_ip(xb[:9])),
+            ValueError,
+            "graph_index holds 9 vectors",
+        ),
     ]
     for call, error, message in cases:
         with pytest.raises(error, match=message):
@@ -331,8 +353,9 @@ def test_ivf_index_holding_its_own_ids(gaussian):
 def test_an_index_that_cannot_return_vectors_is_named(gaussian):
     xq, xb = gaussian
     index = ivf_with_own_ids(xb, direct_map=False)
-    with pytest.raises(ValueError, match="IndexIVFFlat cannot return its stored vectors.*"
-                                         "set_direct_map_type"):
+    with pytest.raises(
+        ValueError, match="IndexIVFFlat cannot return its stored vectors.*set_direct_map_type"
+    ):
         RerankedIndex(index).search(xq, 5)
     with pytest.raises(ValueError, match="cannot return its stored vectors"):
         database_vectors(index)
@@ -343,8 +366,9 @@ def test_an_index_that_cannot_return_vectors_is_named(gaussian):
 HAS_FAISS_GPU = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-@pytest.mark.skipif(not HAS_FAISS_GPU, reason="needs faiss-gpu and a CUDA device "
-                                              "(faiss-cpu is installed here)")
+@pytest.mark.skipif(
+    not HAS_FAISS_GPU, reason="needs faiss-gpu and a CUDA device (faiss-cpu is installed here)"
+)
 def test_gpu_index_exact_mode_equals_gnn_rerank(gaussian):
     xq, xb = gaussian
     resources = faiss.StandardGpuResources()
@@ -357,6 +381,7 @@ def test_gpu_index_exact_mode_equals_gnn_rerank(gaussian):
 
 
 # -- canonical kNN lists ------------------------------------------------------------------
+
 
 def gaussian_with_copies(seed: int, n: int = 310, d: int = 16):
     """Gaussian vectors, a third of them exact copies of others (scattered)."""
@@ -376,8 +401,9 @@ def test_exact_mode_equals_gnn_rerank_on_duplicate_vectors(seed):
     np.testing.assert_array_equal(D, want_d)
     # the cached database lists are the canonical kNN of the database alone
     _, _, db_values, db_indices = reranked._exact_database()
-    ref_values, ref_indices = reference.knn(torch.from_numpy(xb / np.linalg.norm(
-        xb, axis=1, keepdims=True)).float(), PARAMS["k1"])
+    ref_values, ref_indices = reference.knn(
+        torch.from_numpy(xb / np.linalg.norm(xb, axis=1, keepdims=True)).float(), PARAMS["k1"]
+    )
     np.testing.assert_array_equal(db_indices, ref_indices.numpy())
 
 

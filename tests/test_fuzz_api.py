@@ -23,24 +23,43 @@ from triton_rerank.reference import gnn_rerank_reference
 from triton_rerank.rerank import gnn_rerank_similarities
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 
 # What a documented error's message must mention: the argument or the property at fault.
-NAMED = re.compile(r"query|gallery|k1|k2|iterations|lamb|topk|normalize|backend|q_g|q_q|g_g|"
-                   r"scale|offset|scores|pids|camids|max_rank|float32|float64|NaN|inf|"
-                   r"zero-norm|dimension|empty|dtype|device|same array type|tensor|array")
+NAMED = re.compile(
+    r"query|gallery|k1|k2|iterations|lamb|topk|normalize|backend|q_g|q_q|g_g|"
+    r"scale|offset|scores|pids|camids|max_rank|float32|float64|NaN|inf|"
+    r"zero-norm|dimension|empty|dtype|device|same array type|tensor|array"
+)
 
-NUMPY_DTYPES = [np.float16, np.float32, np.float32, np.float64, np.float64, np.longdouble,
-                ">f4", np.int32, np.complex64, np.bool_]
-TORCH_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float32, torch.float64,
-                torch.int64]
+NUMPY_DTYPES = [
+    np.float16,
+    np.float32,
+    np.float32,
+    np.float64,
+    np.float64,
+    np.longdouble,
+    ">f4",
+    np.int32,
+    np.complex64,
+    np.bool_,
+]
+TORCH_DTYPES = [
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float32,
+    torch.float64,
+    torch.int64,
+]
 
 
 @st.composite
 def feature_arrays(draw):
     """A query/gallery pair as a user could pass it, valid or not."""
-    empty = draw(st.sampled_from([False] * 19 + [True]))       # 5%: an empty side
+    empty = draw(st.sampled_from([False] * 19 + [True]))  # 5%: an empty side
     n_query = 0 if empty and draw(st.booleans()) else draw(st.integers(1, 9))
     n_gallery = 0 if empty and not n_query == 0 else draw(st.integers(1, 30))
     dim = draw(st.sampled_from([1, 3, 8, 8, 17, 17, 0]))
@@ -78,21 +97,30 @@ def parameters(draw, n_nodes: int = 40, n_gallery: int = 30):
     included), sometimes anything at all."""
     if draw(st.sampled_from([False, False, False, True])):
         junk = st.integers(-1, 45) | st.sampled_from([2.5, True, "7", None])
-        return dict(k1=draw(junk), k2=draw(junk), iterations=draw(st.integers(-1, 3)),
-                    lamb=draw(st.sampled_from([0.0, 0.3, 1.0, -0.1, float("nan"), "x"])),
-                    topk=draw(st.none() | st.integers(-1, 35)),
-                    normalize=draw(st.sampled_from([True, False, "yes"])))
+        return dict(
+            k1=draw(junk),
+            k2=draw(junk),
+            iterations=draw(st.integers(-1, 3)),
+            lamb=draw(st.sampled_from([0.0, 0.3, 1.0, -0.1, float("nan"), "x"])),
+            topk=draw(st.none() | st.integers(-1, 35)),
+            normalize=draw(st.sampled_from([True, False, "yes"])),
+        )
     # (the valid ones: every range boundary is reachable)
     k1 = draw(st.integers(1, max(1, min(n_nodes, 30))))
-    return dict(k1=k1, k2=draw(st.integers(1, k1)), iterations=draw(st.integers(0, 3)),
-                lamb=draw(st.sampled_from([0.0, 0.3, 1.0]) | st.floats(0, 1)),
-                topk=draw(st.none() | st.integers(1, max(1, n_gallery))),
-                normalize=draw(st.sampled_from([True, True, False])))
+    return dict(
+        k1=k1,
+        k2=draw(st.integers(1, k1)),
+        iterations=draw(st.integers(0, 3)),
+        lamb=draw(st.sampled_from([0.0, 0.3, 1.0]) | st.floats(0, 1)),
+        topk=draw(st.none() | st.integers(1, max(1, n_gallery))),
+        normalize=draw(st.sampled_from([True, True, False])),
+    )
 
 
 def documented(error: Exception) -> bool:
     return isinstance(error, (ValueError, TypeError, MemoryError)) and bool(
-        NAMED.search(str(error)))
+        NAMED.search(str(error))
+    )
 
 
 def as_float64(x) -> np.ndarray:
@@ -113,9 +141,15 @@ def test_gnn_rerank_errors_are_documented_and_results_are_the_reference(data):
         event(f"error: {type(error).__name__}: {str(error)[:60]}")
         return
     event("re-ranked")
-    reference = gnn_rerank_reference(as_float64(xq), as_float64(xg), k1=params["k1"],
-                                     k2=params["k2"], iterations=params["iterations"],
-                                     lamb=params["lamb"], normalize=params["normalize"])
+    reference = gnn_rerank_reference(
+        as_float64(xq),
+        as_float64(xg),
+        k1=params["k1"],
+        k2=params["k2"],
+        iterations=params["iterations"],
+        lamb=params["lamb"],
+        normalize=params["normalize"],
+    )
     atol = 2e-5 if params["normalize"] else 2e-5 * float(reference.abs().max() + 1)
     if params["topk"] is None:
         assert_same_ranking(result, reference, atol=atol)
@@ -132,7 +166,7 @@ def similarity_blocks(draw):
     sims = x @ x.T
     blocks = [sims[:n_query, n_query:], sims[:n_query, :n_query], sims[n_query:, n_query:]]
     if draw(st.booleans()) and blocks[1].size:
-        blocks[1] = blocks[1][:, :-1]            # wrong shape
+        blocks[1] = blocks[1][:, :-1]  # wrong shape
     if draw(st.booleans()) and blocks[0].size:
         blocks[0] = blocks[0].copy()
         blocks[0].flat[0] = draw(st.sampled_from([np.nan, np.inf, 0.5]))
@@ -157,8 +191,7 @@ def test_gnn_rerank_similarities_errors_are_documented(data):
     params = data.draw(parameters(n_query + n_gallery, n_gallery))
     del params["normalize"]
     try:
-        result = gnn_rerank_similarities(q_g, q_q, g_g, scale=scale, offset=1 - scale,
-                                         **params)
+        result = gnn_rerank_similarities(q_g, q_q, g_g, scale=scale, offset=1 - scale, **params)
     except Exception as error:  # noqa: BLE001
         assert documented(error), f"{type(error).__name__}: {error}"
         return
@@ -167,8 +200,12 @@ def test_gnn_rerank_similarities_errors_are_documented(data):
 
 
 @FUZZ
-@given(st.integers(0, 8), st.integers(0, 12), st.integers(0, 2**32 - 1),
-       st.sampled_from(["ints", "floats", "nan", "strings", "short", "2-D", "torch"]))
+@given(
+    st.integers(0, 8),
+    st.integers(0, 12),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["ints", "floats", "nan", "strings", "short", "2-D", "torch"]),
+)
 def test_evaluate_errors_are_documented(n_query, n_gallery, seed, labels):
     rng = np.random.default_rng(seed)
     scores = rng.standard_normal((n_query, n_gallery)).astype(np.float32)

@@ -29,11 +29,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from triton_rerank.integrations.faiss import RerankedIndex
 
 from triton_rerank.app.synthetic import clustered_vectors
 from triton_rerank.database.graph_file import MEMBERS, SCALARS, STRINGS, content_checksum
 from triton_rerank.database.inductive import InductiveGraph
+from triton_rerank.integrations.faiss import RerankedIndex
 
 PARAMS = {"k1": 12, "k2": 4, "iterations": 2, "lamb": 0.3}
 # 100 queries: their searches read nearly every row of the graph, so that a bad entry
@@ -79,7 +79,7 @@ def zip_bytes(entries) -> bytes:
     """An uncompressed zip of ``(name, bytes)`` entries (duplicates allowed)."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)      # "Duplicate name"
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name"
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
             for name, data in entries:
                 archive.writestr(name, data)
@@ -93,8 +93,9 @@ def member_entries(members):
 def member_data_end(raw: bytes, name: str) -> int:
     """Offset just past the bytes of member ``name`` in the archive ``raw``."""
     info = zipfile.ZipFile(io.BytesIO(raw)).getinfo(f"{name}.npy")
-    name_length, extra_length = np.frombuffer(raw[info.header_offset + 26:
-                                                  info.header_offset + 30], "<u2")
+    name_length, extra_length = np.frombuffer(
+        raw[info.header_offset + 26 : info.header_offset + 30], "<u2"
+    )
     return info.header_offset + 30 + int(name_length) + int(extra_length) + info.file_size
 
 
@@ -114,8 +115,16 @@ def saved(tmp_path_factory):
     path = tmp_path_factory.mktemp("graph") / "graph.npz"
     built.save_graph(path)
     distances, labels = built.search(xq, TOP)
-    return Saved(path=path, index=index, xq=xq, xb=xb, raw=path.read_bytes(),
-                 members=read_members(path), distances=distances, labels=labels)
+    return Saved(
+        path=path,
+        index=index,
+        xq=xq,
+        xb=xb,
+        raw=path.read_bytes(),
+        members=read_members(path),
+        distances=distances,
+        labels=labels,
+    )
 
 
 def load_into_index(index, path):
@@ -124,11 +133,21 @@ def load_into_index(index, path):
 
 # -- valid files load -------------------------------------------------------------------
 
-@pytest.mark.parametrize("k1,k2,iterations,row_budget", [
-    (12, 4, 2, 128), (12, 1, 2, 128), (12, 4, 0, 128), (12, 4, 1, 128), (8, 3, 3, 5),
-    (1, 1, 1, 1)])
-def test_every_kind_of_built_graph_loads_and_searches_the_same(tmp_path, saved, k1, k2,
-                                                               iterations, row_budget):
+
+@pytest.mark.parametrize(
+    "k1,k2,iterations,row_budget",
+    [
+        (12, 4, 2, 128),
+        (12, 1, 2, 128),
+        (12, 4, 0, 128),
+        (12, 4, 1, 128),
+        (8, 3, 3, 5),
+        (1, 1, 1, 1),
+    ],
+)
+def test_every_kind_of_built_graph_loads_and_searches_the_same(
+    tmp_path, saved, k1, k2, iterations, row_budget
+):
     index = faiss.IndexIDMap(faiss.IndexFlatIP(DIM))
     index.add_with_ids(saved.xb, 1000 + 7 * np.arange(N_DB)[::-1])
     params = {"k1": k1, "k2": k2, "iterations": iterations, "lamb": 0.3}
@@ -140,7 +159,7 @@ def test_every_kind_of_built_graph_loads_and_searches_the_same(tmp_path, saved, 
     for a, b in zip(built.search(saved.xq, TOP), loaded.search(saved.xq, TOP), strict=True):
         np.testing.assert_array_equal(a, b)
     assert loaded._graph.fingerprint == built._graph.fingerprint
-    assert os.listdir(tmp_path) == ["graph.npz"]          # no temporary file left behind
+    assert os.listdir(tmp_path) == ["graph.npz"]  # no temporary file left behind
 
 
 def test_graph_with_missing_neighbours_round_trips(tmp_path, saved):
@@ -153,8 +172,11 @@ def test_graph_with_missing_neighbours_round_trips(tmp_path, saved):
     loaded = InductiveGraph.load(tmp_path / "graph.npz")
     assert loaded.fingerprint is None
     everything = np.tile(np.arange(N_DB), (N_QUERY, 1))
-    for a, b in zip(graph.rerank(saved.xq, everything, TOP, 0.3),
-                    loaded.rerank(saved.xq, everything, TOP, 0.3), strict=True):
+    for a, b in zip(
+        graph.rerank(saved.xq, everything, TOP, 0.3),
+        loaded.rerank(saved.xq, everything, TOP, 0.3),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -165,6 +187,7 @@ def test_missing_file_is_file_not_found(tmp_path, saved):
 
 # -- damaged and edited files are refused ----------------------------------------------
 
+
 def raw_case(case_id, problem, make):
     """A file made from the pristine file's bytes by ``make(raw)``."""
     return pytest.param("raw", make, problem, id=case_id)
@@ -173,8 +196,9 @@ def raw_case(case_id, problem, make):
 def edit_case(case_id, problem, edit, *, recompute_checksum=True):
     """The pristine members edited in place by ``edit(members)``, checksum recomputed
     unless said otherwise (so that the structural rule is what refuses the file)."""
-    return pytest.param("checksum" if recompute_checksum else "no-checksum", edit, problem,
-                        id=case_id)
+    return pytest.param(
+        "checksum" if recompute_checksum else "no-checksum", edit, problem, id=case_id
+    )
 
 
 def index_case(case_id, problem, make_index):
@@ -185,24 +209,28 @@ def index_case(case_id, problem, make_index):
 def setting(name, value):
     def edit(m):
         m[name] = value
+
     return edit
 
 
 def poke(name, where, value):
     def edit(m):
         m[name][where] = value
+
     return edit
 
 
 def delete(name):
     def edit(m):
         del m[name]
+
     return edit
 
 
 def swap(name, a, b):
     def edit(m):
         m[name][a], m[name][b] = m[name][b].copy(), m[name][a].copy()
+
     return edit
 
 
@@ -234,17 +262,19 @@ def unequal_halves(m):
 def reverse_rows_moved(m):
     indptr = m["rev_indptr"]
     row = int(np.flatnonzero(np.diff(indptr) > 0)[0])
-    indptr[row + 1] -= 1      # still non-decreasing, from 0 to E: only the lengths differ
+    indptr[row + 1] -= 1  # still non-decreasing, from 0 to E: only the lengths differ
 
 
 def forged_vectors_header(raw):
     members = read_members(io.BytesIO(raw))
     vectors = members.pop("vectors")
     forged = io.BytesIO()
-    np.lib.format.write_array_header_1_0(forged, {"descr": "<f4", "fortran_order": False,
-                                                  "shape": (40000, DIM)})
-    return zip_bytes(member_entries(members) + [("vectors.npy", forged.getvalue()
-                                                 + vectors.tobytes())])
+    np.lib.format.write_array_header_1_0(
+        forged, {"descr": "<f4", "fortran_order": False, "shape": (40000, DIM)}
+    )
+    return zip_bytes(
+        member_entries(members) + [("vectors.npy", forged.getvalue() + vectors.tobytes())]
+    )
 
 
 def flip_byte_in_vectors(raw):
@@ -285,174 +315,356 @@ CASES = [
     # the archive
     raw_case("empty-file", "truncated or not an .npz archive", lambda raw: b""),
     raw_case("truncated-10", "truncated or not an .npz archive", lambda raw: raw[:10]),
-    raw_case("truncated-half", "truncated or not an .npz archive",
-             lambda raw: raw[:len(raw) // 2]),
-    raw_case("truncated-in-directory", "truncated or not an .npz archive",
-             lambda raw: raw[:len(raw) - 300]),
+    raw_case(
+        "truncated-half", "truncated or not an .npz archive", lambda raw: raw[: len(raw) // 2]
+    ),
+    raw_case(
+        "truncated-in-directory",
+        "truncated or not an .npz archive",
+        lambda raw: raw[: len(raw) - 300],
+    ),
     raw_case("truncated-last-byte", "truncated or not an .npz archive", lambda raw: raw[:-1]),
     raw_case("text", "truncated or not an .npz archive", lambda raw: b"not a graph"),
-    raw_case("random-bytes", "truncated or not an .npz archive",
-             lambda raw: np.random.default_rng(1).bytes(5000)),
-    raw_case("random-bytes-after-zip-magic", "truncated or not an .npz archive",
-             lambda raw: b"PK\x03\x04" + np.random.default_rng(2).bytes(5000)),
-    raw_case("npy-file", "it is a single .npy array, not an .npz archive",
-             lambda raw: npy_bytes(np.arange(10))),
-    raw_case("flipped-byte-in-vectors", "member 'vectors' is damaged (Bad CRC-32",
-             flip_byte_in_vectors),
-    raw_case("forged-header", "member 'vectors' is truncated or its header is damaged",
-             forged_vectors_header),
+    raw_case(
+        "random-bytes",
+        "truncated or not an .npz archive",
+        lambda raw: np.random.default_rng(1).bytes(5000),
+    ),
+    raw_case(
+        "random-bytes-after-zip-magic",
+        "truncated or not an .npz archive",
+        lambda raw: b"PK\x03\x04" + np.random.default_rng(2).bytes(5000),
+    ),
+    raw_case(
+        "npy-file",
+        "it is a single .npy array, not an .npz archive",
+        lambda raw: npy_bytes(np.arange(10)),
+    ),
+    raw_case(
+        "flipped-byte-in-vectors", "member 'vectors' is damaged (Bad CRC-32", flip_byte_in_vectors
+    ),
+    raw_case(
+        "forged-header",
+        "member 'vectors' is truncated or its header is damaged",
+        forged_vectors_header,
+    ),
     raw_case("compressed", "member 'format' is compressed", compressed),
     raw_case("duplicate-member", "member 'k1.npy' appears more than once", duplicate_member),
     raw_case("member-not-npy", "member 'k2' is damaged", member_is_not_npy),
     # members and format
-    edit_case("missing-format", "not a triton-rerank graph file or is damaged: missing member "
-              "'format'", delete("format"), recompute_checksum=False),
-    edit_case("missing-m_values", "missing member 'm_values'", delete("m_values"),
-              recompute_checksum=False),
-    edit_case("missing-checksum", "missing member 'checksum'", delete("checksum"),
-              recompute_checksum=False),
+    edit_case(
+        "missing-format",
+        "not a triton-rerank graph file or is damaged: missing member 'format'",
+        delete("format"),
+        recompute_checksum=False,
+    ),
+    edit_case(
+        "missing-m_values",
+        "missing member 'm_values'",
+        delete("m_values"),
+        recompute_checksum=False,
+    ),
+    edit_case(
+        "missing-checksum",
+        "missing member 'checksum'",
+        delete("checksum"),
+        recompute_checksum=False,
+    ),
     edit_case("extra-member", "unexpected member 'junk'", setting("junk", np.zeros(3))),
-    edit_case("old-format", "has graph format 1; this version reads format 2: rebuild the "
-              "graph", old_format),
+    edit_case(
+        "old-format",
+        "has graph format 1; this version reads format 2: rebuild the graph",
+        old_format,
+    ),
     edit_case("format-3", "has graph format 3", setting("format", np.int64(3))),
-    edit_case("format-float", "member 'format' must be an integer scalar",
-              setting("format", np.float64(2))),
+    edit_case(
+        "format-float",
+        "member 'format' must be an integer scalar",
+        setting("format", np.float64(2)),
+    ),
     # checksum and fingerprint
-    edit_case("edited-without-checksum", "its checksum does not match its content: the file "
-              "was damaged or edited", poke("m_values", 0, 0.5), recompute_checksum=False),
-    edit_case("checksum-not-hex", "member 'checksum' must be 64 hex digits",
-              setting("checksum", np.str_("z" * 64)), recompute_checksum=False),
-    edit_case("checksum-not-str", "member 'checksum' must be a str scalar",
-              setting("checksum", np.int64(5)), recompute_checksum=False),
-    edit_case("fingerprint-not-hex", "member 'fingerprint' must be 64 hex digits",
-              setting("fingerprint", np.str_("abc"))),
-    edit_case("no-fingerprint", "records no fingerprint of the database",
-              setting("fingerprint", np.str_(""))),
-    index_case("another-database-same-size-and-ids", "was built for another database: the "
-               "index holds as many vectors under the same ids", re_extracted_features),
-    index_case("wrong-dimension", "its vectors have dimension 16, the index's 8",
-               lambda saved: flat_ip(np.ascontiguousarray(saved.xb[:, :8]))),
-    index_case("fewer-vectors", "was built for another database (400 vectors",
-               lambda saved: flat_ip(saved.xb[:300])),
-    edit_case("other-ids", "was built for another database (400 vectors",
-              poke("ids", 3, 10**6)),
+    edit_case(
+        "edited-without-checksum",
+        "its checksum does not match its content: the file was damaged or edited",
+        poke("m_values", 0, 0.5),
+        recompute_checksum=False,
+    ),
+    edit_case(
+        "checksum-not-hex",
+        "member 'checksum' must be 64 hex digits",
+        setting("checksum", np.str_("z" * 64)),
+        recompute_checksum=False,
+    ),
+    edit_case(
+        "checksum-not-str",
+        "member 'checksum' must be a str scalar",
+        setting("checksum", np.int64(5)),
+        recompute_checksum=False,
+    ),
+    edit_case(
+        "fingerprint-not-hex",
+        "member 'fingerprint' must be 64 hex digits",
+        setting("fingerprint", np.str_("abc")),
+    ),
+    edit_case(
+        "no-fingerprint",
+        "records no fingerprint of the database",
+        setting("fingerprint", np.str_("")),
+    ),
+    index_case(
+        "another-database-same-size-and-ids",
+        "was built for another database: the index holds as many vectors under the same ids",
+        re_extracted_features,
+    ),
+    index_case(
+        "wrong-dimension",
+        "its vectors have dimension 16, the index's 8",
+        lambda saved: flat_ip(np.ascontiguousarray(saved.xb[:, :8])),
+    ),
+    index_case(
+        "fewer-vectors",
+        "was built for another database (400 vectors",
+        lambda saved: flat_ip(saved.xb[:300]),
+    ),
+    edit_case("other-ids", "was built for another database (400 vectors", poke("ids", 3, 10**6)),
     # scalars
     edit_case("k1-zero", "member 'k1' is 0, below its minimum 1", setting("k1", np.int64(0))),
-    edit_case("k1-negative", "member 'k1' is -3, below its minimum 1",
-              setting("k1", np.int64(-3))),
-    edit_case("k1-not-the-list-width", "member 'knn_values' must have dtype float32 and shape "
-              "(g, k1) = (400, 13)", setting("k1", np.int64(13))),
-    edit_case("k1-float", "member 'k1' must have dtype int64 and shape ()",
-              setting("k1", np.float64(12))),
-    edit_case("k1-array", "member 'k1' must have dtype int64 and shape ()",
-              setting("k1", np.array([12]))),
+    edit_case("k1-negative", "member 'k1' is -3, below its minimum 1", setting("k1", np.int64(-3))),
+    edit_case(
+        "k1-not-the-list-width",
+        "member 'knn_values' must have dtype float32 and shape (g, k1) = (400, 13)",
+        setting("k1", np.int64(13)),
+    ),
+    edit_case(
+        "k1-float", "member 'k1' must have dtype int64 and shape ()", setting("k1", np.float64(12))
+    ),
+    edit_case(
+        "k1-array", "member 'k1' must have dtype int64 and shape ()", setting("k1", np.array([12]))
+    ),
     edit_case("k1-uint64", "member 'k1' must have dtype int64", setting("k1", np.uint64(12))),
     edit_case("k2-zero", "member 'k2' is 0, below its minimum 1", setting("k2", np.int64(0))),
     edit_case("k2-above-k1", "member 'k2' is 13, above k1 = 12", setting("k2", np.int64(13))),
-    edit_case("k2-one-with-rounds", "member 'm_indptr' must have dtype int64 and shape "
-              "(R, 2g + 1) = (0, 801)", setting("k2", np.int64(1))),
-    edit_case("iterations-negative", "member 'iterations' is -1, below its minimum 0",
-              setting("iterations", np.int64(-1))),
-    edit_case("iterations-edited", "member 'm_indptr' must have dtype int64 and shape "
-              "(R, 2g + 1) = (3, 801)", setting("iterations", np.int64(3))),
-    edit_case("iterations-huge", "shape (R, 2g + 1) = (4611686018427387904, 801)",
-              setting("iterations", np.int64(2**62))),
-    edit_case("row-budget-zero", "member 'row_budget' is 0, below its minimum 1",
-              setting("row_budget", np.int64(0))),
-    edit_case("row-budget-negative", "member 'row_budget' is -5, below its minimum 1",
-              setting("row_budget", np.int64(-5))),
+    edit_case(
+        "k2-one-with-rounds",
+        "member 'm_indptr' must have dtype int64 and shape (R, 2g + 1) = (0, 801)",
+        setting("k2", np.int64(1)),
+    ),
+    edit_case(
+        "iterations-negative",
+        "member 'iterations' is -1, below its minimum 0",
+        setting("iterations", np.int64(-1)),
+    ),
+    edit_case(
+        "iterations-edited",
+        "member 'm_indptr' must have dtype int64 and shape (R, 2g + 1) = (3, 801)",
+        setting("iterations", np.int64(3)),
+    ),
+    edit_case(
+        "iterations-huge",
+        "shape (R, 2g + 1) = (4611686018427387904, 801)",
+        setting("iterations", np.int64(2**62)),
+    ),
+    edit_case(
+        "row-budget-zero",
+        "member 'row_budget' is 0, below its minimum 1",
+        setting("row_budget", np.int64(0)),
+    ),
+    edit_case(
+        "row-budget-negative",
+        "member 'row_budget' is -5, below its minimum 1",
+        setting("row_budget", np.int64(-5)),
+    ),
     # the database rows
-    edit_case("vectors-float64", "member 'vectors' must have dtype float32",
-              lambda m: m.update(vectors=m["vectors"].astype(np.float64))),
-    edit_case("vectors-1d", "member 'vectors' must be a float32 array of shape (g, d) with "
-              "g >= 1", lambda m: m.update(vectors=m["vectors"].ravel())),
-    edit_case("vectors-empty", "with g >= 1 and d >= 1, got float32 array of shape (0, 16)",
-              lambda m: m.update(vectors=m["vectors"][:0])),
-    edit_case("vectors-nan", "member 'vectors' holds NaN or infinite values",
-              poke("vectors", (7, 2), np.nan)),
-    edit_case("vectors-inf", "member 'vectors' holds NaN or infinite values",
-              poke("vectors", (7, 2), np.inf)),
+    edit_case(
+        "vectors-float64",
+        "member 'vectors' must have dtype float32",
+        lambda m: m.update(vectors=m["vectors"].astype(np.float64)),
+    ),
+    edit_case(
+        "vectors-1d",
+        "member 'vectors' must be a float32 array of shape (g, d) with g >= 1",
+        lambda m: m.update(vectors=m["vectors"].ravel()),
+    ),
+    edit_case(
+        "vectors-empty",
+        "with g >= 1 and d >= 1, got float32 array of shape (0, 16)",
+        lambda m: m.update(vectors=m["vectors"][:0]),
+    ),
+    edit_case(
+        "vectors-nan",
+        "member 'vectors' holds NaN or infinite values",
+        poke("vectors", (7, 2), np.nan),
+    ),
+    edit_case(
+        "vectors-inf",
+        "member 'vectors' holds NaN or infinite values",
+        poke("vectors", (7, 2), np.inf),
+    ),
     edit_case("vectors-not-unit", NOT_UNIT, lambda m: m["vectors"].__imul__(2)),
-    edit_case("vectors-wrong-dimension", NOT_UNIT,
-              lambda m: m.update(vectors=np.ascontiguousarray(m["vectors"][:, :8]))),
-    edit_case("ids-short", "member 'ids' must have dtype int64 and shape (g,) = (400,)",
-              lambda m: m.update(ids=m["ids"][:-1])),
-    edit_case("ids-int32", "member 'ids' must have dtype int64",
-              lambda m: m.update(ids=m["ids"].astype(np.int32))),
-    edit_case("caller-position-repeated", "'caller_position' must be a permutation",
-              lambda m: poke("caller_position", 0, m["caller_position"][1])(m)),
-    edit_case("caller-position-out-of-range", "member 'caller_position' holds 400: positions "
-              "must lie in [0, 400)", poke("caller_position", 5, N_DB)),
-    edit_case("caller-position-negative", "member 'caller_position' holds -1",
-              poke("caller_position", 5, -1)),
-    edit_case("caller-position-big-endian", "member 'caller_position' must have dtype int64",
-              lambda m: m.update(caller_position=m["caller_position"].astype(">i8"))),
+    edit_case(
+        "vectors-wrong-dimension",
+        NOT_UNIT,
+        lambda m: m.update(vectors=np.ascontiguousarray(m["vectors"][:, :8])),
+    ),
+    edit_case(
+        "ids-short",
+        "member 'ids' must have dtype int64 and shape (g,) = (400,)",
+        lambda m: m.update(ids=m["ids"][:-1]),
+    ),
+    edit_case(
+        "ids-int32",
+        "member 'ids' must have dtype int64",
+        lambda m: m.update(ids=m["ids"].astype(np.int32)),
+    ),
+    edit_case(
+        "caller-position-repeated",
+        "'caller_position' must be a permutation",
+        lambda m: poke("caller_position", 0, m["caller_position"][1])(m),
+    ),
+    edit_case(
+        "caller-position-out-of-range",
+        "member 'caller_position' holds 400: positions must lie in [0, 400)",
+        poke("caller_position", 5, N_DB),
+    ),
+    edit_case(
+        "caller-position-negative",
+        "member 'caller_position' holds -1",
+        poke("caller_position", 5, -1),
+    ),
+    edit_case(
+        "caller-position-big-endian",
+        "member 'caller_position' must have dtype int64",
+        lambda m: m.update(caller_position=m["caller_position"].astype(">i8")),
+    ),
     # the kNN lists
-    edit_case("knn-index-out-of-range", "member 'knn_indices' holds 400: positions must lie "
-              "in [0, 400), or be -1 for none", poke("knn_indices", (5, 3), N_DB)),
-    edit_case("knn-index-huge", "member 'knn_indices' holds 4611686018427387904",
-              poke("knn_indices", (5, 3), 2**62)),
-    edit_case("knn-index-negative", "member 'knn_indices' holds -2",
-              poke("knn_indices", (5, 3), -2)),
-    edit_case("knn-list-without-self", "has a row that does not list its own node",
-              drop_self_from_row_0),
+    edit_case(
+        "knn-index-out-of-range",
+        "member 'knn_indices' holds 400: positions must lie in [0, 400), or be -1 for none",
+        poke("knn_indices", (5, 3), N_DB),
+    ),
+    edit_case(
+        "knn-index-huge",
+        "member 'knn_indices' holds 4611686018427387904",
+        poke("knn_indices", (5, 3), 2**62),
+    ),
+    edit_case(
+        "knn-index-negative", "member 'knn_indices' holds -2", poke("knn_indices", (5, 3), -2)
+    ),
+    edit_case(
+        "knn-list-without-self", "has a row that does not list its own node", drop_self_from_row_0
+    ),
     edit_case("knn-gap", "has a missing entry (-1) before a valid one", gap_in_row_0),
-    edit_case("knn-value-inf-for-valid-entry", "must be -inf exactly where 'knn_indices' is -1",
-              poke("knn_values", (0, 2), -np.inf)),
-    edit_case("knn-value-nan", "member 'knn_values' holds NaN or infinite values",
-              poke("knn_values", (0, 2), np.nan)),
-    edit_case("knn-value-above-one", "member 'knn_values' holds 1.5",
-              poke("knn_values", (0, 2), 1.5)),
-    edit_case("knn-values-unsorted", "must be non-increasing along each row",
-              swap("knn_values", (0, 1), (0, 5))),
-    edit_case("knn-indices-wrong-shape", "member 'knn_indices' must have dtype int64 and shape "
-              "(g, k1) = (400, 12)", lambda m: m.update(knn_indices=m["knn_indices"][:, :11])),
+    edit_case(
+        "knn-value-inf-for-valid-entry",
+        "must be -inf exactly where 'knn_indices' is -1",
+        poke("knn_values", (0, 2), -np.inf),
+    ),
+    edit_case(
+        "knn-value-nan",
+        "member 'knn_values' holds NaN or infinite values",
+        poke("knn_values", (0, 2), np.nan),
+    ),
+    edit_case(
+        "knn-value-above-one", "member 'knn_values' holds 1.5", poke("knn_values", (0, 2), 1.5)
+    ),
+    edit_case(
+        "knn-values-unsorted",
+        "must be non-increasing along each row",
+        swap("knn_values", (0, 1), (0, 5)),
+    ),
+    edit_case(
+        "knn-indices-wrong-shape",
+        "member 'knn_indices' must have dtype int64 and shape (g, k1) = (400, 12)",
+        lambda m: m.update(knn_indices=m["knn_indices"][:, :11]),
+    ),
     # the propagated rounds
-    edit_case("m-indptr-decreasing", "member 'm_indptr' decreases",
-              swap("m_indptr", (0, 5), (0, 6))),
-    edit_case("m-indptr-past-the-end", f"member 'm_indptr' must run from 0 to {NNZ_NOTE}",
-              lambda m: m["m_indptr"][-1].__setitem__(-1, m["m_indptr"][-1, -1] + 1)),
+    edit_case(
+        "m-indptr-decreasing", "member 'm_indptr' decreases", swap("m_indptr", (0, 5), (0, 6))
+    ),
+    edit_case(
+        "m-indptr-past-the-end",
+        f"member 'm_indptr' must run from 0 to {NNZ_NOTE}",
+        lambda m: m["m_indptr"][-1].__setitem__(-1, m["m_indptr"][-1, -1] + 1),
+    ),
     edit_case("m-indptr-not-from-zero", "runs from 1 to", poke("m_indptr", (0, 0), 1)),
     edit_case("m-indptr-negative", "runs from -5 to", poke("m_indptr", (0, 0), -5)),
-    edit_case("m-indptr-gap-between-rounds", "a round that does not start where the previous "
-              "one ends", gap_between_rounds),
-    edit_case("m-indptr-unequal-halves", "A_r and A_r.T halves hold different numbers",
-              unequal_halves),
-    edit_case("m-indptr-int32", "member 'm_indptr' must have dtype int64",
-              lambda m: m.update(m_indptr=m["m_indptr"].astype(np.int32))),
-    edit_case("m-index-out-of-range", "member 'm_indices' holds 400: node positions must lie "
-              "in [0, 400)", poke("m_indices", 17, N_DB)),
+    edit_case(
+        "m-indptr-gap-between-rounds",
+        "a round that does not start where the previous one ends",
+        gap_between_rounds,
+    ),
+    edit_case(
+        "m-indptr-unequal-halves", "A_r and A_r.T halves hold different numbers", unequal_halves
+    ),
+    edit_case(
+        "m-indptr-int32",
+        "member 'm_indptr' must have dtype int64",
+        lambda m: m.update(m_indptr=m["m_indptr"].astype(np.int32)),
+    ),
+    edit_case(
+        "m-index-out-of-range",
+        "member 'm_indices' holds 400: node positions must lie in [0, 400)",
+        poke("m_indices", 17, N_DB),
+    ),
     edit_case("m-index-negative", "member 'm_indices' holds -1", poke("m_indices", 17, -1)),
-    edit_case("m-indices-int64", "member 'm_indices' must have dtype int32",
-              lambda m: m.update(m_indices=m["m_indices"].astype(np.int64))),
-    edit_case("m-value-nan", "member 'm_values' holds NaN or infinite values",
-              poke("m_values", 17, np.nan)),
-    edit_case("m-value-negative", "member 'm_values' holds -0.5: entries of normalised rows",
-              poke("m_values", 17, -0.5)),
+    edit_case(
+        "m-indices-int64",
+        "member 'm_indices' must have dtype int32",
+        lambda m: m.update(m_indices=m["m_indices"].astype(np.int64)),
+    ),
+    edit_case(
+        "m-value-nan",
+        "member 'm_values' holds NaN or infinite values",
+        poke("m_values", 17, np.nan),
+    ),
+    edit_case(
+        "m-value-negative",
+        "member 'm_values' holds -0.5: entries of normalised rows",
+        poke("m_values", 17, -0.5),
+    ),
     edit_case("m-value-above-one", "member 'm_values' holds 2.0", poke("m_values", 17, 2.0)),
-    edit_case("m-values-short", "member 'm_values' must have dtype float32 and shape (nnz,)",
-              lambda m: m.update(m_values=m["m_values"][:-1])),
-    edit_case("inv-norm-nan", "member 'inv_norm' holds NaN or infinite values",
-              poke("inv_norm", (1, 4), np.nan)),
-    edit_case("inv-norm-zero", "member 'inv_norm' holds 0.0: inverse norms lie in (0, ",
-              poke("inv_norm", (1, 4), 0.0)),
+    edit_case(
+        "m-values-short",
+        "member 'm_values' must have dtype float32 and shape (nnz,)",
+        lambda m: m.update(m_values=m["m_values"][:-1]),
+    ),
+    edit_case(
+        "inv-norm-nan",
+        "member 'inv_norm' holds NaN or infinite values",
+        poke("inv_norm", (1, 4), np.nan),
+    ),
+    edit_case(
+        "inv-norm-zero",
+        "member 'inv_norm' holds 0.0: inverse norms lie in (0, ",
+        poke("inv_norm", (1, 4), 0.0),
+    ),
     edit_case("inv-norm-huge", "member 'inv_norm' holds 1e+20", poke("inv_norm", (1, 4), 1e20)),
-    edit_case("inv-norm-one-round", "member 'inv_norm' must have dtype float32 and shape "
-              "(R, g) = (2, 400)", lambda m: m.update(inv_norm=m["inv_norm"][:1])),
+    edit_case(
+        "inv-norm-one-round",
+        "member 'inv_norm' must have dtype float32 and shape (R, g) = (2, 400)",
+        lambda m: m.update(inv_norm=m["inv_norm"][:1]),
+    ),
     # the reverse lists
-    edit_case("rev-indptr-decreasing", "member 'rev_indptr' decreases",
-              swap("rev_indptr", 5, 6)),
-    edit_case("rev-indptr-past-the-end", "member 'rev_indptr' must run from 0 to E = "
-              "len(rev_rows)", lambda m: m["rev_indptr"].__setitem__(-1, 10**9)),
-    edit_case("rev-indptr-rows-moved", "'rev_indptr' does not match the top-k2 lists",
-              reverse_rows_moved),
+    edit_case("rev-indptr-decreasing", "member 'rev_indptr' decreases", swap("rev_indptr", 5, 6)),
+    edit_case(
+        "rev-indptr-past-the-end",
+        "member 'rev_indptr' must run from 0 to E = len(rev_rows)",
+        lambda m: m["rev_indptr"].__setitem__(-1, 10**9),
+    ),
+    edit_case(
+        "rev-indptr-rows-moved", "'rev_indptr' does not match the top-k2 lists", reverse_rows_moved
+    ),
     edit_case("rev-row-out-of-range", "member 'rev_rows' holds 400", poke("rev_rows", 9, N_DB)),
     edit_case("rev-row-negative", "member 'rev_rows' holds -7", poke("rev_rows", 9, -7)),
-    edit_case("rev-weight-nan", "member 'rev_w' holds NaN or infinite values",
-              poke("rev_w", 9, np.nan)),
+    edit_case(
+        "rev-weight-nan", "member 'rev_w' holds NaN or infinite values", poke("rev_w", 9, np.nan)
+    ),
     edit_case("rev-weight-negative", "member 'rev_w' holds -0.25", poke("rev_w", 9, -0.25)),
-    edit_case("rev-rows-short", "member 'rev_w' must have dtype float32 and shape (E,)",
-              lambda m: m.update(rev_rows=m["rev_rows"][:-1])),
+    edit_case(
+        "rev-rows-short",
+        "member 'rev_w' must have dtype float32 and shape (E,)",
+        lambda m: m.update(rev_rows=m["rev_rows"][:-1]),
+    ),
 ]
 
 
@@ -488,19 +700,22 @@ def test_structural_rules_do_not_rely_on_the_checksum(tmp_path, saved):
 
 WORKER_FLAG = "--graph-file-worker"
 RESULT_PREFIX = "GRAPH-FILE-RESULT "
-WORKER_TIMEOUT_S = 300          # the first file may compile the search kernel
+WORKER_TIMEOUT_S = 300  # the first file may compile the search kernel
 
 
 def well_formed(distances, labels, ids) -> bool:
     """Search results of the right shape: known ids, padding (-1 / -inf) last, finite
     descending scores, no id twice in a row."""
     found = labels >= 0
-    return bool(labels.shape == distances.shape == (N_QUERY, TOP)
-                and np.isin(labels[found], ids).all()
-                and (np.diff(found.astype(int), axis=1) <= 0).all()
-                and np.isfinite(distances[found]).all() and np.isneginf(distances[~found]).all()
-                and (np.diff(np.where(found, distances, -np.inf), axis=1) <= 0).all()
-                and all(len(set(row[row >= 0])) == int((row >= 0).sum()) for row in labels))
+    return bool(
+        labels.shape == distances.shape == (N_QUERY, TOP)
+        and np.isin(labels[found], ids).all()
+        and (np.diff(found.astype(int), axis=1) <= 0).all()
+        and np.isfinite(distances[found]).all()
+        and np.isneginf(distances[~found]).all()
+        and (np.diff(np.where(found, distances, -np.inf), axis=1) <= 0).all()
+        and all(len(set(row[row >= 0])) == int((row >= 0).sum()) for row in labels)
+    )
 
 
 def worker_main(expected_path: str) -> None:
@@ -520,9 +735,11 @@ def worker_main(expected_path: str) -> None:
         try:
             reranked.load_graph(path)
         except ValueError as error:
-            result = {"outcome": "refused" if path in str(error) else "unnamed-error",
-                      "message": str(error)}
-        except Exception:       # any other exception is a bug the test reports
+            result = {
+                "outcome": "refused" if path in str(error) else "unnamed-error",
+                "message": str(error),
+            }
+        except Exception:  # any other exception is a bug the test reports
             result = {"outcome": "load-error", "message": traceback.format_exc()}
         else:
             try:
@@ -530,10 +747,16 @@ def worker_main(expected_path: str) -> None:
             except Exception:
                 result = {"outcome": "search-error", "message": traceback.format_exc()}
             else:
-                same = (np.array_equal(distances, expected_distances)
-                        and np.array_equal(labels, expected_labels))
-                outcome = ("same" if same else "different"
-                           if well_formed(distances, labels, np.arange(N_DB)) else "malformed")
+                same = np.array_equal(distances, expected_distances) and np.array_equal(
+                    labels, expected_labels
+                )
+                outcome = (
+                    "same"
+                    if same
+                    else "different"
+                    if well_formed(distances, labels, np.arange(N_DB))
+                    else "malformed"
+                )
                 result = {"outcome": outcome, "message": ""}
         results.write(RESULT_PREFIX + json.dumps(result) + "\n")
         results.flush()
@@ -551,16 +774,21 @@ class Worker:
 
     def _start(self):
         self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=self.log, env=self.env,
-                                        cwd=Path(__file__).resolve().parents[1], text=True)
+        self.process = subprocess.Popen(
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=self.env,
+            cwd=Path(__file__).resolve().parents[1],
+            text=True,
+        )
 
     def _died(self) -> dict:
         status = self.process.wait()
         self.process = None
         self.log.close()
-        how = (f"killed by {signal.Signals(-status).name}" if status < 0
-               else f"exit status {status}")
+        how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
         log = self.log_path.read_text(errors="replace")[-3000:]
         return {"outcome": "crash", "message": f"the worker process died ({how}):\n{log}"}
 
@@ -575,8 +803,9 @@ class Worker:
             return self._died()
         deadline = time.monotonic() + WORKER_TIMEOUT_S
         while True:
-            ready, _, _ = select.select([self.process.stdout], [], [],
-                                        max(0.0, deadline - time.monotonic()))
+            ready, _, _ = select.select(
+                [self.process.stdout], [], [], max(0.0, deadline - time.monotonic())
+            )
             if not ready:
                 self.process.kill()
                 self._died()
@@ -585,7 +814,7 @@ class Worker:
             if not line:
                 return self._died()
             if line.startswith(RESULT_PREFIX):
-                return json.loads(line[len(RESULT_PREFIX):])
+                return json.loads(line[len(RESULT_PREFIX) :])
 
     def close(self):
         if self.process is not None:
@@ -608,12 +837,16 @@ def workers(saved, tmp_path_factory, request):
             env = dict(os.environ)
             if boundscheck:
                 env["NUMBA_BOUNDSCHECK"] = "1"
-                cache = getattr(request.config, "cache", None)   # (-p no:cacheprovider)
-                kernels = (cache.mkdir("numba-boundscheck") if cache is not None
-                           else folder / "numba-boundscheck")
+                cache = getattr(request.config, "cache", None)  # (-p no:cacheprovider)
+                kernels = (
+                    cache.mkdir("numba-boundscheck")
+                    if cache is not None
+                    else folder / "numba-boundscheck"
+                )
                 env["NUMBA_CACHE_DIR"] = str(kernels)
-            started[boundscheck] = Worker(folder / "expected.npz",
-                                          folder / f"worker-{boundscheck}.log", env)
+            started[boundscheck] = Worker(
+                folder / "expected.npz", folder / f"worker-{boundscheck}.log", env
+            )
         return started[boundscheck]
 
     yield get
@@ -621,16 +854,72 @@ def workers(saved, tmp_path_factory, request):
         worker.close()
 
 
-INT_SPECIALS = [-2**63, -2**62, -2**31 - 1, -2**31, -7, -2, -1, 0, 1, 2, 3, 11, 12, 13,
-                N_DB - 1, N_DB, N_DB + 1, 2 * N_DB, 2 * N_DB + 1, 2**31 - 1, 2**31, 2**62,
-                2**63 - 1]
-FLOAT_SPECIALS = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, 1e-30, 0.25, 0.5, 1.0, 1.0005,
-                  1.5, -0.5, -1.0, -1.5, 1e12, 1e13, 1e30, 3.4e38, -3.4e38]
-DTYPES = ["bool", "int8", "uint8", "int32", "uint32", "int64", "uint64", "float16", "float32",
-          "float64", "complex64", ">i8", ">f4", "<U4", "V8"]
+INT_SPECIALS = [
+    -(2**63),
+    -(2**62),
+    -(2**31) - 1,
+    -(2**31),
+    -7,
+    -2,
+    -1,
+    0,
+    1,
+    2,
+    3,
+    11,
+    12,
+    13,
+    N_DB - 1,
+    N_DB,
+    N_DB + 1,
+    2 * N_DB,
+    2 * N_DB + 1,
+    2**31 - 1,
+    2**31,
+    2**62,
+    2**63 - 1,
+]
+FLOAT_SPECIALS = [
+    np.nan,
+    np.inf,
+    -np.inf,
+    0.0,
+    -0.0,
+    1e-45,
+    1e-30,
+    0.25,
+    0.5,
+    1.0,
+    1.0005,
+    1.5,
+    -0.5,
+    -1.0,
+    -1.5,
+    1e12,
+    1e13,
+    1e30,
+    3.4e38,
+    -3.4e38,
+]
+DTYPES = [
+    "bool",
+    "int8",
+    "uint8",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "complex64",
+    ">i8",
+    ">f4",
+    "<U4",
+    "V8",
+]
 ARRAYS = tuple(name for name in MEMBERS if name not in SCALARS + STRINGS)
-INDEX_ARRAYS = ("caller_position", "knn_indices", "m_indptr", "m_indices", "rev_indptr",
-                "rev_rows")
+INDEX_ARRAYS = ("caller_position", "knn_indices", "m_indptr", "m_indices", "rev_indptr", "rev_rows")
 
 
 def special_values(dtype: np.dtype, rng, size: int) -> np.ndarray:
@@ -638,7 +927,7 @@ def special_values(dtype: np.dtype, rng, size: int) -> np.ndarray:
     if dtype.kind in "iub":
         return np.array(rng.choice(INT_SPECIALS, size), dtype=np.int64).astype(dtype)
     if dtype.kind in "fc":
-        with np.errstate(over="ignore", invalid="ignore"):     # 3.4e38 as float16: inf
+        with np.errstate(over="ignore", invalid="ignore"):  # 3.4e38 as float16: inf
             return np.array(rng.choice(FLOAT_SPECIALS, size)).astype(dtype)
     if dtype.kind == "U":
         return np.array(rng.choice(["", "ab", "0" * 64, "f00d"], size)).astype(dtype)
@@ -650,8 +939,10 @@ def random_array(data, rng, like: np.ndarray) -> np.ndarray:
     dtype = np.dtype(data.draw(st.sampled_from(DTYPES), label="dtype"))
     shapes = [like.shape, (), (0,), (1,), (3,), (2, 2), like.shape[::-1], like.shape + (1,)]
     if like.ndim:
-        shapes += [(like.shape[0] + 1,) + like.shape[1:],
-                   (max(0, like.shape[0] - 1),) + like.shape[1:]]
+        shapes += [
+            (like.shape[0] + 1,) + like.shape[1:],
+            (max(0, like.shape[0] - 1),) + like.shape[1:],
+        ]
     shape = data.draw(st.sampled_from(shapes), label="shape")
     size = int(np.prod(shape))
     if dtype.kind in "iuf" and data.draw(st.booleans(), label="random values"):
@@ -663,13 +954,17 @@ def random_array(data, rng, like: np.ndarray) -> np.ndarray:
 
 def mutate_members(data, members: dict[str, np.ndarray]) -> str:
     """Edit the members in place (one random edit); returns what was done."""
-    kind = data.draw(st.sampled_from(["poke"] * 5 + ["scalar", "replace", "delete", "extra",
-                                                     "shuffle", "swap", "string"]), label="edit")
+    kind = data.draw(
+        st.sampled_from(
+            ["poke"] * 5 + ["scalar", "replace", "delete", "extra", "shuffle", "swap", "string"]
+        ),
+        label="edit",
+    )
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     # (some may be deleted); the arrays of positions and offsets, which the kernels index
     # with, are edited most often
     present = [name for name in INDEX_ARRAYS * 3 + ARRAYS if name in members]
-    if kind == "poke":        # a few entries set to special (or off-by-one) values
+    if kind == "poke":  # a few entries set to special (or off-by-one) values
         name = data.draw(st.sampled_from(present), label="member")
         flat = members[name].reshape(-1).copy()
         if flat.size == 0:
@@ -696,27 +991,36 @@ def mutate_members(data, members: dict[str, np.ndarray]) -> str:
         members.pop(name, None)
         return f"delete {name}"
     if kind == "extra":
-        name = data.draw(st.sampled_from(["junk", "k1.npy", "Format", "vectors2"]),
-                         label="name")
+        name = data.draw(st.sampled_from(["junk", "k1.npy", "Format", "vectors2"]), label="name")
         members[name] = random_array(data, rng, np.zeros(3))
         return f"extra member {name}"
-    if kind == "shuffle":     # the same values in another order
+    if kind == "shuffle":  # the same values in another order
         name = data.draw(st.sampled_from(present), label="member")
-        members[name] = rng.permutation(members[name].reshape(-1)).reshape(
-            members[name].shape)
+        members[name] = rng.permutation(members[name].reshape(-1)).reshape(members[name].shape)
         return f"shuffle {name}"
-    if kind == "swap":        # two members of the same dtype exchanged
-        a, b = data.draw(st.sampled_from([("ids", "caller_position"), ("m_indptr", "m_indices"),
-                                          ("knn_values", "inv_norm"), ("rev_indptr", "rev_rows"),
-                                          ("m_values", "rev_w"), ("k1", "k2"),
-                                          ("iterations", "row_budget")]), label="pair")
+    if kind == "swap":  # two members of the same dtype exchanged
+        a, b = data.draw(
+            st.sampled_from(
+                [
+                    ("ids", "caller_position"),
+                    ("m_indptr", "m_indices"),
+                    ("knn_values", "inv_norm"),
+                    ("rev_indptr", "rev_rows"),
+                    ("m_values", "rev_w"),
+                    ("k1", "k2"),
+                    ("iterations", "row_budget"),
+                ]
+            ),
+            label="pair",
+        )
         if a not in members or b not in members:
             return f"swap {a} and {b} (one is deleted)"
         members[a], members[b] = members[b], members[a]
         return f"swap {a} and {b}"
     name = data.draw(st.sampled_from(STRINGS), label="member")
-    members[name] = np.str_(data.draw(st.sampled_from(["", "0" * 64, "g" * 64, "ab"]),
-                                      label="value"))
+    members[name] = np.str_(
+        data.draw(st.sampled_from(["", "0" * 64, "g" * 64, "ab"]), label="value")
+    )
     return f"{name} = {str(members[name])!r}"
 
 
@@ -732,15 +1036,16 @@ def mutate_bytes(data, raw: bytes) -> tuple[bytes, str]:
         # data is caught by the zip CRC already
         near_end = data.draw(st.booleans(), label="near end")
         low = len(raw) - 3000 if near_end else 0
-        places = data.draw(st.lists(st.integers(low, len(raw) - 1), min_size=1, max_size=6),
-                           label="bytes")
+        places = data.draw(
+            st.lists(st.integers(low, len(raw) - 1), min_size=1, max_size=6), label="bytes"
+        )
         for place in places:
             damaged[place] ^= data.draw(st.integers(1, 255), label="xor")
         return bytes(damaged), f"flip bytes {places}"
     start = data.draw(st.integers(0, len(raw) - 1), label="start")
     junk = data.draw(st.binary(min_size=1, max_size=64), label="junk")
-    damaged[start:start + len(junk)] = junk
-    return bytes(damaged[:len(raw)]), f"overwrite {len(junk)} bytes at {start}"
+    damaged[start : start + len(junk)] = junk
+    return bytes(damaged[: len(raw)]), f"overwrite {len(junk)} bytes at {start}"
 
 
 def fuzz_one(data, saved, worker, path: Path) -> None:
@@ -751,9 +1056,10 @@ def fuzz_one(data, saved, worker, path: Path) -> None:
         recompute = False
     else:
         members = {name: array.copy() for name, array in saved.members.items()}
-        what = "; ".join(mutate_members(data, members)
-                         for _ in range(data.draw(st.sampled_from([1, 1, 1, 2, 3]),
-                                                  label="edits")))
+        what = "; ".join(
+            mutate_members(data, members)
+            for _ in range(data.draw(st.sampled_from([1, 1, 1, 2, 3]), label="edits"))
+        )
         recompute = data.draw(st.integers(0, 3), label="recompute checksum") > 0
         write_members(path, members, recompute_checksum=recompute)
     result = worker.check(path)
@@ -762,12 +1068,17 @@ def fuzz_one(data, saved, worker, path: Path) -> None:
     # (checksum recomputed): then it must at least give well-formed results
     allowed = {"refused", "same"} | ({"different"} if recompute else set())
     assert result["outcome"] in allowed, (
-        f"{what} (checksum recomputed: {recompute}): {result['outcome']}\n{result['message']}")
+        f"{what} (checksum recomputed: {recompute}): {result['outcome']}\n{result['message']}"
+    )
 
 
-FUZZ_SETTINGS = settings(derandomize=True, deadline=None, database=None, max_examples=400,
-                         suppress_health_check=[HealthCheck.too_slow,
-                                                HealthCheck.data_too_large])
+FUZZ_SETTINGS = settings(
+    derandomize=True,
+    deadline=None,
+    database=None,
+    max_examples=400,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @pytest.fixture(scope="module")

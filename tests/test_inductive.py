@@ -25,18 +25,23 @@ def exact_lists(x, k1):
     return values, indices
 
 
-@pytest.mark.parametrize("k1,k2,iterations,lamb", [(10, 4, 2, 0.3), (8, 3, 1, 0.0),
-                                                   (12, 5, 3, 0.5), (9, 1, 2, 0.2)])
+@pytest.mark.parametrize(
+    "k1,k2,iterations,lamb", [(10, 4, 2, 0.3), (8, 3, 1, 0.0), (12, 5, 3, 0.5), (9, 1, 2, 0.2)]
+)
 def test_inductive_scores_match_the_dense_oracle(database, k1, k2, iterations, lamb):
     queries, xb = database
     values, indices = exact_lists(xb, k1)
-    graph = InductiveGraph.build(xb, indices, k2=k2, iterations=iterations,
-                                 row_budget=len(xb))
+    graph = InductiveGraph.build(xb, indices, k2=k2, iterations=iterations, row_budget=len(xb))
     everything = np.tile(np.arange(len(xb)), (len(queries), 1))
     scores, positions = graph.rerank(queries, everything, 40, lamb)
-    oracle = np.stack([inductive_scores_reference(xb, values, indices, q, k2=k2,
-                                                  iterations=iterations, lamb=lamb)
-                       for q in queries])
+    oracle = np.stack(
+        [
+            inductive_scores_reference(
+                xb, values, indices, q, k2=k2, iterations=iterations, lamb=lamb
+            )
+            for q in queries
+        ]
+    )
     assert_same_topk(scores, positions, oracle, 40)
 
 
@@ -53,8 +58,9 @@ def test_row_budget_keeps_the_largest_entries(database):
     for node in range(0, len(xb), 37):
         f0, f1 = full.m_indptr[1, node], full.m_indptr[1, node + 1]
         s0, s1 = small.m_indptr[1, node], small.m_indptr[1, node + 1]
-        np.testing.assert_allclose(np.sort(small.m_values[s0:s1]),
-                                   np.sort(full.m_values[f0:f1])[-8:], rtol=1e-6)
+        np.testing.assert_allclose(
+            np.sort(small.m_values[s0:s1]), np.sort(full.m_values[f0:f1])[-8:], rtol=1e-6
+        )
     assert full.m_values[last_a].size > small.m_values[kept].size
     everything = np.tile(np.arange(len(xb)), (len(queries), 1))
     a = full.rerank(queries, everything, 10, 0.3)[1]
@@ -70,7 +76,7 @@ def test_candidates_are_the_shortlist_and_its_nearest_lists(database):
     shortlist = np.argsort(-sims, axis=1)[:, :20]
     scores, positions = graph.rerank(queries, shortlist, 60, 0.3)
     for q in range(len(queries)):
-        nearest = shortlist[q][:5]                       # k1 - 1 = 5
+        nearest = shortlist[q][:5]  # k1 - 1 = 5
         allowed = set(shortlist[q]) | set(indices[nearest].ravel())
         found = positions[q][positions[q] >= 0]
         assert set(found) <= allowed and len(found) == len(allowed)
@@ -79,13 +85,14 @@ def test_candidates_are_the_shortlist_and_its_nearest_lists(database):
 
 def test_neighbour_lists_from_an_approximate_search_are_repaired():
     x, _ = clustered_vectors(50, 8, 4, seed=1)
-    found = np.tile(np.arange(5, dtype=np.int64), (50, 1))     # a poor "search"
+    found = np.tile(np.arange(5, dtype=np.int64), (50, 1))  # a poor "search"
     found[:, 4] = -1
     values, indices = scored_neighbour_lists(x, found)
     for node in range(50):
-        assert node in indices[node]                            # self added
+        assert node in indices[node]  # self added
         valid = indices[node] >= 0
-        np.testing.assert_allclose(values[node][valid], x[indices[node][valid]] @ x[node],
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            values[node][valid], x[indices[node][valid]] @ x[node], rtol=0, atol=1e-6
+        )
         assert np.all(np.diff(values[node][valid]) <= 0)
         assert np.all(np.isneginf(values[node][~valid]))

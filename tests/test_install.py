@@ -33,8 +33,9 @@ import pytest
 import triton_rerank
 
 PACKAGE = Path(triton_rerank.__file__).resolve().parent
-INTEGRATIONS = Path(importlib.util.find_spec("triton_rerank.integrations")
-                    .submodule_search_locations[0]).resolve()
+INTEGRATIONS = Path(
+    importlib.util.find_spec("triton_rerank.integrations").submodule_search_locations[0]
+).resolve()
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 WARNING_NAME = "NoKernelCacheWarning"
 
@@ -117,9 +118,19 @@ def read_only_mode() -> str | None:
         return None
     with tempfile.TemporaryDirectory() as folder:
         probe = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && ! touch "$1/probe"',
-             "sh", folder], capture_output=True)
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && ! touch "$1/probe"',
+                "sh",
+                folder,
+            ],
+            capture_output=True,
+        )
         return "mount" if probe.returncode == 0 else None
 
 
@@ -139,32 +150,50 @@ class Install:
         self.root = root
         self.site = root / "site"
         self.home = root / "home"
-        shutil.copytree(PACKAGE, self.site / "triton_rerank",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            PACKAGE, self.site / "triton_rerank", ignore=shutil.ignore_patterns("__pycache__")
+        )
         if not (self.site / "triton_rerank" / "integrations").exists():
-            shutil.copytree(INTEGRATIONS, self.site / "triton_rerank" / "integrations",
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                INTEGRATIONS,
+                self.site / "triton_rerank" / "integrations",
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
         self.home.mkdir()
         self.cpu_cache = self.site / "triton_rerank" / "cpu" / "kernels" / "__pycache__"
 
-    def run(self, command: list[str], *, read_only: bool, cwd: Path,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, command: list[str], *, read_only: bool, cwd: Path, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
         """Run ``python COMMAND`` on the copy; HOME is ``root/home`` unless ``env`` sets
         it, and neither NUMBA_CACHE_DIR nor XDG_CACHE_HOME is set unless ``env`` sets them."""
-        child_env = {k: v for k, v in os.environ.items()
-                     if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH")}
+        child_env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH")
+        }
         child_env.update({"HOME": str(self.home), "PYTHONPATH": str(self.site), **(env or {})})
         argv = [sys.executable, *command]
         mode = read_only_mode() if read_only else None
         if mode == "mount":
-            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                    'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && '
-                    'exec "$@"', "sh", str(self.root), *argv]
+            argv = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"',
+                "sh",
+                str(self.root),
+                *argv,
+            ]
         elif mode == "permissions":
             _set_modes(self.root, writable=False)
         try:
-            return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=child_env,
-                                  timeout=900)
+            return subprocess.run(
+                argv, capture_output=True, text=True, cwd=cwd, env=child_env, timeout=900
+            )
         finally:
             if mode == "permissions":
                 _set_modes(self.root, writable=True)
@@ -189,9 +218,11 @@ def install(tmp_path):
 @pytest.fixture
 def needs_read_only():
     if read_only_mode() is None:
-        pytest.skip("cannot make a folder read-only for a child process here: Windows, or "
-                    "running as root (who ignores file modes) without mount namespaces "
-                    "(unshare --mount)")
+        pytest.skip(
+            "cannot make a folder read-only for a child process here: Windows, or "
+            "running as root (who ignores file modes) without mount namespaces "
+            "(unshare --mount)"
+        )
 
 
 def nbi_files(folder: Path) -> list[Path]:
@@ -199,8 +230,9 @@ def nbi_files(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.nbi")) if folder.exists() else []
 
 
-def test_read_only_install_reranks_without_a_cache_and_warns_once(install, tmp_path,
-                                                                   needs_read_only):
+def test_read_only_install_reranks_without_a_cache_and_warns_once(
+    install, tmp_path, needs_read_only
+):
     report = install.report(RERANK, read_only=True, cwd=tmp_path)
     assert not report["package_writable"] and not report["home_writable"]
     # numba found no cache location: one warning for all the kernels, naming numba's error
@@ -209,20 +241,26 @@ def test_read_only_install_reranks_without_a_cache_and_warns_once(install, tmp_p
     assert "NUMBA_CACHE_DIR" in report["warnings"][0]
     # the kernels compiled and computed what the normal install computes
     from triton_rerank import evaluate, gnn_rerank
+
     rng = np.random.default_rng(0)
     xq, xg = rng.standard_normal((5, 16)), rng.standard_normal((40, 16))
     expected = gnn_rerank(xq, xg, k1=10, k2=3)
     np.testing.assert_array_equal(np.array(report["result"]["scores"], np.float32), expected)
-    assert report["result"]["mAP"] == evaluate(expected, [0, 1, 2, 3, 4], np.arange(40) % 5,
-                                               [0] * 5, [1] * 40).mAP
+    assert (
+        report["result"]["mAP"]
+        == evaluate(expected, [0, 1, 2, 3, 4], np.arange(40) % 5, [0] * 5, [1] * 40).mAP
+    )
     assert report["compiled"]
     assert not nbi_files(install.root)
 
 
 @pytest.mark.slow
 def test_read_only_install_runs_the_demo(install, tmp_path, needs_read_only):
-    proc = install.run(["-W", "always", "-m", "triton_rerank", "demo", "--picture", ""],
-                       read_only=True, cwd=tmp_path)
+    proc = install.run(
+        ["-W", "always", "-m", "triton_rerank", "demo", "--picture", ""],
+        read_only=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stderr.count(f"{WARNING_NAME}:") == 1, proc.stderr[-4000:]
     assert "no locator available" in proc.stderr
@@ -242,8 +280,9 @@ def test_writable_install_caches_next_to_the_package_without_warning(install, tm
 
 
 @pytest.mark.parametrize("where", ["NUMBA_CACHE_DIR", "HOME"])
-def test_read_only_install_caches_in_the_writable_location(install, tmp_path, where,
-                                                           needs_read_only):
+def test_read_only_install_caches_in_the_writable_location(
+    install, tmp_path, where, needs_read_only
+):
     cache = tmp_path / "writable"
     cache.mkdir()
     env = {where: str(cache)}
@@ -276,8 +315,12 @@ def test_parallel_chunks_cover_the_items_once_in_contiguous_chunks():
         threads.add(threading.get_ident())
         out[start:stop] += 1
 
-    for n_items, options in [(1000, {}), (1000, {"min_size": 300}), (7, {"max_chunks": 2}),
-                             (1, {})]:
+    for n_items, options in [
+        (1000, {}),
+        (1000, {"min_size": 300}),
+        (7, {"max_chunks": 2}),
+        (1, {}),
+    ]:
         runs, calls[:] = np.zeros(n_items, np.int64), []
         parallel_chunks(kernel, n_items, runs, **options)
         assert (runs == 1).all()

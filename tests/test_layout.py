@@ -34,8 +34,7 @@ MAY_IMPORT = {
     "api": {"base", "cpu", "gpu"},
     "evaluation": {"base", "cpu", "api"},
     "integrations": {"base", "cpu", "database", "api", "evaluation"},
-    "app": {"base", "cpu", "gpu", "database", "api", "evaluation", "integrations",
-            "reference"},
+    "app": {"base", "cpu", "gpu", "database", "api", "evaluation", "integrations", "reference"},
     "entry": {"app"},
 }
 # (importer, imported): the only imports against the layers, each for a stated reason
@@ -50,15 +49,25 @@ def layer_of(module: str) -> str:
     if len(parts) == 1:
         return "facade"  # the package's __init__: lazy names only (checked below)
     top = parts[1]
-    return {"canonical": "base", "checks": "base", "limits": "base", "topk": "base",
-            "reference": "reference", "rerank": "api", "__main__": "entry"}.get(top, top)
+    return {
+        "canonical": "base",
+        "checks": "base",
+        "limits": "base",
+        "topk": "base",
+        "reference": "reference",
+        "rerank": "api",
+        "__main__": "entry",
+    }.get(top, top)
 
 
 def module_files() -> dict[str, Path]:
     """Module name -> file, for the package and the adapters (installed as
     ``triton_rerank.integrations``)."""
     files = {}
-    for base, prefix in ((PACKAGE, ["triton_rerank"]), (ADAPTERS, ["triton_rerank", "integrations"])):
+    for base, prefix in (
+        (PACKAGE, ["triton_rerank"]),
+        (ADAPTERS, ["triton_rerank", "integrations"]),
+    ):
         for path in base.rglob("*.py"):
             parts = list(path.relative_to(base).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -82,8 +91,11 @@ def imports_of(module: str, path: Path) -> list[tuple[str, bool]]:
         for child in ast.iter_child_nodes(node):
             inner = lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
             if isinstance(child, ast.Import):
-                found.extend((alias.name, inner) for alias in child.names
-                             if alias.name.startswith("triton_rerank"))
+                found.extend(
+                    (alias.name, inner)
+                    for alias in child.names
+                    if alias.name.startswith("triton_rerank")
+                )
             elif isinstance(child, ast.ImportFrom):
                 if child.level:
                     base = package.split(".")
@@ -166,31 +178,35 @@ def test_every_package_is_installed():
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 def test_gpu_backend_imports_without_numba():
     gpu_modules = sorted(m for m in MODULES if layer_of(m) == "gpu")
-    code = ("import sys; sys.modules['numba'] = None\n"
-            "import importlib\n"
-            f"for name in {gpu_modules + ['triton_rerank.rerank']!r}:\n"
-            "    importlib.import_module(name)\n"
-            "assert 'numba' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT)
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "import importlib\n"
+        f"for name in {gpu_modules + ['triton_rerank.rerank']!r}:\n"
+        "    importlib.import_module(name)\n"
+        "assert 'numba' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_integrations_import_from_a_plain_checkout(tmp_path):
     """``PYTHONPATH=<checkout>`` without any install: ``triton_rerank.integrations``
     resolves to the checkout's top-level folder (the finder in ``__init__``)."""
-    code = ("import sys\n"
-            "sys.meta_path = [f for f in sys.meta_path"
-            " if '__editable__' not in getattr(f, '__module__', '')]\n"
-            "sys.path_hooks = [h for h in sys.path_hooks"
-            " if '__editable__' not in getattr(h, '__module__', '')]\n"
-            "sys.path_importer_cache.clear()\n"
-            f"sys.path.insert(0, {str(ROOT)!r})\n"
-            "import triton_rerank.integrations.torchreid as adapter\n"
-            "import triton_rerank\n"
-            "print(triton_rerank.__file__); print(adapter.__file__)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=tmp_path)
+    code = (
+        "import sys\n"
+        "sys.meta_path = [f for f in sys.meta_path"
+        " if '__editable__' not in getattr(f, '__module__', '')]\n"
+        "sys.path_hooks = [h for h in sys.path_hooks"
+        " if '__editable__' not in getattr(h, '__module__', '')]\n"
+        "sys.path_importer_cache.clear()\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import triton_rerank.integrations.torchreid as adapter\n"
+        "import triton_rerank\n"
+        "print(triton_rerank.__file__); print(adapter.__file__)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     package_file, adapter_file = proc.stdout.split()
     assert Path(package_file) == PACKAGE / "__init__.py"

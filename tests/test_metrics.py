@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from triton_rerank.integrations.torchreid import torchreid_module
 
 from triton_rerank import gnn_rerank
 from triton_rerank.evaluation.metrics import evaluate
+from triton_rerank.integrations.torchreid import torchreid_module
 
 
 def torchreid_evaluate(scores, *labels, max_rank=50):
@@ -22,8 +22,13 @@ def synthetic_reid(rng, n_query=60, n_gallery=400, n_ids=30, n_cams=4):
     q_pids = rng.integers(0, n_ids + 5, n_query)  # ids >= n_ids never appear in the gallery
     g_pids = rng.integers(0, n_ids, n_gallery)
     g_pids[:20] = -1  # distractors
-    return scores, q_pids, g_pids, rng.integers(0, n_cams, n_query), \
-        rng.integers(0, n_cams, n_gallery)
+    return (
+        scores,
+        q_pids,
+        g_pids,
+        rng.integers(0, n_cams, n_query),
+        rng.integers(0, n_cams, n_gallery),
+    )
 
 
 @pytest.mark.parametrize("max_rank", [1, 10, 50])
@@ -38,8 +43,10 @@ def test_matches_torchreid_on_random_scores(max_rank):
 
 def test_matches_torchreid_on_real_pku_sketch(pku):
     labels = pku.labels()
-    for scores in (pku.query_features @ pku.gallery_features.T,
-                   gnn_rerank(pku.query_features, pku.gallery_features)):
+    for scores in (
+        pku.query_features @ pku.gallery_features.T,
+        gnn_rerank(pku.query_features, pku.gallery_features),
+    ):
         ours = evaluate(scores, *labels)
         cmc, mAP = torchreid_evaluate(scores, *labels)
         assert abs(ours.mAP - mAP) < 1e-6
@@ -47,8 +54,7 @@ def test_matches_torchreid_on_real_pku_sketch(pku):
 
 
 def test_small_gallery_caps_max_rank_like_torchreid():
-    scores, q_pids, g_pids, q_cams, g_cams = synthetic_reid(np.random.default_rng(0),
-                                                            n_gallery=30)
+    scores, q_pids, g_pids, q_cams, g_cams = synthetic_reid(np.random.default_rng(0), n_gallery=30)
     # torchreid itself fails when dropped items leave fewer than max_rank, so drop none
     labels = (q_pids, g_pids, np.zeros_like(q_cams), np.ones_like(g_cams))
     ours = evaluate(scores, *labels, max_rank=50)
@@ -81,13 +87,16 @@ def test_torch_scores_and_column_labels_are_accepted():
     assert a.mAP == b.mAP and a.mINP == b.mINP
 
 
-@pytest.mark.parametrize("args, pattern", [
-    ((np.zeros(3), [1], [1, 2, 3], [0], [0, 0, 0]), r"scores must be 2-D"),
-    ((np.zeros((1, 3)), [1], [1, 2], [0], [0, 0, 0]), r"g_pids must have shape \[3\]"),
-    ((np.zeros((2, 3)), [1], [1, 2, 3], [0], [0, 0, 0]), r"q_pids must have shape \[2\]"),
-    ((np.full((1, 2), np.nan), [1], [1, 2], [0], [1, 1]), r"scores contain NaN"),
-    ((np.zeros((1, 2)), [1], [1, 2], [0], [0, 1]), r"no query has a valid match"),
-])
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        ((np.zeros(3), [1], [1, 2, 3], [0], [0, 0, 0]), r"scores must be 2-D"),
+        ((np.zeros((1, 3)), [1], [1, 2], [0], [0, 0, 0]), r"g_pids must have shape \[3\]"),
+        ((np.zeros((2, 3)), [1], [1, 2, 3], [0], [0, 0, 0]), r"q_pids must have shape \[2\]"),
+        ((np.full((1, 2), np.nan), [1], [1, 2], [0], [1, 1]), r"scores contain NaN"),
+        ((np.zeros((1, 2)), [1], [1, 2], [0], [0, 1]), r"no query has a valid match"),
+    ],
+)
 def test_errors(args, pattern):
     with pytest.raises(ValueError, match=pattern):
         evaluate(*args)
@@ -102,10 +111,14 @@ def test_map_at_k_by_hand():
     from triton_rerank.evaluation.metrics import map_at_k
 
     database_labels = np.array([0, 0, 1, 1, 1, 2])
-    retrieved = np.array([[0, 2, 1],      # hits at ranks 1 and 3: (1 + 2/3) / min(2, 3)
-                          [5, 2, 3],      # ranks 2 and 3 of 3 relevant: (1/2 + 2/3) / 3
-                          [2, -1, -1],    # label 2 at rank... none: 0
-                          [0, 1, -1]])    # label 3 has no relevant item: 0
+    retrieved = np.array(
+        [
+            [0, 2, 1],  # hits at ranks 1 and 3: (1 + 2/3) / min(2, 3)
+            [5, 2, 3],  # ranks 2 and 3 of 3 relevant: (1/2 + 2/3) / 3
+            [2, -1, -1],  # label 2 at rank... none: 0
+            [0, 1, -1],
+        ]
+    )  # label 3 has no relevant item: 0
     query_labels = np.array([0, 1, 2, 3])
     expected = [(1 + 2 / 3) / 2, (1 / 2 + 2 / 3) / 3, 0.0, 0.0]
     assert map_at_k(retrieved, query_labels, database_labels) == pytest.approx(np.mean(expected))
@@ -124,52 +137,89 @@ def test_list_recall_by_hand():
 
 def _labels(**changes):
     """Valid labels of a 2 x 4 problem (query 0 has a match), with some replaced."""
-    labels = dict(q_pids=np.array([1, 2]), g_pids=np.array([1, 2, 1, 3]),
-                  q_camids=np.array([0, 0]), g_camids=np.array([1, 1, 0, 1]))
+    labels = dict(
+        q_pids=np.array([1, 2]),
+        g_pids=np.array([1, 2, 1, 3]),
+        q_camids=np.array([0, 0]),
+        g_camids=np.array([1, 1, 0, 1]),
+    )
     return {**labels, **changes}
 
 
 BAD_LABELS = [
     # (replaced labels, message pattern)
-    (dict(q_pids=np.array([1.0, np.nan])), r"q_pids contains nan at position 1: labels must "
-                                           r"be finite integers"),
+    (
+        dict(q_pids=np.array([1.0, np.nan])),
+        r"q_pids contains nan at position 1: labels must "
+        r"be finite integers",
+    ),
     (dict(g_camids=np.array([1, 1, np.inf, 1])), r"g_camids contains inf at position 2"),
     (dict(g_pids=torch.tensor([1.0, 2.0, -np.inf, 3.0])), r"g_pids contains -inf at position 2"),
-    (dict(q_camids=np.array([0.0, 0.5])), r"q_camids must hold integer-valued labels, got 0.5 "
-                                          r"at position 1"),
-    (dict(g_pids=np.array([1, 2, 1, 1e19])), r"g_pids has the label 1e\+19 at position 3, "
-                                             r"beyond the int64 range"),
-    (dict(q_pids=np.array([[1, 2], [3, 4]])), r"q_pids must have shape \[2\] to match scores "
-                                              r"\(2, 4\), got \(2, 2\)"),
-    (dict(g_camids=np.int64(1)), r"g_camids must have shape \[4\] to match scores \(2, 4\), "
-                                 r"got \(\)"),
+    (
+        dict(q_camids=np.array([0.0, 0.5])),
+        r"q_camids must hold integer-valued labels, got 0.5 "
+        r"at position 1",
+    ),
+    (
+        dict(g_pids=np.array([1, 2, 1, 1e19])),
+        r"g_pids has the label 1e\+19 at position 3, "
+        r"beyond the int64 range",
+    ),
+    (
+        dict(q_pids=np.array([[1, 2], [3, 4]])),
+        r"q_pids must have shape \[2\] to match scores "
+        r"\(2, 4\), got \(2, 2\)",
+    ),
+    (
+        dict(g_camids=np.int64(1)),
+        r"g_camids must have shape \[4\] to match scores \(2, 4\), "
+        r"got \(\)",
+    ),
     (dict(q_pids=np.array([1, np.nan], dtype=object)), r"q_pids contains nan at position 1"),
 ]
 
 
-@pytest.mark.parametrize("changes, pattern", BAD_LABELS,
-                         ids=["nan", "inf", "minus-inf-tensor", "non-integer", "beyond-int64",
-                              "2-d", "scalar", "nan-object"])
+@pytest.mark.parametrize(
+    "changes, pattern",
+    BAD_LABELS,
+    ids=[
+        "nan",
+        "inf",
+        "minus-inf-tensor",
+        "non-integer",
+        "beyond-int64",
+        "2-d",
+        "scalar",
+        "nan-object",
+    ],
+)
 def test_bad_label_values_are_a_value_error(changes, pattern):
     with pytest.raises(ValueError, match=pattern):
         evaluate(np.zeros((2, 4)), **_labels(**changes))
 
 
 WRONG_KINDS = [
-    (dict(q_pids=np.array([1, 2], dtype=np.complex64)),
-     r"q_pids must hold integer or string labels, got dtype complex64"),
-    (dict(g_camids=np.array([1, None, 0, 1], dtype=object)),
-     r"g_camids must hold integer or string labels, got dtype object"),
-    (dict(q_pids=np.array(["a", "b"])),
-     r"q_pids holds strings and g_pids numbers: pass both as strings or both as numbers"),
-    (dict(g_camids=["c1", "c1", "c0", "c1"]),
-     r"q_camids holds numbers and g_camids strings"),
+    (
+        dict(q_pids=np.array([1, 2], dtype=np.complex64)),
+        r"q_pids must hold integer or string labels, got dtype complex64",
+    ),
+    (
+        dict(g_camids=np.array([1, None, 0, 1], dtype=object)),
+        r"g_camids must hold integer or string labels, got dtype object",
+    ),
+    (
+        dict(q_pids=np.array(["a", "b"])),
+        r"q_pids holds strings and g_pids numbers: pass both as strings or both as numbers",
+    ),
+    (dict(g_camids=["c1", "c1", "c0", "c1"]), r"q_camids holds numbers and g_camids strings"),
 ]
 
 
-@pytest.mark.parametrize("changes, pattern", WRONG_KINDS,
-                         ids=["complex", "object-none", "strings-with-numbers",
-                              "numbers-with-strings"])
+@pytest.mark.parametrize(
+    "changes, pattern",
+    WRONG_KINDS,
+    ids=["complex", "object-none", "strings-with-numbers", "numbers-with-strings"],
+)
 def test_labels_of_the_wrong_kind_are_a_type_error(changes, pattern):
     with pytest.raises(TypeError, match=pattern):
         evaluate(np.zeros((2, 4)), **_labels(**changes))
@@ -180,9 +230,12 @@ def test_string_labels_are_numbered_jointly_for_query_and_gallery():
     expected = evaluate(scores, q_pids, g_pids, q_cams, g_cams)
     names = np.array([f"person-{i:03d}" for i in range(-1, 40)])
     # the gallery alone has fewer identities than the query: joint numbering matters
-    as_strings = (names[q_pids + 1], names[g_pids + 1],
-                  np.array([f"cam{c}" for c in q_cams], dtype=object),  # a pandas-like column
-                  np.array([f"cam{c}" for c in g_cams]).astype(np.bytes_))
+    as_strings = (
+        names[q_pids + 1],
+        names[g_pids + 1],
+        np.array([f"cam{c}" for c in q_cams], dtype=object),  # a pandas-like column
+        np.array([f"cam{c}" for c in g_cams]).astype(np.bytes_),
+    )
     ours = evaluate(scores, *as_strings)
     assert ours.mAP == expected.mAP and ours.mINP == expected.mINP
     np.testing.assert_array_equal(ours.cmc, expected.cmc)

@@ -58,8 +58,9 @@ def test_propagated_rows_match_reference(k2, iterations):
     n_query, k1 = 30, 15
     values, indices, _ = knn_graph(torch.from_numpy(nodes), k1)
     graph = propagate(values, indices, n_query=n_query, k2=k2, iterations=iterations)
-    ref_rows = reference.propagated_rows(torch.from_numpy(nodes), k1=k1, k2=k2,
-                                         iterations=iterations).numpy()
+    ref_rows = reference.propagated_rows(
+        torch.from_numpy(nodes), k1=k1, k2=k2, iterations=iterations
+    ).numpy()
     # columns are internal node ids: internal id p is node node_order[p]
     order = graph.node_order
     assert sorted(order) == list(range(140))
@@ -81,15 +82,21 @@ def degenerate(kind: str, n: int, d: int = 12) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["all identical", "half identical"])
-@pytest.mark.parametrize("k2, iterations, lamb, topk", [(7, 2, 0.3, None), (4, 1, 0.0, 9),
-                                                        (5, 3, 0.3, 20)])
-def test_dense_rows_on_degenerate_data_match_the_reference(kind, k2, iterations, lamb, topk,
-                                                           monkeypatch):
+@pytest.mark.parametrize(
+    "k2, iterations, lamb, topk", [(7, 2, 0.3, None), (4, 1, 0.0, 9), (5, 3, 0.3, 20)]
+)
+def test_dense_rows_on_degenerate_data_match_the_reference(
+    kind, k2, iterations, lamb, topk, monkeypatch
+):
     monkeypatch.setattr(limits, "DENSE_MIN_BYTES", 0)  # dense at any size
     x = degenerate(kind, 160)
     kwargs = dict(k1=15, k2=k2, iterations=iterations, lamb=lamb)
-    graph = propagate(*knn_graph(torch.from_numpy(x / np.linalg.norm(x, axis=1)[:, None]),
-                                 15)[:2], n_query=30, k2=k2, iterations=iterations)
+    graph = propagate(
+        *knn_graph(torch.from_numpy(x / np.linalg.norm(x, axis=1)[:, None]), 15)[:2],
+        n_query=30,
+        k2=k2,
+        iterations=iterations,
+    )
     if iterations >= 2:  # the first aggregation round makes the rows dense
         assert isinstance(graph.mixing, np.ndarray)
         assert isinstance(graph.query_rows, np.ndarray)
@@ -112,6 +119,9 @@ def test_dense_rows_that_do_not_fit_are_a_clear_error(monkeypatch):
     monkeypatch.setattr(limits, "DENSE_MIN_BYTES", 0)
     monkeypatch.setattr(limits, "available_bytes", lambda device=None: 10_000)
     x = degenerate("all identical", 120)
-    with pytest.raises(MemoryError, match=r"dense float32 \[120, 120\] matrix needs .* remove "
-                                          r"duplicate features"):
+    with pytest.raises(
+        MemoryError,
+        match=r"dense float32 \[120, 120\] matrix needs .* remove "
+        r"duplicate features",
+    ):
         gnn_rerank(x[:20], x[20:], k1=10, k2=4, topk=5)

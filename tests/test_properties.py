@@ -32,10 +32,14 @@ def problems(draw):
         rows = four_halves_vectors(rng, n)
     else:  # continuous rows, any scale
         rows = rng.standard_normal((n, 8)).astype(np.float32) * draw(
-            st.sampled_from([1.0, 1e-20, 3e15]))
+            st.sampled_from([1.0, 1e-20, 3e15])
+        )
     if kind == "gaussian_copies" and n > 1:
-        copies = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)),
-                               min_size=1, max_size=n))
+        copies = draw(
+            st.lists(
+                st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), min_size=1, max_size=n
+            )
+        )
         for source, target in copies:
             rows[target] = rows[source]
     if kind != "gaussian" and draw(st.booleans()) and n > 1:
@@ -46,8 +50,9 @@ def problems(draw):
 
 # derandomize: CI must not depend on the luck of the draw (the examples are fixed per
 # hypothesis version, and they were all checked)
-@settings(max_examples=80, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(problems())
 def test_matches_reference(problem):
     xq, xg, params, topk = problem

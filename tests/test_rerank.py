@@ -23,8 +23,9 @@ GRID = list(itertools.product([0.0, 0.3], [1, 7], [1, 2, 3]))
 
 
 @pytest.mark.parametrize("make_data", [gaussian, exact_with_duplicates])
-@pytest.mark.parametrize("lamb, k2, iterations", GRID,
-                         ids=[f"lamb{a}-k2{b}-it{c}" for a, b, c in GRID])
+@pytest.mark.parametrize(
+    "lamb, k2, iterations", GRID, ids=[f"lamb{a}-k2{b}-it{c}" for a, b, c in GRID]
+)
 def test_random_data_matches_reference(lamb, k2, iterations, make_data):
     rng = np.random.default_rng(int(lamb * 10) + 10 * k2 + 100 * iterations)
     xq, xg = make_data(rng, 25, 130)
@@ -35,8 +36,9 @@ def test_random_data_matches_reference(lamb, k2, iterations, make_data):
     assert_same_topk(values, indices, ref, 10)
 
 
-@pytest.mark.parametrize("lamb, k2, iterations", GRID,
-                         ids=[f"lamb{a}-k2{b}-it{c}" for a, b, c in GRID])
+@pytest.mark.parametrize(
+    "lamb, k2, iterations", GRID, ids=[f"lamb{a}-k2{b}-it{c}" for a, b, c in GRID]
+)
 def test_exactly_tied_data_matches_reference(lamb, k2, iterations):
     # +-0.5 unit vectors: 16 distinct rows, so exact kNN ties and duplicate rows everywhere
     rng = np.random.default_rng(5)
@@ -45,8 +47,9 @@ def test_exactly_tied_data_matches_reference(lamb, k2, iterations):
     assert_same_ranking(gnn_rerank(xq, xg, **kwargs), gnn_rerank_reference(xq, xg, **kwargs))
 
 
-@pytest.mark.parametrize("n_query, n_gallery", [(1, 40), (30, 1), (1, 1)],
-                         ids=["q1", "g1", "q1-g1"])
+@pytest.mark.parametrize(
+    "n_query, n_gallery", [(1, 40), (30, 1), (1, 1)], ids=["q1", "g1", "q1-g1"]
+)
 def test_single_query_or_gallery_item(n_query, n_gallery):
     rng = np.random.default_rng(9)
     xq = rng.standard_normal((n_query, 8)).astype(np.float32)
@@ -82,8 +85,9 @@ def test_more_queries_than_scoring_tasks_matches_reference(lamb, k2):
 TOPK_BLOCKS = [(0.3, True), (0.3, False), (0.0, False)]
 
 
-@pytest.mark.parametrize("lamb, keeps_base", TOPK_BLOCKS,
-                         ids=["kept-base", "base-per-block", "lamb0"])
+@pytest.mark.parametrize(
+    "lamb, keeps_base", TOPK_BLOCKS, ids=["kept-base", "base-per-block", "lamb0"]
+)
 def test_topk_in_several_score_blocks_matches_reference(lamb, keeps_base, monkeypatch):
     # 7 queries per [block, g] score block: 25 queries take 4 blocks, the last partial.
     # The base similarity either comes from the kNN step (one [q, g] buffer) or is
@@ -174,8 +178,9 @@ def test_torch_in_torch_out(dtype):
 
 def test_numpy_float64_in_float32_out():
     rng = np.random.default_rng(8)
-    values, indices = gnn_rerank(rng.standard_normal((5, 8)), rng.standard_normal((30, 8)),
-                                 k1=6, k2=2, topk=4)
+    values, indices = gnn_rerank(
+        rng.standard_normal((5, 8)), rng.standard_normal((30, 8)), k1=6, k2=2, topk=4
+    )
     assert values.dtype == np.float32 and indices.dtype == np.int64
 
 

@@ -102,18 +102,22 @@ def test_tensors_that_require_grad_are_read_detached():
     outputs = [xq @ xg.T, xq @ xq.T, xg @ xg.T]
     scores = gnn_rerank_similarities(*outputs, **KWARGS)
     np.testing.assert_array_equal(
-        scores.numpy(), gnn_rerank_similarities(*[m.detach().float() for m in outputs],
-                                                **KWARGS).numpy())
+        scores.numpy(),
+        gnn_rerank_similarities(*[m.detach().float() for m in outputs], **KWARGS).numpy(),
+    )
     distances = [2 - 2 * m for m in parameters]  # tensors with a grad_fn
     assert all(d.requires_grad for d in distances)
-    np.testing.assert_array_equal(re_ranking(*distances, **KWARGS),
-                                  re_ranking(*[d.detach().numpy() for d in distances], **KWARGS))
+    np.testing.assert_array_equal(
+        re_ranking(*distances, **KWARGS),
+        re_ranking(*[d.detach().numpy() for d in distances], **KWARGS),
+    )
 
 
 def test_results_come_back_as_q_g_came():
     q_g, q_q, g_g = random_blocks()
-    mixed = gnn_rerank_similarities(torch.from_numpy(q_g), q_q, torch.from_numpy(g_g),
-                                    topk=3, **KWARGS)
+    mixed = gnn_rerank_similarities(
+        torch.from_numpy(q_g), q_q, torch.from_numpy(g_g), topk=3, **KWARGS
+    )
     assert all(isinstance(t, torch.Tensor) for t in mixed)
     numpy_out = gnn_rerank_similarities(q_g, torch.from_numpy(q_q), g_g, **KWARGS)
     assert isinstance(numpy_out, np.ndarray)
@@ -136,15 +140,28 @@ BAD_DTYPES = [
     (_replace(0, Q_G.astype(object)), r"q_g must hold floats, got dtype object"),
     (_replace(1, torch.from_numpy(Q_Q).int()), r"q_q must hold floats, got dtype torch.int32"),
     (_replace(2, torch.from_numpy(G_G) > 0), r"g_g must hold floats, got dtype torch.bool"),
-    (_replace(0, torch.from_numpy(Q_G).to(torch.complex64)),
-     r"q_g must hold floats, got dtype torch.complex64"),
+    (
+        _replace(0, torch.from_numpy(Q_G).to(torch.complex64)),
+        r"q_g must hold floats, got dtype torch.complex64",
+    ),
     (_replace(1, Q_Q.tolist()), r"q_q must be a numpy.ndarray or a torch.Tensor, got list"),
 ]
 
 
-@pytest.mark.parametrize("blocks, pattern", BAD_DTYPES,
-                         ids=["numpy-int64", "numpy-bool", "numpy-complex", "numpy-object",
-                              "torch-int32", "torch-bool", "torch-complex", "list"])
+@pytest.mark.parametrize(
+    "blocks, pattern",
+    BAD_DTYPES,
+    ids=[
+        "numpy-int64",
+        "numpy-bool",
+        "numpy-complex",
+        "numpy-object",
+        "torch-int32",
+        "torch-bool",
+        "torch-complex",
+        "list",
+    ],
+)
 def test_matrices_without_floats_are_a_type_error_naming_the_matrix(blocks, pattern):
     with pytest.raises(TypeError, match=pattern):
         gnn_rerank_similarities(*blocks, k1=5, k2=2)
@@ -154,25 +171,48 @@ BAD_AFFINE = [
     # (kwargs, exception, message pattern)
     ({"scale": float("nan")}, ValueError, r"scale must be a finite real number, got nan"),
     ({"scale": float("inf")}, ValueError, r"scale must be a finite real number, got inf"),
-    ({"scale": np.float32(-np.inf)}, ValueError,
-     r"scale must be a finite real number, got np.float32\(-inf\)"),
-    ({"scale": 0}, ValueError, r"scale must be non-zero \(every similarity would be the "
-                               r"offset\), got 0"),
+    (
+        {"scale": np.float32(-np.inf)},
+        ValueError,
+        r"scale must be a finite real number, got np.float32\(-inf\)",
+    ),
+    (
+        {"scale": 0},
+        ValueError,
+        r"scale must be non-zero \(every similarity would be the "
+        r"offset\), got 0",
+    ),
     ({"scale": "-0.5"}, TypeError, r"scale must be a finite real number, got '-0.5'"),
     ({"scale": None}, TypeError, r"scale must be a finite real number, got None"),
     ({"scale": True}, TypeError, r"scale must be a finite real number, got True"),
     ({"scale": 1j}, TypeError, r"scale must be a finite real number, got 1j"),
     ({"offset": float("nan")}, ValueError, r"offset must be a finite real number, got nan"),
     ({"offset": -float("inf")}, ValueError, r"offset must be a finite real number, got -inf"),
-    ({"offset": torch.tensor(1.0)}, TypeError,
-     r"offset must be a finite real number, got tensor\(1\.\)"),
+    (
+        {"offset": torch.tensor(1.0)},
+        TypeError,
+        r"offset must be a finite real number, got tensor\(1\.\)",
+    ),
 ]
 
 
-@pytest.mark.parametrize("kwargs, exception, pattern", BAD_AFFINE,
-                         ids=["scale-nan", "scale-inf", "scale-numpy-minus-inf", "scale-zero",
-                              "scale-str", "scale-none", "scale-bool", "scale-complex",
-                              "offset-nan", "offset-minus-inf", "offset-tensor"])
+@pytest.mark.parametrize(
+    "kwargs, exception, pattern",
+    BAD_AFFINE,
+    ids=[
+        "scale-nan",
+        "scale-inf",
+        "scale-numpy-minus-inf",
+        "scale-zero",
+        "scale-str",
+        "scale-none",
+        "scale-bool",
+        "scale-complex",
+        "offset-nan",
+        "offset-minus-inf",
+        "offset-tensor",
+    ],
+)
 def test_bad_scale_or_offset_is_blamed_on_the_parameter(kwargs, exception, pattern):
     # checked before the matrices: here even the matrices are bad (NaN), yet the message
     # names the parameter
@@ -189,19 +229,30 @@ def _with(matrix, row, value):
 BAD_VALUES = [
     # (blocks, kwargs, message pattern)
     (_replace(1, _with(Q_Q, 2, np.nan)), {}, r"q_q contains NaN or inf \(first in row 2\)"),
-    (_replace(2, torch.from_numpy(_with(G_G, 7, np.inf)).bfloat16()), {},
-     r"g_g contains NaN or inf \(first in row 7\)"),
-    (_replace(0, _with(Q_G.astype(np.float64), 3, 1e300)), {},
-     r"q_g row 3 overflows float32 as similarities offset \+ scale \* x with scale=1.0, "
-     r"offset=0.0"),
-    (_replace(0, _with(Q_G, 1, 3e38)), {"scale": 10.0},
-     r"q_g row 1 overflows float32 as similarities offset \+ scale \* x with scale=10.0"),
+    (
+        _replace(2, torch.from_numpy(_with(G_G, 7, np.inf)).bfloat16()),
+        {},
+        r"g_g contains NaN or inf \(first in row 7\)",
+    ),
+    (
+        _replace(0, _with(Q_G.astype(np.float64), 3, 1e300)),
+        {},
+        r"q_g row 3 overflows float32 as similarities offset \+ scale \* x with scale=1.0, "
+        r"offset=0.0",
+    ),
+    (
+        _replace(0, _with(Q_G, 1, 3e38)),
+        {"scale": 10.0},
+        r"q_g row 1 overflows float32 as similarities offset \+ scale \* x with scale=10.0",
+    ),
 ]
 
 
-@pytest.mark.parametrize("blocks, kwargs, pattern", BAD_VALUES,
-                         ids=["nan", "inf-bfloat16", "float64-beyond-float32",
-                              "scaled-beyond-float32"])
+@pytest.mark.parametrize(
+    "blocks, kwargs, pattern",
+    BAD_VALUES,
+    ids=["nan", "inf-bfloat16", "float64-beyond-float32", "scaled-beyond-float32"],
+)
 def test_bad_entries_name_the_matrix_and_row(blocks, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         gnn_rerank_similarities(*blocks, k1=5, k2=2, **kwargs)

@@ -12,16 +12,24 @@ def stable_topk(x: torch.Tensor, k: int):
     return order.values[:, :k], order.indices[:, :k]
 
 
-@pytest.mark.parametrize("rows, cols, k", [
-    (1, 1, 1),      # single element
-    (7, 33, 5),     # unaligned sizes
-    (16, 100, 99),  # k = cols - 1: topk(k + 1) covers every column
-    (4, 50, 50),    # k = cols: full sort path
-], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "rows, cols, k",
+    [
+        (1, 1, 1),  # single element
+        (7, 33, 5),  # unaligned sizes
+        (16, 100, 99),  # k = cols - 1: topk(k + 1) covers every column
+        (4, 50, 50),  # k = cols: full sort path
+    ],
+    ids=lambda v: str(v),
+)
 def test_tie_free_rows_match_stable_sort(rows, cols, k):
     # arange + randperm: distinct values, so indices compare exactly
-    x = torch.stack([torch.randperm(cols, generator=torch.Generator().manual_seed(r)).float()
-                     for r in range(rows)])
+    x = torch.stack(
+        [
+            torch.randperm(cols, generator=torch.Generator().manual_seed(r)).float()
+            for r in range(rows)
+        ]
+    )
     ref_values, ref_indices = stable_topk(x, k)
     values, indices = topk_rows(x, k)
     assert indices.dtype == torch.int64

@@ -19,9 +19,12 @@ import pytest
 import torch
 from compare import assert_same_ranking, four_halves_vectors
 
-pytest.importorskip("torchreid", reason="torchreid is not installed (pip install "
-                    "'triton-rerank[torchreid]')")
+pytest.importorskip(
+    "torchreid", reason="torchreid is not installed (pip install 'triton-rerank[torchreid]')"
+)
 
+from triton_rerank import gnn_rerank
+from triton_rerank.evaluation.metrics import evaluate as evaluate_scores
 from triton_rerank.integrations.torchreid import (
     UnnormalisedFeaturesWarning,
     disable_gnn_reranking,
@@ -31,9 +34,6 @@ from triton_rerank.integrations.torchreid import (
     torchreid_module,
     use_gnn_reranking,
 )
-
-from triton_rerank import gnn_rerank
-from triton_rerank.evaluation.metrics import evaluate as evaluate_scores
 from triton_rerank.rerank import gnn_rerank_similarities
 
 DATASET = "triton_rerank_digits"
@@ -78,15 +78,23 @@ def engine_setup(tmp_path_factory):
         warnings.simplefilter("ignore")  # re-registering in one session overwrites
         data_module.register_image_dataset(DATASET, DigitsReid)
     manager = data_module.ImageDataManager(
-        root=str(root), sources=DATASET, height=64, width=32, transforms=None,
-        batch_size_train=16, batch_size_test=64, workers=0, use_gpu=False)
+        root=str(root),
+        sources=DATASET,
+        height=64,
+        width=32,
+        transforms=None,
+        batch_size_train=16,
+        batch_size_test=64,
+        workers=0,
+        use_gpu=False,
+    )
     torch.manual_seed(0)
     models = torchreid_module("models")
-    model = models.build_model("osnet_x0_25", num_classes=manager.num_train_pids,
-                               pretrained=False, use_gpu=False)
+    model = models.build_model(
+        "osnet_x0_25", num_classes=manager.num_train_pids, pretrained=False, use_gpu=False
+    )
     optimizer = torchreid_module("optim").build_optimizer(model, optim="sgd", lr=0.01)
-    engine = torchreid_module("engine").ImageSoftmaxEngine(manager, model, optimizer,
-                                                           use_gpu=False)
+    engine = torchreid_module("engine").ImageSoftmaxEngine(manager, model, optimizer, use_gpu=False)
     engine.set_model_mode("eval")
     loaders = manager.test_loader[DATASET]
 
@@ -106,9 +114,13 @@ def engine_setup(tmp_path_factory):
 
 
 def engine_evaluate(engine, loaders, rerank):
-    return engine._evaluate(dataset_name=DATASET, query_loader=loaders["query"],
-                            gallery_loader=loaders["gallery"], normalize_feature=True,
-                            rerank=rerank)
+    return engine._evaluate(
+        dataset_name=DATASET,
+        query_loader=loaders["query"],
+        gallery_loader=loaders["gallery"],
+        normalize_feature=True,
+        rerank=rerank,
+    )
 
 
 def test_engine_uses_gnn_reranking_and_restores_the_original(engine_setup, capsys):
@@ -140,18 +152,26 @@ def test_k_reciprocal_mode_matches_torchreids_own_rerank(engine_setup):
     assert ours == pytest.approx(engine_map, abs=1e-6)
 
 
-@pytest.mark.parametrize("metric, to_distance", [("euclidean", lambda s: 2 - 2 * s),
-                                                  ("cosine", lambda s: 1 - s)])
+@pytest.mark.parametrize(
+    "metric, to_distance", [("euclidean", lambda s: 2 - 2 * s), ("cosine", lambda s: 1 - s)]
+)
 def test_drop_in_equals_gnn_rerank_on_exact_features(metric, to_distance):
     # unit rows with entries 0 / +-0.5: distances are exact in fp32, so the kNN graph
     # built from distances is exactly the one built from features
     rng = np.random.default_rng(0)
-    qf, gf = torch.from_numpy(four_halves_vectors(rng, 15)), torch.from_numpy(
-        four_halves_vectors(rng, 90))
+    qf, gf = (
+        torch.from_numpy(four_halves_vectors(rng, 15)),
+        torch.from_numpy(four_halves_vectors(rng, 90)),
+    )
     distance = torchreid_module("metrics").compute_distance_matrix
     # as the engine passes them: distmat as numpy, distmat_qq / distmat_gg as tensors
-    dist = re_ranking(distance(qf, gf, metric).numpy(), distance(qf, qf, metric),
-                      distance(gf, gf, metric), metric=metric, **GNN)
+    dist = re_ranking(
+        distance(qf, gf, metric).numpy(),
+        distance(qf, qf, metric),
+        distance(gf, gf, metric),
+        metric=metric,
+        **GNN,
+    )
     assert isinstance(dist, np.ndarray) and dist.dtype == np.float32
     assert_same_ranking(-dist, -to_distance(gnn_rerank(qf, gf, **GNN).numpy()), atol=1e-5)
 
@@ -164,8 +184,9 @@ def test_drop_in_on_engine_features_is_the_similarity_pipeline(engine_setup):
     matrices = [distance(a, b).numpy() for a, b in ((qn, gn), (qn, qn), (gn, gn))]
     dist = re_ranking(*matrices, **GNN)
     similarities = [1 - m / 2 for m in matrices]
-    np.testing.assert_allclose(dist, 2 - 2 * gnn_rerank_similarities(*similarities, **GNN),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        dist, 2 - 2 * gnn_rerank_similarities(*similarities, **GNN), atol=1e-5
+    )
     # from features instead of rounded distances: the same accuracy
     _, features_map = evaluate(qf, gf, *labels, rerank="gnn", **GNN)
     assert evaluate_scores(-dist, *labels).mAP == pytest.approx(features_map, abs=1e-6)
@@ -203,8 +224,9 @@ def test_enable_disable_and_errors():
     with pytest.raises(ValueError, match=r"g_g must have shape \[3, 3\] to match q_g \[2, 3\]"):
         re_ranking(np.zeros((2, 3)), np.zeros((2, 2)), np.zeros((2, 2)))
     with pytest.raises(ValueError, match=r"rerank must be one of"):
-        evaluate(np.ones((2, 4)), np.ones((3, 4)), [0, 1], [0, 1, 1], [0, 0], [1, 1, 1],
-                 rerank="kr")
+        evaluate(
+            np.ones((2, 4)), np.ones((3, 4)), [0, 1], [0, 1, 1], [0, 0], [1, 1, 1], rerank="kr"
+        )
 
 
 def test_module_paths_resolve():
@@ -218,30 +240,54 @@ def exact_split(n_query=15, n_gallery=90):
     rng = np.random.default_rng(3)
     qf = torch.from_numpy(four_halves_vectors(rng, n_query))
     gf = torch.from_numpy(four_halves_vectors(rng, n_gallery))
-    labels = dict(q_pids=np.arange(n_query) % 6, g_pids=np.arange(n_gallery) % 6,
-                  q_camids=np.zeros(n_query, np.int64), g_camids=np.ones(n_gallery, np.int64))
+    labels = dict(
+        q_pids=np.arange(n_query) % 6,
+        g_pids=np.arange(n_gallery) % 6,
+        q_camids=np.zeros(n_query, np.int64),
+        g_camids=np.ones(n_gallery, np.int64),
+    )
     return qf, gf, labels
 
 
 BAD_EVALUATE_LABELS = [
     # (replaced labels, exception, message pattern)
-    (dict(q_pids=np.zeros(14)), ValueError,
-     r"q_pids must have shape \[15\] to match qf \[15, 16\], got \(14,\)"),
-    (dict(g_camids=np.ones(91)), ValueError,
-     r"g_camids must have shape \[90\] to match gf \[90, 16\], got \(91,\)"),
+    (
+        dict(q_pids=np.zeros(14)),
+        ValueError,
+        r"q_pids must have shape \[15\] to match qf \[15, 16\], got \(14,\)",
+    ),
+    (
+        dict(g_camids=np.ones(91)),
+        ValueError,
+        r"g_camids must have shape \[90\] to match gf \[90, 16\], got \(91,\)",
+    ),
     (dict(g_pids=np.ones((2, 45))), ValueError, r"g_pids must have shape \[90\]"),
-    (dict(q_camids=np.r_[np.nan, np.zeros(14)]), ValueError,
-     r"q_camids contains nan at position 0"),
-    (dict(g_pids=np.r_[np.zeros(89), 2.5]), ValueError,
-     r"g_pids must hold integer-valued labels, got 2.5 at position 89"),
-    (dict(q_pids=np.arange(15).astype(str)), TypeError,
-     r"q_pids holds strings and g_pids numbers"),
+    (
+        dict(q_camids=np.r_[np.nan, np.zeros(14)]),
+        ValueError,
+        r"q_camids contains nan at position 0",
+    ),
+    (
+        dict(g_pids=np.r_[np.zeros(89), 2.5]),
+        ValueError,
+        r"g_pids must hold integer-valued labels, got 2.5 at position 89",
+    ),
+    (dict(q_pids=np.arange(15).astype(str)), TypeError, r"q_pids holds strings and g_pids numbers"),
 ]
 
 
-@pytest.mark.parametrize("changes, exception, pattern", BAD_EVALUATE_LABELS,
-                         ids=["short-q_pids", "long-g_camids", "2-d-g_pids", "nan-q_camids",
-                              "non-integer-g_pids", "strings-with-numbers"])
+@pytest.mark.parametrize(
+    "changes, exception, pattern",
+    BAD_EVALUATE_LABELS,
+    ids=[
+        "short-q_pids",
+        "long-g_camids",
+        "2-d-g_pids",
+        "nan-q_camids",
+        "non-integer-g_pids",
+        "strings-with-numbers",
+    ],
+)
 def test_evaluate_checks_every_label_before_re_ranking(changes, exception, pattern):
     qf, gf, labels = exact_split()
     qf[3, 0] = float("nan")  # the re-ranking would fail on this row: the labels fail first
@@ -282,15 +328,30 @@ def test_files_that_use_torchreid_skip_without_it(tmp_path):
     torchreid`` fails as it does when torchreid is not installed (a ``torchreid`` module
     first on PYTHONPATH raising ModuleNotFoundError: subprocesses see it too)."""
     (tmp_path / "torchreid.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'torchreid'\", name='torchreid')\n")
+        "raise ModuleNotFoundError(\"No module named 'torchreid'\", name='torchreid')\n"
+    )
     tests = Path(__file__).resolve().parent
     python_path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-         str(tests / "test_torchreid.py"), str(tests / "test_metrics.py"),
-         "-k", "not pku and not files_that_use_torchreid"],
-        cwd=tests.parent, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": python_path})
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            str(tests / "test_torchreid.py"),
+            str(tests / "test_metrics.py"),
+            "-k",
+            "not pku and not files_that_use_torchreid",
+        ],
+        cwd=tests.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": python_path},
+    )
     out = result.stdout
     assert result.returncode == 0, out[-3000:]
     assert "torchreid is not installed" in out  # test_torchreid.py, skipped as a module

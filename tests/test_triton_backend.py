@@ -32,8 +32,9 @@ def _on(device, *arrays):
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("make_data", [gaussian, exact_with_duplicates])
-@pytest.mark.parametrize("lamb, k2, iterations", GRID,
-                         ids=[f"lamb{a}-k2{b}-it{c}" for a, b, c in GRID])
+@pytest.mark.parametrize(
+    "lamb, k2, iterations", GRID, ids=[f"lamb{a}-k2{b}-it{c}" for a, b, c in GRID]
+)
 def test_matches_reference(lamb, k2, iterations, make_data, kernel_device):
     rng = np.random.default_rng(int(lamb * 10) + 10 * k2 + 100 * iterations)
     xq, xg = _on(kernel_device, *make_data(rng, 12, 70))
@@ -81,8 +82,10 @@ def test_half_precision_features_match_reference(kernel_device):
     rng = np.random.default_rng(6)
     xq, xg = (t.to(torch.float16) for t in _on(kernel_device, *gaussian(rng, 8, 40)))
     kwargs = dict(k1=10, k2=4)
-    assert_same_ranking(gnn_rerank(xq, xg, backend="triton", **kwargs),
-                        gnn_rerank_reference(xq.float(), xg.float(), **kwargs))
+    assert_same_ranking(
+        gnn_rerank(xq, xg, backend="triton", **kwargs),
+        gnn_rerank_reference(xq.float(), xg.float(), **kwargs),
+    )
 
 
 @pytest.mark.interpreter
@@ -106,8 +109,11 @@ def test_auto_keeps_cpu_tensors_on_the_cpu_path_even_when_interpreting(monkeypat
 def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     xq, xg = gaussian(np.random.default_rng(0), 3, 20)
-    with pytest.raises(ValueError, match=r"backend='triton' runs on CUDA tensors, got numpy "
-                                         r"arrays; set TRITON_INTERPRET=1"):
+    with pytest.raises(
+        ValueError,
+        match=r"backend='triton' runs on CUDA tensors, got numpy "
+        r"arrays; set TRITON_INTERPRET=1",
+    ):
         gnn_rerank(xq, xg, k1=5, k2=3, backend="triton")
     with pytest.raises(ValueError, match=r"got tensors on cpu; set TRITON_INTERPRET=1"):
         gnn_rerank(torch.from_numpy(xq), torch.from_numpy(xg), k1=5, k2=3, backend="triton")
@@ -117,6 +123,9 @@ def test_triton_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # find_spec and import now fail
     with pytest.raises(ValueError, match=r"needs the triton package, which is not installed"):
         resolve_backend("triton", torch.device("cuda"))
-    with pytest.warns(UserWarning, match=r"triton is not installed: re-ranking CUDA tensors "
-                                         r"on the CPU path"):
+    with pytest.warns(
+        UserWarning,
+        match=r"triton is not installed: re-ranking CUDA tensors "
+        r"on the CPU path",
+    ):
         assert resolve_backend("auto", torch.device("cuda")) == "cpu"

@@ -16,8 +16,13 @@ pytest.importorskip("triton")
 def test_every_kernel_variant_compiles_for_sm90():
     script = Path(__file__).with_name("compile_kernels.py")
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(script), "--arch", "90"], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(script), "--arch", "90"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report
     assert report.count(": ok") == report.count("sm_90"), report

@@ -46,8 +46,11 @@ def _features(rng, n, d, dtype, device):
     return torch.from_numpy(rng.standard_normal((n, d), dtype=np.float32)).to(device, dtype)
 
 
-@pytest.mark.parametrize("n, m, d, k, dtype", TOPK_CASES,
-                         ids=[f"n{n}-m{m}-d{d}-k{k}-{str(t)[6:]}" for n, m, d, k, t in TOPK_CASES])
+@pytest.mark.parametrize(
+    "n, m, d, k, dtype",
+    TOPK_CASES,
+    ids=[f"n{n}-m{m}-d{d}-k{k}-{str(t)[6:]}" for n, m, d, k, t in TOPK_CASES],
+)
 def test_topk_similarity_matches_sorted_products(n, m, d, k, dtype, kernel_device):
     from triton_rerank.gpu.topk_similarity import topk_similarity
 
@@ -84,8 +87,7 @@ def test_topk_similarity_tie_rule_equal_scores_by_smaller_column(kernel_device):
 
 
 @triton.jit
-def _pack_keys_probe(scores_ptr, cols_ptr, keys_ptr, values_ptr, out_cols_ptr,
-                     BLOCK: tl.constexpr):
+def _pack_keys_probe(scores_ptr, cols_ptr, keys_ptr, values_ptr, out_cols_ptr, BLOCK: tl.constexpr):
     """Keys of one row of scores (``tiles.pack_keys``), and the keys unpacked again."""
     o = tl.arange(0, BLOCK)
     b_keys = pack_keys(tl.load(scores_ptr + o)[None, :], tl.load(cols_ptr + o))
@@ -104,8 +106,10 @@ def test_pack_keys_ties_negative_zero_with_positive_zero(kernel_device):
     assert np.signbit(scores).tolist() == [False, True, True, False, False, True, False, True]
     scores_t = torch.tensor(scores, dtype=torch.float32, device=kernel_device)
     cols_t = torch.tensor(cols, dtype=torch.int32, device=kernel_device)
-    keys, values, out_cols = (torch.empty(8, dtype=dtype, device=kernel_device)
-                              for dtype in (torch.int64, torch.float32, torch.int64))
+    keys, values, out_cols = (
+        torch.empty(8, dtype=dtype, device=kernel_device)
+        for dtype in (torch.int64, torch.float32, torch.int64)
+    )
     _pack_keys_probe[(1,)](scores_t, cols_t, keys, values, out_cols, BLOCK=8)
     keys = keys.cpu()
     # (score descending, column ascending) with -0.0 == +0.0: the four zeros by column
@@ -117,12 +121,15 @@ def test_pack_keys_ties_negative_zero_with_positive_zero(kernel_device):
     assert torch.equal(values.cpu(), scores_t.cpu())  # (-0.0 == 0.0 for torch.equal)
 
 
-@pytest.mark.parametrize("kwargs, pattern", [
-    ({"k": 0}, r"k must be in \[1, min\(m, 256\)\] with m = 50, got 0"),
-    ({"k": 51}, r"got 51"),
-    ({"y_dtype": torch.float16}, r"share one dtype"),
-    ({"y_dim": 9}, r"must be \[n, d\] and \[m, d\], got \(10, 8\) and \(50, 9\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"k": 0}, r"k must be in \[1, min\(m, 256\)\] with m = 50, got 0"),
+        ({"k": 51}, r"got 51"),
+        ({"y_dtype": torch.float16}, r"share one dtype"),
+        ({"y_dim": 9}, r"must be \[n, d\] and \[m, d\], got \(10, 8\) and \(50, 9\)"),
+    ],
+)
 def test_topk_similarity_rejects_bad_input(kwargs, pattern):
     from triton_rerank.gpu.topk_similarity import topk_similarity
 
@@ -135,7 +142,8 @@ def test_topk_similarity_rejects_bad_input(kwargs, pattern):
 def _clustered_unit_rows(rng, n_clusters, per_cluster, d, spread, device):
     centres = rng.standard_normal((n_clusters, d))
     x = np.repeat(centres, per_cluster, axis=0) + spread * rng.standard_normal(
-        (n_clusters * per_cluster, d))
+        (n_clusters * per_cluster, d)
+    )
     x = torch.from_numpy(x.astype(np.float32)).to(device)
     return torch.nn.functional.normalize(x, dim=1).contiguous()
 
@@ -209,8 +217,9 @@ def test_float16_pass_stays_within_the_error_bound(kernel_device):
     # y_c pairs dimensions (2l, 2l+1) of x_c as (x_2l+1, -x_2l): large products that cancel
     cancelling = np.empty((40, 96))
     cancelling[:, 0::2], cancelling[:, 1::2] = x[:, 1::2], -x[:, 0::2]
-    y = np.concatenate([cancelling + 1e-3 * rng.standard_normal((40, 96)),
-                        rng.standard_normal((88, 96))])
+    y = np.concatenate(
+        [cancelling + 1e-3 * rng.standard_normal((40, 96)), rng.standard_normal((88, 96))]
+    )
     x, y = (torch.from_numpy(a.astype(np.float32)).to(kernel_device) for a in (x, y))
     m = y.shape[0]
     values, indices = streaming_topk(m, x.shape[0], m, x=x.half(), y=y.half())  # all columns
@@ -241,8 +250,12 @@ def _random_csr(rng, n_rows, n_cols, max_per_row, device, empty_rows=()):
             dense[r, cols] = rng.uniform(0.1, 1.0, cols.size)
     rows, cols = np.nonzero(dense)
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_rows))])
-    csr = CsrRows(torch.from_numpy(indptr).to(device), torch.from_numpy(cols).to(device),
-                  torch.from_numpy(dense[rows, cols]).to(device), n_cols)
+    csr = CsrRows(
+        torch.from_numpy(indptr).to(device),
+        torch.from_numpy(cols).to(device),
+        torch.from_numpy(dense[rows, cols]).to(device),
+        n_cols,
+    )
     return csr, torch.from_numpy(dense).double()
 
 
@@ -278,16 +291,20 @@ def _csr_to_dense(rows) -> torch.Tensor:
     indptr, cols = rows.indptr.cpu(), rows.indices.cpu()
     dense = torch.zeros(rows.n_rows, rows.n_cols, dtype=torch.float64)
     for r in range(rows.n_rows):
-        row_cols = cols[indptr[r]:indptr[r + 1]]
+        row_cols = cols[indptr[r] : indptr[r + 1]]
         assert row_cols.unique().numel() == row_cols.numel(), f"row {r} repeats a column"
-        dense[r, row_cols] = rows.values.cpu()[indptr[r]:indptr[r + 1]].double()
+        dense[r, row_cols] = rows.values.cpu()[indptr[r] : indptr[r + 1]].double()
     return dense
 
 
-@pytest.mark.parametrize("start, stop, max_slots", [(0, 12, 2**26), (4, 11, 2**26), (0, 12, 2000)],
-                         ids=["all-rows", "row-slice", "several-launches"])
-def test_aggregate_sparse_matches_normalised_dense_product(start, stop, max_slots,
-                                                           kernel_device, monkeypatch):
+@pytest.mark.parametrize(
+    "start, stop, max_slots",
+    [(0, 12, 2**26), (4, 11, 2**26), (0, 12, 2000)],
+    ids=["all-rows", "row-slice", "several-launches"],
+)
+def test_aggregate_sparse_matches_normalised_dense_product(
+    start, stop, max_slots, kernel_device, monkeypatch
+):
     from triton_rerank import limits
     from triton_rerank.gpu import aggregate, launch_config
 
@@ -306,8 +323,9 @@ def test_aggregate_sparse_matches_normalised_dense_product(start, stop, max_slot
     normalised = reference.aggregated_rows(*_overlapping_dense())[0][start:stop]
     torch.testing.assert_close(dense, normalised, rtol=1e-5, atol=1e-7)
     assert torch.equal(dense != 0, ref != 0)  # every summed column, once
-    none, norms_only = aggregate.aggregate_sparse(weights.row_slice(start, stop), source,
-                                                  write_rows=False)
+    none, norms_only = aggregate.aggregate_sparse(
+        weights.row_slice(start, stop), source, write_rows=False
+    )
     assert none is None
     torch.testing.assert_close(norms_only, norms, rtol=1e-6, atol=0)
 

@@ -19,8 +19,9 @@ __version__ = "0.1.0"
 # install (wheel or editable) maps to ``triton_rerank.integrations``. Run from a plain
 # checkout (``PYTHONPATH=.``) nothing maps it; this finder, consulted after every other
 # one, then finds it in the checkout (for that one name: its modules follow from it).
-_CHECKOUT_ADAPTERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "integrations")
+_CHECKOUT_ADAPTERS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "integrations"
+)
 
 
 class _CheckoutAdapterFinder(importlib.abc.MetaPathFinder):
@@ -29,7 +30,8 @@ class _CheckoutAdapterFinder(importlib.abc.MetaPathFinder):
         if fullname != "triton_rerank.integrations" or not os.path.isfile(init):
             return None
         return importlib.util.spec_from_file_location(
-            fullname, init, submodule_search_locations=[_CHECKOUT_ADAPTERS])
+            fullname, init, submodule_search_locations=[_CHECKOUT_ADAPTERS]
+        )
 
 
 if not any(isinstance(f, _CheckoutAdapterFinder) for f in sys.meta_path):

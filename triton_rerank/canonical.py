@@ -38,9 +38,9 @@ import math
 
 import torch
 
-FP32_UNIT = 2.0**-24       # unit roundoff of float32 (round to nearest)
-BF16_UNIT = 2.0**-8        # unit roundoff of bfloat16
-FP32_TINY = 2.0**-126      # smallest normal float32: what flush-to-zero can lose per operation
+FP32_UNIT = 2.0**-24  # unit roundoff of float32 (round to nearest)
+BF16_UNIT = 2.0**-8  # unit roundoff of bfloat16
+FP32_TINY = 2.0**-126  # smallest normal float32: what flush-to-zero can lose per operation
 FP64_UNIT = 2.0**-53
 
 # Rows normalised per step by unit_rows (bounds its float64 temporaries).
@@ -92,9 +92,9 @@ def unit_rows_with_torch(x: torch.Tensor, out: torch.Tensor) -> None:
         half = torch.div(-exponent, 2, rounding_mode="floor")
         rows = rows * _power_of_two(half)[:, None]
         rows = rows * _power_of_two(-exponent - half)[:, None]
-        columns = rows.T.contiguous()            # [d, rows]: each step below reads a row
+        columns = rows.T.contiguous()  # [d, rows]: each step below reads a row
         square_sum = torch.zeros(stop - start, dtype=torch.float64, device=x.device)
-        for column in columns:                   # sequential in k, one rounding per step
+        for column in columns:  # sequential in k, one rounding per step
             square_sum += column * column
         torch.div(rows, torch.sqrt(square_sum)[:, None], out=rows)
         out[start:stop] = rows
@@ -113,8 +113,8 @@ def row_norms(x: torch.Tensor) -> torch.Tensor:
     """``[n]`` float64 L2 norms of the rows of ``x``, rounded up, for bounds."""
     norms = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], _NORM_ROWS_PER_CHUNK):
-        rows = x[start:start + _NORM_ROWS_PER_CHUNK].to(torch.float64)
-        torch.linalg.vector_norm(rows, dim=1, out=norms[start:start + _NORM_ROWS_PER_CHUNK])
+        rows = x[start : start + _NORM_ROWS_PER_CHUNK].to(torch.float64)
+        torch.linalg.vector_norm(rows, dim=1, out=norms[start : start + _NORM_ROWS_PER_CHUNK])
     return norms * _norm_slack(x.shape[1])
 
 
@@ -163,8 +163,9 @@ def bf16_rounding(x: torch.Tensor):
     return x_bf16, rounded_norms * scale, error_norms * scale
 
 
-def bf16_product_error(x_norms: torch.Tensor, rounded_norms: torch.Tensor,
-                       error_norms: torch.Tensor, dim: int) -> torch.Tensor:
+def bf16_product_error(
+    x_norms: torch.Tensor, rounded_norms: torch.Tensor, error_norms: torch.Tensor, dim: int
+) -> torch.Tensor:
     """``[n]``: a bound on ``|s(i, j) - <u_i, u_j>|`` over all j, where ``s`` is the float32
     sum (any order, flush-to-zero allowed) of the products of the bfloat16-rounded rows,
     before the product's own bfloat16 output rounding (see :func:`bf16_output_slack`).
@@ -181,8 +182,7 @@ def bf16_product_error(x_norms: torch.Tensor, rounded_norms: torch.Tensor,
             :func:`bf16_rounding`; their maxima over j enter the bound.
         dim: d.
     """
-    rounding = (error_norms * float(rounded_norms.max())
-                + x_norms * float(error_norms.max()))
+    rounding = error_norms * float(rounded_norms.max()) + x_norms * float(error_norms.max())
     summing = _gamma(dim, FP32_UNIT) * rounded_norms * float(rounded_norms.max())
     return (1 + 4 * FP32_UNIT) * (rounding + summing) + 4 * (dim + 1) * FP32_TINY
 
@@ -194,19 +194,23 @@ def bf16_output_slack(last_values: torch.Tensor) -> torch.Tensor:
     return last_values.abs() * (BF16_UNIT / (1 - BF16_UNIT)) + 2.0**-133
 
 
-def certify_threshold(last_values: torch.Tensor, fast_error: torch.Tensor,
-                      canonical_errors: torch.Tensor) -> torch.Tensor:
+def certify_threshold(
+    last_values: torch.Tensor, fast_error: torch.Tensor, canonical_errors: torch.Tensor
+) -> torch.Tensor:
     """``[n]`` float64: above this, a canonical value beats every column the fast pass left
     out: ``a + fast_error + canonical_error``, rounded up (``a`` = the fast-pass value of
     the row's last kept candidate)."""
     threshold = last_values.to(torch.float64) + fast_error + canonical_errors
-    return torch.nextafter(threshold, torch.tensor(math.inf, dtype=torch.float64,
-                                                   device=threshold.device))
+    return torch.nextafter(
+        threshold, torch.tensor(math.inf, dtype=torch.float64, device=threshold.device)
+    )
 
 
 def checked_dim(dim: int) -> int:
     """The feature dimension, within what the bounds' ``gamma_d`` terms allow."""
     if dim * FP32_UNIT >= 0.01:
-        raise ValueError(f"feature dimension {dim} is too large for the float32 error bounds "
-                         f"of the kNN (at most {math.floor(0.01 / FP32_UNIT)})")
+        raise ValueError(
+            f"feature dimension {dim} is too large for the float32 error bounds "
+            f"of the kNN (at most {math.floor(0.01 / FP32_UNIT)})"
+        )
     return dim

@@ -48,8 +48,9 @@ def _as_tensor(x, name: str) -> torch.Tensor:
     not track, on x's device; numpy's float128/longdouble becomes float64."""
     if isinstance(x, torch.Tensor):
         if x.layout != torch.strided:
-            raise TypeError(f"{name} is a {x.layout} tensor; pass a dense tensor "
-                            f"(e.g. {name}.to_dense())")
+            raise TypeError(
+                f"{name} is a {x.layout} tensor; pass a dense tensor (e.g. {name}.to_dense())"
+            )
         if x.dtype not in FLOAT_DTYPES_TORCH:
             raise TypeError(
                 f"{name} must be a floating-point tensor (float16, bfloat16, float32 or "
@@ -138,8 +139,7 @@ def check_features(query, gallery, *, normalize: bool) -> FeaturePair:
         )
 
     n_query = xq.shape[0]
-    nodes = torch.empty(n_query + xg.shape[0], xq.shape[1], dtype=torch.float32,
-                        device=xq.device)
+    nodes = torch.empty(n_query + xg.shape[0], xq.shape[1], dtype=torch.float32, device=xq.device)
     _copy_rows(xq, "query", nodes[:n_query], normalize)
     _copy_rows(xg, "gallery", nodes[n_query:], normalize)
     device = query.device if array_type == "torch" else torch.device("cpu")
@@ -155,16 +155,17 @@ def _copy_rows(t: torch.Tensor, name: str, out: torch.Tensor, normalize: bool) -
     if bool(bad.any()):
         rows = torch.nonzero(bad).flatten()
         raise ValueError(
-            f"{name} contains NaN or inf in {rows.numel()} row(s), first at row "
-            f"{int(rows[0])}"
+            f"{name} contains NaN or inf in {rows.numel()} row(s), first at row {int(rows[0])}"
         )
     if not normalize:
         out.copy_(t)
         overflow = ~torch.isfinite(out).all(dim=1)
         if bool(overflow.any()):
             row = int(torch.nonzero(overflow).flatten()[0])
-            raise ValueError(f"{name} has values beyond the float32 range (first in row "
-                             f"{row}); with normalize=False the rows are used as float32")
+            raise ValueError(
+                f"{name} has values beyond the float32 range (first in row "
+                f"{row}); with normalize=False the rows are used as float32"
+            )
         return
     zero = (t == 0).all(dim=1)
     if bool(zero.any()):
@@ -188,10 +189,12 @@ def check_unnormalised_scale(features: FeaturePair, k2: int) -> None:
     limit = (1e37 / (4.0 * n * k2 * k2)) ** 0.125
     largest = float(canonical.row_norms(features.nodes).max())
     if largest > limit:
-        raise ValueError(f"with normalize=False the rows are used as they are, and the "
-                         f"longest has norm {largest:.4g}: above {limit:.4g}, squared "
-                         f"similarities would overflow float32 in the propagation; pass "
-                         f"normalize=True or scale the features down")
+        raise ValueError(
+            f"with normalize=False the rows are used as they are, and the "
+            f"longest has norm {largest:.4g}: above {limit:.4g}, squared "
+            f"similarities would overflow float32 in the propagation; pass "
+            f"normalize=True or scale the features down"
+        )
 
 
 def check_unit_rows(x, name: str, dim: int) -> tuple[np.ndarray, str, torch.device]:
@@ -206,12 +209,10 @@ def check_unit_rows(x, name: str, dim: int) -> tuple[np.ndarray, str, torch.devi
         ValueError: wrong ndim, no rows, a dimension other than ``dim``, NaN/inf, zero rows.
     """
     if not isinstance(x, (np.ndarray, torch.Tensor)):
-        raise TypeError(f"{name} must be a numpy.ndarray or a torch.Tensor, got "
-                        f"{type(x).__name__}")
+        raise TypeError(f"{name} must be a numpy.ndarray or a torch.Tensor, got {type(x).__name__}")
     t = _as_matrix(x, name)
     if t.shape[1] != dim:
-        raise ValueError(f"{name} has dimension {t.shape[1]} but the index has "
-                         f"dimension {dim}")
+        raise ValueError(f"{name} has dimension {t.shape[1]} but the index has dimension {dim}")
     rows = torch.empty(t.shape, dtype=torch.float32)
     _copy_rows(t.cpu(), name, rows, normalize=True)
     if isinstance(x, torch.Tensor):
@@ -219,8 +220,9 @@ def check_unit_rows(x, name: str, dim: int) -> tuple[np.ndarray, str, torch.devi
     return rows.numpy(), "numpy", torch.device("cpu")
 
 
-def check_int(value, name: str, *, minimum: int, maximum: int | None = None,
-              maximum_reason: str = "") -> int:
+def check_int(
+    value, name: str, *, minimum: int, maximum: int | None = None, maximum_reason: str = ""
+) -> int:
     """Return ``value`` as an int after checking ``minimum <= value <= maximum``.
 
     Raises:
@@ -254,14 +256,24 @@ def check_rerank_params(*, k1, k2, iterations, lamb, topk, n_nodes: int, n_galle
     Returns:
         ``(k1, k2, iterations, lamb, topk)`` as plain Python numbers (``topk`` may be None).
     """
-    k1 = check_int(k1, "k1", minimum=1, maximum=n_nodes,
-                   maximum_reason=f"the number of nodes, query + gallery = {n_nodes}")
+    k1 = check_int(
+        k1,
+        "k1",
+        minimum=1,
+        maximum=n_nodes,
+        maximum_reason=f"the number of nodes, query + gallery = {n_nodes}",
+    )
     k2 = check_int(k2, "k2", minimum=1, maximum=k1, maximum_reason="k2 must not exceed k1")
     iterations = check_int(iterations, "iterations", minimum=0)
     lamb = check_unit_interval(lamb, "lamb")
     if topk is not None:
-        topk = check_int(topk, "topk", minimum=1, maximum=n_gallery,
-                         maximum_reason=f"the gallery size {n_gallery}")
+        topk = check_int(
+            topk,
+            "topk",
+            minimum=1,
+            maximum=n_gallery,
+            maximum_reason=f"the gallery size {n_gallery}",
+        )
     return k1, k2, iterations, lamb, topk
 
 
@@ -281,10 +293,14 @@ def check_similarity_blocks(q_g, q_q, g_g) -> tuple[int, int]:
     """
     for name, x in (("q_g", q_g), ("q_q", q_q), ("g_g", g_g)):
         if not isinstance(x, (np.ndarray, torch.Tensor)):
-            raise TypeError(f"{name} must be a numpy.ndarray or a torch.Tensor, got "
-                            f"{type(x).__name__}")
-        floating = x.is_floating_point() if isinstance(x, torch.Tensor) else \
-            np.issubdtype(x.dtype, np.floating)
+            raise TypeError(
+                f"{name} must be a numpy.ndarray or a torch.Tensor, got {type(x).__name__}"
+            )
+        floating = (
+            x.is_floating_point()
+            if isinstance(x, torch.Tensor)
+            else np.issubdtype(x.dtype, np.floating)
+        )
         if not floating:
             raise TypeError(f"{name} must hold floats, got dtype {x.dtype}")
         if x.ndim != 2:
@@ -292,11 +308,15 @@ def check_similarity_blocks(q_g, q_q, g_g) -> tuple[int, int]:
     n_query, n_gallery = q_g.shape
     if n_query == 0 or n_gallery == 0:
         raise ValueError(f"q_g is empty: shape {tuple(q_g.shape)}")
-    for name, x, expected in (("q_q", q_q, (n_query, n_query)),
-                              ("g_g", g_g, (n_gallery, n_gallery))):
+    for name, x, expected in (
+        ("q_q", q_q, (n_query, n_query)),
+        ("g_g", g_g, (n_gallery, n_gallery)),
+    ):
         if tuple(x.shape) != expected:
-            raise ValueError(f"{name} must have shape {list(expected)} to match q_g "
-                             f"{list(q_g.shape)}, got {list(x.shape)}")
+            raise ValueError(
+                f"{name} must have shape {list(expected)} to match q_g "
+                f"{list(q_g.shape)}, got {list(x.shape)}"
+            )
     return n_query, n_gallery
 
 
@@ -327,8 +347,10 @@ def unit_rows(features: np.ndarray, name: str = "features") -> np.ndarray:
         raise ValueError(f"{name} have NaN or inf in {describe_rows(~finite)}")
     zero = ~x.any(axis=1)
     if zero.any():
-        raise ValueError(f"{name} have rows of norm 0 ({describe_rows(zero)}), which cannot be "
-                         "compared by cosine")
+        raise ValueError(
+            f"{name} have rows of norm 0 ({describe_rows(zero)}), which cannot be "
+            "compared by cosine"
+        )
     out = torch.empty(x.shape, dtype=torch.float32)
     canonical.unit_rows(torch.from_numpy(np.ascontiguousarray(x)), out)
     return out.numpy()

@@ -59,13 +59,13 @@ def _gigabytes(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.1f} GiB"
 
 
-def check_fits(n_bytes: int, what: str, hint: str,
-               device: torch.device | None = None) -> None:
+def check_fits(n_bytes: int, what: str, hint: str, device: torch.device | None = None) -> None:
     """Raise a ``MemoryError`` naming ``what`` and suggesting ``hint`` when ``n_bytes`` are
     more than the memory available now (no check where that cannot be read)."""
     available = available_bytes(device)
     if available is not None and n_bytes > available:
-        where = "free on the GPU" if device is not None and device.type == "cuda" else \
-            "available"
-        raise MemoryError(f"{what} needs {_gigabytes(n_bytes)} but only "
-                          f"{_gigabytes(available)} is {where}; {hint}")
+        where = "free on the GPU" if device is not None and device.type == "cuda" else "available"
+        raise MemoryError(
+            f"{what} needs {_gigabytes(n_bytes)} but only "
+            f"{_gigabytes(available)} is {where}; {hint}"
+        )

@@ -38,7 +38,7 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     y = torch.ldexp(torch.ldexp(x, half), -exponent - half)
     square_sum = torch.zeros(x.shape[0], 1, dtype=torch.float64, device=x.device)
     for k in range(x.shape[1]):
-        square_sum = square_sum + y[:, k:k + 1] * y[:, k:k + 1]
+        square_sum = square_sum + y[:, k : k + 1] * y[:, k : k + 1]
     return (y / torch.sqrt(square_sum)).to(torch.float32)
 
 
@@ -50,11 +50,12 @@ def canonical_similarities(nodes: torch.Tensor, other: torch.Tensor | None = Non
     y = x if other is None else other.to(torch.float64)
     total = torch.zeros(x.shape[0], y.shape[0], dtype=torch.float64, device=x.device)
     for k in range(x.shape[1]):
-        total = total + x[:, k:k + 1] * y[:, k]
+        total = total + x[:, k : k + 1] * y[:, k]
     return total.to(torch.float32)
 
 
 # --- one small reference per op, for the kernel tests --------------------------------
+
 
 def topk_by_tie_rule(scores: torch.Tensor, k: int):
     """Top-k of each row of a dense ``[n, m]`` matrix by a full stable sort: descending,
@@ -87,9 +88,16 @@ def aggregated_rows(weights: torch.Tensor, source: torch.Tensor, *, normalize: b
     return rows, norms
 
 
-def two_hop_scores(z: torch.Tensor, g_idx: torch.Tensor, g_val: torch.Tensor,
-                   g_inv_norm: torch.Tensor, query: torch.Tensor, gallery: torch.Tensor, *,
-                   lamb: float) -> torch.Tensor:
+def two_hop_scores(
+    z: torch.Tensor,
+    g_idx: torch.Tensor,
+    g_val: torch.Tensor,
+    g_inv_norm: torch.Tensor,
+    query: torch.Tensor,
+    gallery: torch.Tensor,
+    *,
+    lamb: float,
+) -> torch.Tensor:
     """The scoring op (``gpu/scoring.py``, ``cpu/kernels/two_hop_scores.py``), in float64:
     ``(1 - lamb) * T + lamb * query @ gallery.T`` with the two-hop term
     ``T[i, j] = g_inv_norm[j] * sum_t g_val[j, t] * z[i, g_idx[j, t]]``.
@@ -115,8 +123,15 @@ def knn(nodes: torch.Tensor, k: int, similarity: str = "canonical"):
     return topk_by_tie_rule(sims, k)
 
 
-def propagated_rows(nodes: torch.Tensor, *, k1: int, k2: int, iterations: int,
-                    similarity: str = "canonical", dtype: torch.dtype = torch.float64):
+def propagated_rows(
+    nodes: torch.Tensor,
+    *,
+    k1: int,
+    k2: int,
+    iterations: int,
+    similarity: str = "canonical",
+    dtype: torch.dtype = torch.float64,
+):
     """Steps 1-4: the final dense ``[N, N]`` rows A in ``dtype``, on ``nodes``' device
     (``nodes``: float32 rows as the kNN compares them)."""
     n = nodes.shape[0]
@@ -131,16 +146,24 @@ def propagated_rows(nodes: torch.Tensor, *, k1: int, k2: int, iterations: int,
         a = a + a.T
         aggregated = torch.zeros_like(a)
         for j in range(k2):
-            aggregated += weights[:, j:j + 1] * a[indices[:, j]]
+            aggregated += weights[:, j : j + 1] * a[indices[:, j]]
         a = _normalize_rows(aggregated)
     return a
 
 
-def gnn_rerank_reference(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2,
-                         lamb: float = 0.3, normalize: bool = True,
-                         dtype: torch.dtype = torch.float64,
-                         device: torch.device | str = "cpu",
-                         similarity: str = "canonical") -> torch.Tensor:
+def gnn_rerank_reference(
+    query,
+    gallery,
+    *,
+    k1: int = 26,
+    k2: int = 7,
+    iterations: int = 2,
+    lamb: float = 0.3,
+    normalize: bool = True,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+    similarity: str = "canonical",
+) -> torch.Tensor:
     """Re-ranked ``[q, g]`` similarity, computed densely in ``dtype`` on ``device``.
 
     Args:
@@ -166,11 +189,15 @@ def gnn_rerank_reference(query, gallery, *, k1: int = 26, k2: int = 7, iteration
             xq, xg = _normalize_rows(xq), _normalize_rows(xg)
     n_query = xq.shape[0]
     nodes = torch.cat([xq, xg])
-    a = propagated_rows(nodes, k1=k1, k2=k2, iterations=iterations, similarity=similarity,
-                        dtype=dtype)
+    a = propagated_rows(
+        nodes, k1=k1, k2=k2, iterations=iterations, similarity=similarity, dtype=dtype
+    )
     sim = a[:n_query] @ a[n_query:].T
-    base = (canonical_similarities(nodes)[:n_query, n_query:] if similarity == "canonical"
-            else xq @ xg.T)
+    base = (
+        canonical_similarities(nodes)[:n_query, n_query:]
+        if similarity == "canonical"
+        else xq @ xg.T
+    )
     return (1 - lamb) * sim + lamb * base.to(dtype)
 
 
@@ -179,8 +206,9 @@ def ranking(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
 
-def inductive_scores_reference(database, knn_values, knn_indices, query, *, k2: int,
-                               iterations: int, lamb: float) -> np.ndarray:
+def inductive_scores_reference(
+    database, knn_values, knn_indices, query, *, k2: int, iterations: int, lamb: float
+) -> np.ndarray:
     """Dense oracle of inductive re-ranking (``triton_rerank.database.inductive``): the scores of
     every database item for one query, all of them candidates, nothing pruned.
 
@@ -214,10 +242,10 @@ def inductive_scores_reference(database, knn_values, knn_indices, query, *, k2: 
     row = np.zeros(g + 1)
     row[g] = 1.0
     row[neighbours] = 1.0
-    lists_query = sims >= values[:, -1]       # the items whose lists would take q
+    lists_query = sims >= values[:, -1]  # the items whose lists would take q
     if k2 == 1 or iterations == 0:
         own = a.copy()
-        displaced = lists_query & (indices[:, -1] >= 0)     # q displaces the k1-th
+        displaced = lists_query & (indices[:, -1] >= 0)  # q displaces the k1-th
         own[displaced, indices[displaced, -1]] = 0.0
         scores = own @ row[:g] + lists_query * row[g]
         return (1 - lamb) * scores + lamb * sims
@@ -244,7 +272,7 @@ def inductive_scores_reference(database, knn_values, knn_indices, query, *, k2: 
     w_final = w.copy()
     displaced = takes_query & (indices[:, k2 - 1] >= 0)
     w_final[displaced, indices[displaced, k2 - 1]] = 0.0
-    m_ext = np.concatenate([m, m_q[:g, None]], axis=1)          # rows n: M[n] and M[n, q]
-    scores = w_final @ (m_ext @ row) + takes_query * sims ** 2 * (row @ m_q)
+    m_ext = np.concatenate([m, m_q[:g, None]], axis=1)  # rows n: M[n] and M[n, q]
+    scores = w_final @ (m_ext @ row) + takes_query * sims**2 * (row @ m_q)
     scores *= inv_norm[-1]
     return (1 - lamb) * scores + lamb * sims

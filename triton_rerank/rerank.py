@@ -35,8 +35,11 @@ def canonical_backend_name(backend: str, *, stacklevel: int = 3) -> str:
     ``DeprecationWarning``); unknown names are left for the caller to refuse."""
     if backend in DEPRECATED_BACKENDS:
         new = DEPRECATED_BACKENDS[backend]
-        warnings.warn(f"backend={backend!r} is deprecated; use backend={new!r}",
-                      DeprecationWarning, stacklevel=stacklevel)
+        warnings.warn(
+            f"backend={backend!r} is deprecated; use backend={new!r}",
+            DeprecationWarning,
+            stacklevel=stacklevel,
+        )
         return new
     return backend
 
@@ -62,22 +65,27 @@ def resolve_backend(backend: str, device: torch.device | None = None) -> str:
         return "cpu"
     if backend == "auto":
         if on_cuda and not _triton_importable():
-            warnings.warn("triton is not installed: re-ranking CUDA tensors on the CPU path "
-                          "(pip install triton for the GPU kernels)", stacklevel=3)
+            warnings.warn(
+                "triton is not installed: re-ranking CUDA tensors on the CPU path "
+                "(pip install triton for the GPU kernels)",
+                stacklevel=3,
+            )
             return "cpu"
         return "triton" if on_cuda else "cpu"
     if not _triton_importable():
-        raise ValueError("backend='triton' needs the triton package, which is not "
-                         "installed; pip install triton, or use backend='auto' or 'cpu'")
+        raise ValueError(
+            "backend='triton' needs the triton package, which is not "
+            "installed; pip install triton, or use backend='auto' or 'cpu'"
+        )
     if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         where = "numpy arrays" if device is None else f"tensors on {device}"
-        raise ValueError(f"backend='triton' runs on CUDA tensors, got {where}; set "
-                         f"TRITON_INTERPRET=1 (before triton is imported) to run the "
-                         f"kernels in the Triton interpreter, or use backend='auto' or "
-                         f"'cpu'")
+        raise ValueError(
+            f"backend='triton' runs on CUDA tensors, got {where}; set "
+            f"TRITON_INTERPRET=1 (before triton is imported) to run the "
+            f"kernels in the Triton interpreter, or use backend='auto' or "
+            f"'cpu'"
+        )
     return "triton"
-
-
 
 
 def _to_caller(result, device: torch.device | None):
@@ -87,9 +95,18 @@ def _to_caller(result, device: torch.device | None):
     return result.numpy() if device is None else result.to(device)
 
 
-def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2,
-               lamb: float = 0.3, topk: int | None = None, normalize: bool = True,
-               backend: str = "auto"):
+def gnn_rerank(
+    query,
+    gallery,
+    *,
+    k1: int = 26,
+    k2: int = 7,
+    iterations: int = 2,
+    lamb: float = 0.3,
+    topk: int | None = None,
+    normalize: bool = True,
+    backend: str = "auto",
+):
     """Re-rank gallery items for each query with GNN re-ranking (Zhang et al. 2020).
 
     Queries and gallery items are all nodes of one kNN graph (transductive
@@ -142,15 +159,23 @@ def gnn_rerank(query, gallery, *, k1: int = 26, k2: int = 7, iterations: int = 2
     n_query = features.n_query
     n_gallery = features.nodes.shape[0] - n_query
     k1, k2, iterations, lamb, topk = check_rerank_params(
-        k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk,
-        n_nodes=n_query + n_gallery, n_gallery=n_gallery)
+        k1=k1,
+        k2=k2,
+        iterations=iterations,
+        lamb=lamb,
+        topk=topk,
+        n_nodes=n_query + n_gallery,
+        n_gallery=n_gallery,
+    )
     if not normalize:
         check_unnormalised_scale(features, k2)
     if topk is None:
-        check_fits(4 * n_query * n_gallery,
-                   f"the [{n_query}, {n_gallery}] float32 score matrix (topk=None)",
-                   "pass topk=K to get the K best gallery items of each query instead",
-                   features.device)
+        check_fits(
+            4 * n_query * n_gallery,
+            f"the [{n_query}, {n_gallery}] float32 score matrix (topk=None)",
+            "pass topk=K to get the K best gallery items of each query instead",
+            features.device,
+        )
     device = features.device if features.array_type == "torch" else None
     # each backend is imported when it runs: the GPU one needs triton, the CPU one numba
     if resolve_backend(backend, device) == "triton":
@@ -181,13 +206,15 @@ def _check_affine(scale, offset) -> tuple[float, float]:
         if not math.isfinite(value):
             raise ValueError(f"{name} must be a finite real number, got {value!r}")
     if scale == 0:
-        raise ValueError(f"scale must be non-zero (every similarity would be the offset), "
-                         f"got {scale!r}")
+        raise ValueError(
+            f"scale must be non-zero (every similarity would be the offset), got {scale!r}"
+        )
     return float(scale), float(offset)
 
 
-def _similarity_rows(matrix, start: int, stop: int, scale: float, offset: float,
-                     out: np.ndarray, name: str) -> np.ndarray:
+def _similarity_rows(
+    matrix, start: int, stop: int, scale: float, offset: float, out: np.ndarray, name: str
+) -> np.ndarray:
     """Rows ``start:stop`` of ``matrix`` as float32 similarities ``offset + scale * x``,
     written into (a prefix of) the flat buffer ``out``.
 
@@ -218,15 +245,27 @@ def _similarity_rows(matrix, start: int, stop: int, scale: float, offset: float,
         raw = matrix[bad]
         raw = raw.detach().double().cpu().numpy() if isinstance(raw, torch.Tensor) else raw
         if np.isfinite(raw).all():
-            raise ValueError(f"{name} row {bad} overflows float32 as similarities "
-                             f"offset + scale * x with scale={scale!r}, offset={offset!r}")
+            raise ValueError(
+                f"{name} row {bad} overflows float32 as similarities "
+                f"offset + scale * x with scale={scale!r}, offset={offset!r}"
+            )
         raise ValueError(f"{name} contains NaN or inf (first in row {bad})")
     return block
 
 
-def gnn_rerank_similarities(q_g, q_q, g_g, *, k1: int = 26, k2: int = 7, iterations: int = 2,
-                            lamb: float = 0.3, topk: int | None = None, scale: float = 1.0,
-                            offset: float = 0.0):
+def gnn_rerank_similarities(
+    q_g,
+    q_q,
+    g_g,
+    *,
+    k1: int = 26,
+    k2: int = 7,
+    iterations: int = 2,
+    lamb: float = 0.3,
+    topk: int | None = None,
+    scale: float = 1.0,
+    offset: float = 0.0,
+):
     """GNN re-ranking from precomputed similarity matrices instead of features.
 
     Same algorithm as :func:`gnn_rerank`, with ``U @ U.T`` given as its three blocks.
@@ -264,8 +303,8 @@ def gnn_rerank_similarities(q_g, q_q, g_g, *, k1: int = 26, k2: int = 7, iterati
     n_query, n_gallery = check_similarity_blocks(q_g, q_q, g_g)
     n = n_query + n_gallery
     k1, k2, iterations, lamb, topk = check_rerank_params(
-        k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk, n_nodes=n,
-        n_gallery=n_gallery)
+        k1=k1, k2=k2, iterations=iterations, lamb=lamb, topk=topk, n_nodes=n, n_gallery=n_gallery
+    )
     lists = NeighbourLists(n, k1)
     base = torch.empty(n_query, n_gallery, dtype=torch.float32)
     rows = max(1, limits.SIMILARITY_CHUNK_BYTES // (4 * n))
@@ -280,9 +319,18 @@ def gnn_rerank_similarities(q_g, q_q, g_g, *, k1: int = 26, k2: int = 7, iterati
         stop = min(n_gallery, start + rows)
         block = _similarity_rows(g_g, start, stop, scale, offset, chunk, "g_g")
         lists.offer(block, n_query + start, n_query)
-    result = scores_from_lists(lists.values, lists.indices, n_query=n_query, k2=k2,
-                               iterations=iterations, lamb=lamb, topk=topk, query=None,
-                               gallery=None, base=base)
+    result = scores_from_lists(
+        lists.values,
+        lists.indices,
+        n_query=n_query,
+        k2=k2,
+        iterations=iterations,
+        lamb=lamb,
+        topk=topk,
+        query=None,
+        gallery=None,
+        base=base,
+    )
     return _to_caller(result, q_g.device if isinstance(q_g, torch.Tensor) else None)
 
 
@@ -310,6 +358,14 @@ class GNNReranker:
 
     def __call__(self, query, gallery, topk: int | None = None):
         """Same as :func:`gnn_rerank` with this configuration."""
-        return gnn_rerank(query, gallery, k1=self.k1, k2=self.k2, iterations=self.iterations,
-                          lamb=self.lamb, topk=topk, normalize=self.normalize,
-                          backend=self.backend)
+        return gnn_rerank(
+            query,
+            gallery,
+            k1=self.k1,
+            k2=self.k2,
+            iterations=self.iterations,
+            lamb=self.lamb,
+            topk=topk,
+            normalize=self.normalize,
+            backend=self.backend,
+        )

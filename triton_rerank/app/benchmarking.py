@@ -37,8 +37,14 @@ def _shape(n: int, dim: int):
     from .synthetic import ReidShape
 
     n_query = max(1, round(MARKET_QUERY_FRACTION * n))
-    return ReidShape(n_query=n_query, n_gallery=n - n_query, dim=dim,
-                     n_ids=max(2, n // 30), n_cams=6, distractor_fraction=1 / 8)
+    return ReidShape(
+        n_query=n_query,
+        n_gallery=n - n_query,
+        dim=dim,
+        n_ids=max(2, n // 30),
+        n_cams=6,
+        distractor_fraction=1 / 8,
+    )
 
 
 def check_run(method: str, n: int, dim: int) -> None:
@@ -93,15 +99,28 @@ def measure(method: str, n: int, dim: int, seed: int = 0) -> Measurement:
     """
     check_run(method, n, dim)
     proc = subprocess.run(
-        [sys.executable, "-m", "triton_rerank.app.benchmarking", method, str(n), str(dim),
-         str(seed)],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "triton_rerank.app.benchmarking",
+            method,
+            str(n),
+            str(dim),
+            str(seed),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
-        how = (f"was killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0
-               else f"exited with status {proc.returncode}")
+        how = (
+            f"was killed by signal {-proc.returncode} (out of memory?)"
+            if proc.returncode < 0
+            else f"exited with status {proc.returncode}"
+        )
         last = proc.stderr.strip().splitlines()[-1:] or ["no error output"]
-        raise MeasurementError(f"{method} at N={n}, dim={dim}: the benchmark process {how}: "
-                               f"{last[0]}")
+        raise MeasurementError(
+            f"{method} at N={n}, dim={dim}: the benchmark process {how}: {last[0]}"
+        )
     return Measurement(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 

@@ -40,9 +40,22 @@ _KEYS = FEATURE_KEYS + LABEL_KEYS
 def _read_errors() -> tuple[type[BaseException], ...]:
     from scipy.io.matlab import MatReadError
 
-    return (OSError, EOFError, ValueError, TypeError, IndexError, KeyError,
-            UnboundLocalError, ArithmeticError, MemoryError, RuntimeError,
-            struct.error, zlib.error, zipfile.BadZipFile, MatReadError)
+    return (
+        OSError,
+        EOFError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        UnboundLocalError,
+        ArithmeticError,
+        MemoryError,
+        RuntimeError,
+        struct.error,
+        zlib.error,
+        zipfile.BadZipFile,
+        MatReadError,
+    )
 
 
 def _describe(err: BaseException) -> str:
@@ -66,8 +79,13 @@ _MAT5_DATA_TYPES = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 16, 17, 18})
 _MAT5_MATRIX, _MAT5_COMPRESSED = 14, 15
 _MAT5_CELL, _MAT5_CHAR = 1, 4
 _MAT5_NUMERIC_CLASSES = range(6, 16)  # double, single, int8 ... uint64
-_MAT5_OTHER_CLASSES = {2: "struct", 3: "object", 5: "sparse matrix", 16: "function handle",
-                       17: "MATLAB class object (opaque)"}
+_MAT5_OTHER_CLASSES = {
+    2: "struct",
+    3: "object",
+    5: "sparse matrix",
+    16: "function handle",
+    17: "MATLAB class object (opaque)",
+}
 _MAT5_MAX_DEPTH = 16  # cells inside cells
 _MAT5_MAX_CELLS = 10**7  # more labels than any re-ID set has images
 
@@ -136,7 +154,7 @@ class _Mat5Checker:
         tag = s.read(8)
         mdtype, size = struct.unpack(self.endian + "II", tag)
         if mdtype >> 16:  # small data element: size and type share the first 4 bytes
-            return mdtype & 0xFFFF, None, tag[4: 4 + min(mdtype >> 16, 4)]
+            return mdtype & 0xFFFF, None, tag[4 : 4 + min(mdtype >> 16, 4)]
         return mdtype, size, None
 
     def _bytes(self, s: _Mat5Stream, limit: int = 4096) -> bytes:
@@ -181,8 +199,10 @@ class _Mat5Checker:
             key = name
         where = f"{self.path}: {key}: "
         if mclass in _MAT5_OTHER_CLASSES:
-            raise ValueError(f"{where}is a MATLAB {_MAT5_OTHER_CLASSES[mclass]}, not an array of "
-                             "numbers (or, for labels, of strings)")
+            raise ValueError(
+                f"{where}is a MATLAB {_MAT5_OTHER_CLASSES[mclass]}, not an array of "
+                "numbers (or, for labels, of strings)"
+            )
         if mclass in _MAT5_NUMERIC_CLASSES or mclass == _MAT5_CHAR:
             for _ in range(1 + (complex_ and mclass != _MAT5_CHAR)):
                 self._data(s, key, char=mclass == _MAT5_CHAR)
@@ -205,12 +225,16 @@ class _Mat5Checker:
             start = f.tell()
             mdtype, nbytes = struct.unpack(self.endian + "II", f.read(8))
             if nbytes > size - start - 8:
-                raise _BadMat(f"the variable at byte {start} has {nbytes} bytes but the file "
-                              f"ends {size - start - 8} bytes later")
+                raise _BadMat(
+                    f"the variable at byte {start} has {nbytes} bytes but the file "
+                    f"ends {size - start - 8} bytes later"
+                )
             if mdtype in (_MAT5_MATRIX, _MAT5_COMPRESSED) and nbytes:
                 s = _Mat5Stream(f, nbytes, compressed=mdtype == _MAT5_COMPRESSED)
-                if mdtype == _MAT5_MATRIX or struct.unpack(self.endian + "I",
-                                                           s.read(8)[:4])[0] == _MAT5_MATRIX:
+                if (
+                    mdtype == _MAT5_MATRIX
+                    or struct.unpack(self.endian + "I", s.read(8)[:4])[0] == _MAT5_MATRIX
+                ):
                     self.matrix(s, None)
             f.seek(start + 8 + nbytes)
 
@@ -239,8 +263,9 @@ def _read_mat(path: str, head: bytes) -> dict:
             f"scipy.io.savemat or MATLAB's -v7 flag, or as .npz with the same keys"
         ) from err
     except _read_errors() as err:
-        raise ValueError(f"{path}: not a readable .mat file, or a damaged one "
-                         f"({_describe(err)})") from err
+        raise ValueError(
+            f"{path}: not a readable .mat file, or a damaged one ({_describe(err)})"
+        ) from err
 
 
 def _mat_names(path: str) -> list[str]:
@@ -261,8 +286,10 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 def _read_npz(path: str, head: bytes) -> tuple[dict, list[str]]:
     if head.startswith(_NPY_MAGIC):
-        raise ValueError(f"{path}: is a .npy file (a single array), not an .npz archive of "
-                         "named arrays; save with numpy.savez(path, query_f=..., gallery_f=...)")
+        raise ValueError(
+            f"{path}: is a .npy file (a single array), not an .npz archive of "
+            "named arrays; save with numpy.savez(path, query_f=..., gallery_f=...)"
+        )
     if not head.startswith(_ZIP_MAGIC):
         raise ValueError(f"{path}: not an .npz archive (it does not start with a zip header)")
     try:
@@ -279,21 +306,31 @@ def _read_npz(path: str, head: bytes) -> tuple[dict, list[str]]:
                 raw[key] = npz[key]
             except ValueError as err:
                 if "allow_pickle" in str(err):
-                    raise ValueError(f"{path}: {key}: holds Python objects (dtype object), "
-                                     "which are not loaded (unpickling is unsafe); save it "
-                                     "as an array of numbers or strings") from err
-                raise ValueError(f"{path}: {key}: cannot be read, the archive is damaged "
-                                 f"({_describe(err)})") from err
+                    raise ValueError(
+                        f"{path}: {key}: holds Python objects (dtype object), "
+                        "which are not loaded (unpickling is unsafe); save it "
+                        "as an array of numbers or strings"
+                    ) from err
+                raise ValueError(
+                    f"{path}: {key}: cannot be read, the archive is damaged ({_describe(err)})"
+                ) from err
             except _read_errors() as err:
-                raise ValueError(f"{path}: {key}: cannot be read, the archive is damaged "
-                                 f"({_describe(err)})") from err
+                raise ValueError(
+                    f"{path}: {key}: cannot be read, the archive is damaged ({_describe(err)})"
+                ) from err
     return raw, names
 
 
 def _dtype_words(dtype: np.dtype) -> str:
-    kinds = {"U": "strings", "S": "byte strings", "V": "records", "M": "dates",
-             "m": "time spans", "O": "Python objects (e.g. a MATLAB cell array)",
-             "c": "complex numbers"}
+    kinds = {
+        "U": "strings",
+        "S": "byte strings",
+        "V": "records",
+        "M": "dates",
+        "m": "time spans",
+        "O": "Python objects (e.g. a MATLAB cell array)",
+        "c": "complex numbers",
+    }
     return f"{kinds[dtype.kind]} (dtype {dtype})" if dtype.kind in kinds else f"dtype {dtype}"
 
 
@@ -301,8 +338,10 @@ def _array(path: str, key: str, value) -> np.ndarray:
     if isinstance(value, str):  # scipy's placeholder for a variable it could not read
         raise ValueError(f"{path}: {key}: cannot be read ({value})")
     if not isinstance(value, np.ndarray):
-        raise ValueError(f"{path}: {key}: is a {type(value).__name__}, not an array; save it "
-                         "as a full (dense) array")
+        raise ValueError(
+            f"{path}: {key}: is a {type(value).__name__}, not an array; save it "
+            "as a full (dense) array"
+        )
     return value
 
 
@@ -331,15 +370,21 @@ def _feature_values(path: str, key: str, x: np.ndarray) -> np.ndarray:
         n_nan = int(np.isnan(x).sum()) if x.dtype.kind == "f" else 0
         n_inf = int(np.isinf(x).sum()) if x.dtype.kind == "f" else 0
         if n_nan + n_inf == 0:
-            raise ValueError(f"{where}values beyond float32's range (largest magnitude "
-                             f"{float(np.abs(x).max()):.3g}) in {describe_rows(bad)}")
+            raise ValueError(
+                f"{where}values beyond float32's range (largest magnitude "
+                f"{float(np.abs(x).max()):.3g}) in {describe_rows(bad)}"
+            )
         counts = " and ".join(f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "inf")) if n)
-        raise ValueError(f"{where}{counts} value{'s' if n_nan + n_inf > 1 else ''} in "
-                         f"{describe_rows(bad)}; features must be finite")
+        raise ValueError(
+            f"{where}{counts} value{'s' if n_nan + n_inf > 1 else ''} in "
+            f"{describe_rows(bad)}; features must be finite"
+        )
     zero = ~y.any(axis=1)
     if zero.any():
-        raise ValueError(f"{where}all-zero features in {describe_rows(zero)}; cosine "
-                         "similarity needs rows of non-zero norm")
+        raise ValueError(
+            f"{where}all-zero features in {describe_rows(zero)}; cosine "
+            "similarity needs rows of non-zero norm"
+        )
     return y
 
 
@@ -352,8 +397,10 @@ def _cell_strings(path: str, key: str, x: np.ndarray) -> np.ndarray:
         elif isinstance(item, np.ndarray) and item.dtype.kind == "U" and item.size <= 1:
             out.append(str(item.reshape(-1)[0]) if item.size else "")
         else:
-            raise ValueError(f"{path}: {key}: holds {_dtype_words(x.dtype)}; labels must be "
-                             "a numeric array, a char array or a cell array of strings")
+            raise ValueError(
+                f"{path}: {key}: holds {_dtype_words(x.dtype)}; labels must be "
+                "a numeric array, a char array or a cell array of strings"
+            )
     return np.array(out, dtype=str).reshape(x.shape, order="F")
 
 
@@ -366,19 +413,22 @@ def _label_vector(path: str, key: str, x: np.ndarray, n: int) -> tuple[str, np.n
     if x.dtype.kind == "O":
         x = _cell_strings(path, key, x)
     if x.ndim > 2 or (x.ndim == 2 and 1 not in x.shape):
-        raise ValueError(f"{where}must be a vector of labels ([n], [1, n] or [n, 1]), got "
-                         f"shape {x.shape}")
+        raise ValueError(
+            f"{where}must be a vector of labels ([n], [1, n] or [n, 1]), got shape {x.shape}"
+        )
     x = x.reshape(-1)
     if x.shape[0] != n:
-        raise ValueError(f"{where}has {x.shape[0]} entries but {feature_key} has {n} rows (one "
-                         "label per image)")
+        raise ValueError(
+            f"{where}has {x.shape[0]} entries but {feature_key} has {n} rows (one label per image)"
+        )
     kind = x.dtype.kind
     if kind in "US":
         try:
             text = x.astype(str)
         except UnicodeDecodeError:
-            raise ValueError(f"{where}byte strings that are not ASCII; store them as text "
-                             "(str) labels") from None
+            raise ValueError(
+                f"{where}byte strings that are not ASCII; store them as text (str) labels"
+            ) from None
         return "strings", np.char.strip(text)
     if kind in "biu":
         if kind == "u" and x.size and int(x.max()) >= _INT64_LIMIT:
@@ -386,14 +436,19 @@ def _label_vector(path: str, key: str, x: np.ndarray, n: int) -> tuple[str, np.n
         return "numbers", x.astype(np.int64)
     if kind != "f":
         raise ValueError(f"{where}must hold integers or strings, got {_dtype_words(x.dtype)}")
-    for bad, problem in ((np.isnan(x), "NaN"), (np.isinf(x), "infinite"),
-                         (np.abs(x) >= _INT64_LIMIT, "too large for int64"),
-                         (x != np.round(x), "not a whole number")):
+    for bad, problem in (
+        (np.isnan(x), "NaN"),
+        (np.isinf(x), "infinite"),
+        (np.abs(x) >= _INT64_LIMIT, "too large for int64"),
+        (x != np.round(x), "not a whole number"),
+    ):
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             many = f" ({int(bad.sum())} entries)" if bad.sum() > 1 else ""
-            raise ValueError(f"{where}entry {first} is {x[first].item()!r}, {problem}{many}; "
-                             "labels must be integers (or strings)")
+            raise ValueError(
+                f"{where}entry {first} is {x[first].item()!r}, {problem}{many}; "
+                "labels must be integers (or strings)"
+            )
     return "numbers", x.astype(np.int64)
 
 
@@ -406,8 +461,10 @@ def _labels(path: str, raw: dict, n_query: int, n_gallery: int) -> list[np.ndarr
     for query_key, gallery_key in LABEL_PAIRS:
         (q_kind, q), (g_kind, g) = vectors[query_key], vectors[gallery_key]
         if q_kind != g_kind:
-            raise ValueError(f"{path}: {gallery_key}: holds {g_kind} but {query_key} holds "
-                             f"{q_kind}; store both as integers or both as strings")
+            raise ValueError(
+                f"{path}: {gallery_key}: holds {g_kind} but {query_key} holds "
+                f"{q_kind}; store both as integers or both as strings"
+            )
         if q_kind == "strings":  # one integer per distinct string, over query and gallery
             codes = np.unique(np.concatenate([q, g]), return_inverse=True)[1].reshape(-1)
             vectors[query_key] = q_kind, codes[:n_query].astype(np.int64)
@@ -478,9 +535,11 @@ def load_features(path: str | os.PathLike) -> FeatureSet:
         _feature_matrix(path, key, arrays[key])
     query, gallery = (arrays[key] for key in FEATURE_KEYS)
     if query.shape[1] != gallery.shape[1]:
-        raise ValueError(f"{path}: gallery_f: has dimension {gallery.shape[1]} but query_f has "
-                         f"dimension {query.shape[1]} (shapes {gallery.shape} and {query.shape});"
-                         " query and gallery features must come from the same model")
+        raise ValueError(
+            f"{path}: gallery_f: has dimension {gallery.shape[1]} but query_f has "
+            f"dimension {query.shape[1]} (shapes {gallery.shape} and {query.shape});"
+            " query and gallery features must come from the same model"
+        )
     query, gallery = (_feature_values(path, key, arrays[key]) for key in FEATURE_KEYS)
 
     present = [key for key in LABEL_KEYS if key in raw]
@@ -505,8 +564,7 @@ def load_digits_split(queries_per_class: int = 20, seed: int = 0) -> FeatureSet:
     from sklearn.datasets import load_digits
 
     pixels, digit = load_digits(return_X_y=True)
-    return _class_split(pixels.astype(np.float32), digit.astype(np.int64), queries_per_class,
-                        seed)
+    return _class_split(pixels.astype(np.float32), digit.astype(np.int64), queries_per_class, seed)
 
 
 # Where Debian's package `dataset-fashion-mnist` puts the gzipped IDX files.
@@ -522,7 +580,7 @@ def _read_idx(path: str) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte IDX file")
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
         raise ValueError(f"{path}: header says {shape} but holds {data.size} bytes")
@@ -539,10 +597,12 @@ def _fashion_mnist_part(directory: str | os.PathLike, prefix: str):
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"Fashion-MNIST not found: {path} is missing; install Debian's package "
-                f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+                f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
+            )
     images = _read_idx(images_path)
-    return images.reshape(len(images), -1).astype(np.float32), \
-        _read_idx(labels_path).astype(np.int64)
+    return images.reshape(len(images), -1).astype(np.float32), _read_idx(labels_path).astype(
+        np.int64
+    )
 
 
 def load_fashion_mnist(directory: str | os.PathLike = FASHION_MNIST_DIR):
@@ -558,8 +618,9 @@ def load_fashion_mnist(directory: str | os.PathLike = FASHION_MNIST_DIR):
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def load_fashion_mnist_split(directory: str | os.PathLike = FASHION_MNIST_DIR,
-                             queries_per_class: int = 50, seed: int = 0) -> FeatureSet:
+def load_fashion_mnist_split(
+    directory: str | os.PathLike = FASHION_MNIST_DIR, queries_per_class: int = 50, seed: int = 0
+) -> FeatureSet:
     """Fashion-MNIST's 10,000 real 28x28 test images as a retrieval task.
 
     Needs Debian's package ``dataset-fashion-mnist`` (or the same four ``*.gz`` IDX files
@@ -574,8 +635,9 @@ def load_fashion_mnist_split(directory: str | os.PathLike = FASHION_MNIST_DIR,
     return _class_split(images, labels, queries_per_class, seed)
 
 
-def _class_split(features: np.ndarray, classes: np.ndarray, queries_per_class: int,
-                 seed: int) -> FeatureSet:
+def _class_split(
+    features: np.ndarray, classes: np.ndarray, queries_per_class: int, seed: int
+) -> FeatureSet:
     """``queries_per_class`` random items of each class as queries (camera 0), the rest as
     the gallery (camera 1).
 
@@ -585,16 +647,26 @@ def _class_split(features: np.ndarray, classes: np.ndarray, queries_per_class: i
     """
     smallest = int(np.unique(classes, return_counts=True)[1].min())
     if not 1 <= queries_per_class < smallest:
-        raise ValueError(f"queries per class must be between 1 and {smallest - 1} (the "
-                         f"smallest class has {smallest} images and one must stay in the "
-                         f"gallery), got {queries_per_class}")
+        raise ValueError(
+            f"queries per class must be between 1 and {smallest - 1} (the "
+            f"smallest class has {smallest} images and one must stay in the "
+            f"gallery), got {queries_per_class}"
+        )
     rng = np.random.default_rng(seed)
-    query_idx = np.sort(np.concatenate([
-        rng.choice(np.flatnonzero(classes == c), queries_per_class, replace=False)
-        for c in np.unique(classes)]))
+    query_idx = np.sort(
+        np.concatenate(
+            [
+                rng.choice(np.flatnonzero(classes == c), queries_per_class, replace=False)
+                for c in np.unique(classes)
+            ]
+        )
+    )
     gallery_idx = np.setdiff1d(np.arange(len(classes)), query_idx)
     return FeatureSet(
-        features[query_idx], features[gallery_idx],
-        classes[query_idx].astype(np.int64), classes[gallery_idx].astype(np.int64),
-        np.zeros(len(query_idx), np.int64), np.ones(len(gallery_idx), np.int64),
+        features[query_idx],
+        features[gallery_idx],
+        classes[query_idx].astype(np.int64),
+        classes[gallery_idx].astype(np.int64),
+        np.zeros(len(query_idx), np.int64),
+        np.ones(len(gallery_idx), np.int64),
     )

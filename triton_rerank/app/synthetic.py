@@ -27,10 +27,12 @@ class ReidShape:
     distractor_fraction: float  # of the gallery
 
 
-MARKET1501 = ReidShape(n_query=3368, n_gallery=19732, dim=512, n_ids=751, n_cams=6,
-                       distractor_fraction=1 / 8)
-MSMT17 = ReidShape(n_query=11659, n_gallery=82161, dim=128, n_ids=3060, n_cams=15,
-                   distractor_fraction=1 / 8)
+MARKET1501 = ReidShape(
+    n_query=3368, n_gallery=19732, dim=512, n_ids=751, n_cams=6, distractor_fraction=1 / 8
+)
+MSMT17 = ReidShape(
+    n_query=11659, n_gallery=82161, dim=128, n_ids=3060, n_cams=15, distractor_fraction=1 / 8
+)
 
 
 def reid_like_features(shape: ReidShape = MARKET1501, seed: int = 0) -> FeatureSet:
@@ -60,8 +62,9 @@ def reid_like_features(shape: ReidShape = MARKET1501, seed: int = 0) -> FeatureS
     return FeatureSet(xq, xg, q_pids, g_pids, q_cams, g_cams)
 
 
-def clustered_vectors(n: int, dim: int, n_clusters: int, *, spread: float = 1.0,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def clustered_vectors(
+    n: int, dim: int, n_clusters: int, *, spread: float = 1.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Unit rows drawn around ``n_clusters`` random centres (a retrieval database).
 
     Each row is ``normalize(centre[label] + spread * noise)`` with standard-normal

@@ -37,9 +37,15 @@ def _tile(image: np.ndarray, colour) -> Image.Image:
     return tile
 
 
-def ranking_picture(query_images: np.ndarray, gallery_images: np.ndarray,
-                    before: np.ndarray, after: np.ndarray, query_pids: np.ndarray,
-                    gallery_pids: np.ndarray, path: str) -> None:
+def ranking_picture(
+    query_images: np.ndarray,
+    gallery_images: np.ndarray,
+    before: np.ndarray,
+    after: np.ndarray,
+    query_pids: np.ndarray,
+    gallery_pids: np.ndarray,
+    path: str,
+) -> None:
     """Save the before/after ranking picture as a PNG.
 
     Args:
@@ -71,8 +77,7 @@ HEAT_MARGIN = (60, 40)  # left (row labels), top (title and column labels)
 
 def heatmap_size(n_rows: int, n_cols: int) -> tuple[int, int]:
     """``(width, height)`` in pixels of :func:`heatmap_picture` for a grid of that shape."""
-    return (HEAT_MARGIN[0] + n_cols * HEAT_CELL[0] + 8,
-            HEAT_MARGIN[1] + n_rows * HEAT_CELL[1] + 8)
+    return (HEAT_MARGIN[0] + n_cols * HEAT_CELL[0] + 8, HEAT_MARGIN[1] + n_rows * HEAT_CELL[1] + 8)
 
 
 def heatmap_picture(values: np.ndarray, row_labels, col_labels, title: str, path: str) -> None:
@@ -87,8 +92,9 @@ def heatmap_picture(values: np.ndarray, row_labels, col_labels, title: str, path
     finite = values[np.isfinite(values)]
     low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
     for c, label in enumerate(col_labels):
-        draw.text((HEAT_MARGIN[0] + c * HEAT_CELL[0] + 4, HEAT_MARGIN[1] - 14), str(label),
-                  fill=(0, 0, 0))
+        draw.text(
+            (HEAT_MARGIN[0] + c * HEAT_CELL[0] + 4, HEAT_MARGIN[1] - 14), str(label), fill=(0, 0, 0)
+        )
     for r, label in enumerate(row_labels):
         top = HEAT_MARGIN[1] + r * HEAT_CELL[1]
         draw.text((4, top + 8), str(label), fill=(0, 0, 0))
@@ -99,10 +105,14 @@ def heatmap_picture(values: np.ndarray, row_labels, col_labels, title: str, path
             t = (value - low) / (high - low) if high > low else 1.0
             colour = (255 - int(80 * t), int(240 - 200 * t), int(160 - 150 * t))
             left = HEAT_MARGIN[0] + c * HEAT_CELL[0]
-            draw.rectangle([left, top, left + HEAT_CELL[0] - 2, top + HEAT_CELL[1] - 2],
-                           fill=colour)
-            draw.text((left + 6, top + 8), f"{100 * value:.1f}",
-                      fill=(255, 255, 255) if t > 0.6 else (0, 0, 0))
+            draw.rectangle(
+                [left, top, left + HEAT_CELL[0] - 2, top + HEAT_CELL[1] - 2], fill=colour
+            )
+            draw.text(
+                (left + 6, top + 8),
+                f"{100 * value:.1f}",
+                fill=(255, 255, 255) if t > 0.6 else (0, 0, 0),
+            )
     canvas.save(path, format="PNG")
 
 
@@ -113,7 +123,7 @@ SERIES_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189))
 
 def _log_ticks(low: float, high: float) -> list[float]:
     first, last = int(np.floor(np.log10(low))), int(np.ceil(np.log10(high)))
-    return [10.0 ** e for e in range(first, last + 1)]
+    return [10.0**e for e in range(first, last + 1)]
 
 
 def _loglog_panel(series: dict, xlabel: str, ylabel: str) -> Image.Image:
@@ -129,15 +139,16 @@ def _loglog_panel(series: dict, xlabel: str, ylabel: str) -> Image.Image:
     y_lo, y_hi = np.log10(y_ticks[0]), np.log10(y_ticks[-1]) + 1e-9
 
     def point(x, y):
-        return (left + width * (np.log10(x) - x_lo) / (x_hi - x_lo),
-                top + height * (1 - (np.log10(y) - y_lo) / (y_hi - y_lo)))
+        return (
+            left + width * (np.log10(x) - x_lo) / (x_hi - x_lo),
+            top + height * (1 - (np.log10(y) - y_lo) / (y_hi - y_lo)),
+        )
 
     draw.rectangle([left, top, left + width, top + height], outline=(0, 0, 0))
     for tick in x_ticks:
         px, _ = point(tick, y_ticks[0])
         draw.line([px, top, px, top + height], fill=(225, 225, 225))
-        draw.text((min(px - 12, PLOT_SIZE[0] - 40), top + height + 4), f"{tick:g}",
-                  fill=(0, 0, 0))
+        draw.text((min(px - 12, PLOT_SIZE[0] - 40), top + height + 4), f"{tick:g}", fill=(0, 0, 0))
     for tick in y_ticks:
         _, py = point(x_ticks[0], tick)
         draw.line([left, py, left + width, py], fill=(225, 225, 225))

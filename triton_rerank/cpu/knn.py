@@ -56,8 +56,15 @@ class NeighbourLists:
         self.values = np.full((n, k), -np.inf, dtype=np.float32)
         self.indices = np.full((n, k), -1, dtype=np.int64)
 
-    def offer(self, block, row_start: int, col_start: int, *, to_rows: bool = True,
-              columns_from: int | None = None) -> None:
+    def offer(
+        self,
+        block,
+        row_start: int,
+        col_start: int,
+        *,
+        to_rows: bool = True,
+        columns_from: int | None = None,
+    ) -> None:
         """Offer ``block [b, m]``: ``block[r, c]`` is the similarity of nodes
         ``row_start + r`` and ``col_start + c``.
 
@@ -68,13 +75,17 @@ class NeighbourLists:
             columns_from: also offer columns ``columns_from:`` to the columns' nodes.
         """
         if isinstance(block, torch.Tensor):
-            block = (block.view(torch.int16).numpy().view(np.uint16)
-                     if block.dtype == torch.bfloat16 else block.numpy())
+            block = (
+                block.view(torch.int16).numpy().view(np.uint16)
+                if block.dtype == torch.bfloat16
+                else block.numpy()
+            )
         if to_rows:
             update_from_rows(block, row_start, col_start, self.values, self.indices)
         if columns_from is not None and columns_from < block.shape[1]:
-            update_from_columns(block, row_start, col_start, columns_from, self.values,
-                                self.indices)
+            update_from_columns(
+                block, row_start, col_start, columns_from, self.values, self.indices
+            )
 
 
 @dataclass(frozen=True)
@@ -104,16 +115,24 @@ class ProductErrors:
         if rounding is not None:
             _, rounded_norms, error_norms = rounding
             bf16 = canonical.bf16_product_error(norms, rounded_norms, error_norms, dim)
-        return cls(canonical.fp32_product_error(norms, largest, dim), bf16,
-                   canonical.canonical_error(norms, largest, dim))
+        return cls(
+            canonical.fp32_product_error(norms, largest, dim),
+            bf16,
+            canonical.canonical_error(norms, largest, dim),
+        )
 
 
 def _strips(start: int, stop: int, rows_per_strip: int):
     return [(a, min(stop, a + rows_per_strip)) for a in range(start, stop, rows_per_strip)]
 
 
-def _offer_full_strips(factors: torch.Tensor, first_row: int, strip_bytes: int,
-                       lists: NeighbourLists, buffer: torch.Tensor | None = None) -> None:
+def _offer_full_strips(
+    factors: torch.Tensor,
+    first_row: int,
+    strip_bytes: int,
+    lists: NeighbourLists,
+    buffer: torch.Tensor | None = None,
+) -> None:
     """Strips of rows ``first_row:`` against columns from their first row on, products of
     ``factors`` (float32 or bfloat16 rows) in one reused 1-D buffer (allocated if None or
     too small; a float32 buffer is reinterpreted for bfloat16 strips)."""
@@ -129,9 +148,16 @@ def _offer_full_strips(factors: torch.Tensor, first_row: int, strip_bytes: int,
         lists.offer(strip, start, start, columns_from=stop - start)
 
 
-def knn_graph(nodes: torch.Tensor, k: int, *, strip_bytes: int = limits.KNN_STRIP_BYTES,
-              n_query: int = 0, keep_query_gallery: bool = False,
-              precision: str | None = None, report: dict | None = None):
+def knn_graph(
+    nodes: torch.Tensor,
+    k: int,
+    *,
+    strip_bytes: int = limits.KNN_STRIP_BYTES,
+    n_query: int = 0,
+    keep_query_gallery: bool = False,
+    precision: str | None = None,
+    report: dict | None = None,
+):
     """The canonical top-``k`` neighbours of every row of ``nodes``, self included.
 
     Args:
@@ -164,9 +190,8 @@ def knn_graph(nodes: torch.Tensor, k: int, *, strip_bytes: int = limits.KNN_STRI
         # large enough; then float32 query strips, whose gallery columns are written in place
         query_gallery = torch.empty(n_query, n - n_query, dtype=torch.float32)
         _offer_full_strips(factors, n_query, strip_bytes, lists, query_gallery.view(-1))
-        offer_query_strips(nodes, n_query, lists, rows_per_strip(n, strip_bytes),
-                           query_gallery)
-        low_rows = slice(n_query, n)   # the rows that received bfloat16 values
+        offer_query_strips(nodes, n_query, lists, rows_per_strip(n, strip_bytes), query_gallery)
+        low_rows = slice(n_query, n)  # the rows that received bfloat16 values
     else:
         _offer_full_strips(factors, 0, strip_bytes, lists)
         low_rows = slice(0, n)
@@ -174,17 +199,22 @@ def knn_graph(nodes: torch.Tensor, k: int, *, strip_bytes: int = limits.KNN_STRI
     if rounding is not None:
         last = torch.from_numpy(lists.values[low_rows, -1])
         fast_error[low_rows] = errors.bf16[low_rows] + canonical.bf16_output_slack(last)
-    values, indices, close_calls = certified_lists(nodes, lists, k, fast_error, errors,
-                                                   strip_bytes)
+    values, indices, close_calls = certified_lists(nodes, lists, k, fast_error, errors, strip_bytes)
     if report is not None:
-        report.update(precision=precision, candidates=lists.indices.shape[1],
-                      close_calls=close_calls)
+        report.update(
+            precision=precision, candidates=lists.indices.shape[1], close_calls=close_calls
+        )
     return values, indices, query_gallery
 
 
-def certified_lists(nodes: torch.Tensor, candidates: NeighbourLists, k: int,
-                    fast_error: torch.Tensor, errors: ProductErrors,
-                    strip_bytes: int = limits.KNN_STRIP_BYTES):
+def certified_lists(
+    nodes: torch.Tensor,
+    candidates: NeighbourLists,
+    k: int,
+    fast_error: torch.Tensor,
+    errors: ProductErrors,
+    strip_bytes: int = limits.KNN_STRIP_BYTES,
+):
     """The canonical top-``k`` lists of nodes ``0 .. r-1`` from their fast-pass candidates.
 
     Args:
@@ -207,22 +237,35 @@ def certified_lists(nodes: torch.Tensor, candidates: NeighbourLists, k: int,
         thresholds = np.full(n_rows, -np.inf)
     else:
         last = torch.from_numpy(candidates.values[:, -1])
-        thresholds = canonical.certify_threshold(last, fast_error,
-                                                 errors.canonical[:n_rows]).numpy()
+        thresholds = canonical.certify_threshold(
+            last, fast_error, errors.canonical[:n_rows]
+        ).numpy()
     values = np.empty((n_rows, k), np.float32)
     indices = np.empty((n_rows, k), np.int64)
     certified = np.empty(n_rows, np.bool_)
-    rescore_candidates(nodes.numpy(), np.arange(n_rows, dtype=np.int64), candidates.indices,
-                       thresholds, values, indices, certified)
+    rescore_candidates(
+        nodes.numpy(),
+        np.arange(n_rows, dtype=np.int64),
+        candidates.indices,
+        thresholds,
+        values,
+        indices,
+        certified,
+    )
     close_calls = np.flatnonzero(~certified)
     if close_calls.size:
         recompute_close_calls(nodes, close_calls, values, indices, errors, strip_bytes)
     return values, indices, int(close_calls.size)
 
 
-def recompute_close_calls(nodes: torch.Tensor, rows: np.ndarray, values: np.ndarray,
-                          indices: np.ndarray, errors: ProductErrors,
-                          strip_bytes: int = limits.KNN_STRIP_BYTES) -> None:
+def recompute_close_calls(
+    nodes: torch.Tensor,
+    rows: np.ndarray,
+    values: np.ndarray,
+    indices: np.ndarray,
+    errors: ProductErrors,
+    strip_bytes: int = limits.KNN_STRIP_BYTES,
+) -> None:
     """Replace the lists of ``rows`` by their canonical top-k over every node.
 
     On entry ``values[rows, -1]`` are the k-th canonical values of k columns of each row
@@ -237,8 +280,9 @@ def recompute_close_calls(nodes: torch.Tensor, rows: np.ndarray, values: np.ndar
     """
     x = nodes.numpy()
     # identical rows have identical lists: compute one per distinct row
-    _, first, group = np.unique(x[rows].view(np.uint32), axis=0, return_index=True,
-                                return_inverse=True)
+    _, first, group = np.unique(
+        x[rows].view(np.uint32), axis=0, return_index=True, return_inverse=True
+    )
     distinct = rows[first]
     bound = errors.fp32[distinct] + errors.canonical[distinct]
     thresholds = np.nextafter(values[distinct, -1].astype(np.float64) - bound.numpy(), -np.inf)
@@ -247,14 +291,25 @@ def recompute_close_calls(nodes: torch.Tensor, rows: np.ndarray, values: np.ndar
     out_indices = np.empty((distinct.size, k), np.int64)
     for start, stop in _strips(0, distinct.size, rows_per_strip(x.shape[0], strip_bytes)):
         block = (nodes[distinct[start:stop]] @ nodes.T).numpy()
-        canonical_topk_above(x, distinct[start:stop], block, thresholds[start:stop],
-                             out_values[start:stop], out_indices[start:stop])
+        canonical_topk_above(
+            x,
+            distinct[start:stop],
+            block,
+            thresholds[start:stop],
+            out_values[start:stop],
+            out_indices[start:stop],
+        )
     values[rows] = out_values[group.ravel()]
     indices[rows] = out_indices[group.ravel()]
 
 
-def offer_query_strips(nodes: torch.Tensor, n_query: int, lists: NeighbourLists,
-                       rows_per_strip: int, query_gallery: torch.Tensor | None = None) -> None:
+def offer_query_strips(
+    nodes: torch.Tensor,
+    n_query: int,
+    lists: NeighbourLists,
+    rows_per_strip: int,
+    query_gallery: torch.Tensor | None = None,
+) -> None:
     """Offer every float32 product that involves a query (rows ``:n_query`` of ``U @ U.T``)
     to both of its nodes.
 
@@ -267,8 +322,11 @@ def offer_query_strips(nodes: torch.Tensor, n_query: int, lists: NeighbourLists,
             query-gallery products; without it one strip's worth is allocated.
     """
     n_gallery = nodes.shape[0] - n_query
-    buffer = (torch.empty(rows_per_strip * n_gallery, dtype=torch.float32)
-              if query_gallery is None else None)
+    buffer = (
+        torch.empty(rows_per_strip * n_gallery, dtype=torch.float32)
+        if query_gallery is None
+        else None
+    )
     for start, stop in _strips(0, n_query, rows_per_strip):
         left = torch.matmul(nodes[start:stop], nodes[start:n_query].T)
         lists.offer(left, start, start, columns_from=stop - start)
@@ -280,9 +338,16 @@ def offer_query_strips(nodes: torch.Tensor, n_query: int, lists: NeighbourLists,
         lists.offer(right, start, n_query, columns_from=0)
 
 
-def knn_with_database(nodes: torch.Tensor, n_query: int, database_values: np.ndarray,
-                      database_indices: np.ndarray, k: int, *,
-                      keep_query_gallery: bool, strip_bytes: int = limits.KNN_STRIP_BYTES):
+def knn_with_database(
+    nodes: torch.Tensor,
+    n_query: int,
+    database_values: np.ndarray,
+    database_indices: np.ndarray,
+    k: int,
+    *,
+    keep_query_gallery: bool,
+    strip_bytes: int = limits.KNN_STRIP_BYTES,
+):
     """:func:`knn_graph` of ``nodes = [queries; database]`` when the database's own
     canonical lists (among the database) are known.
 
@@ -309,35 +374,39 @@ def knn_with_database(nodes: torch.Tensor, n_query: int, database_values: np.nda
     lists = NeighbourLists(n, k)
     k_db = database_indices.shape[1]
     lists.values[n_query:, :k_db] = database_values
-    lists.indices[n_query:, :k_db] = np.where(database_indices >= 0,
-                                              database_indices + n_query, -1)
+    lists.indices[n_query:, :k_db] = np.where(database_indices >= 0, database_indices + n_query, -1)
     query_lists = NeighbourLists(n_query, min(n, k + CANDIDATE_MARGIN["fp32"]))
-    query_gallery = (torch.empty(n_query, n - n_query, dtype=torch.float32)
-                     if keep_query_gallery else None)
+    query_gallery = (
+        torch.empty(n_query, n - n_query, dtype=torch.float32) if keep_query_gallery else None
+    )
     x = nodes.numpy()
     db_bound = (errors.fp32 + errors.canonical)[n_query:].numpy()
-    db_thresholds = np.nextafter(lists.values[n_query:, -1].astype(np.float64) - db_bound,
-                                 -np.inf)
+    db_thresholds = np.nextafter(lists.values[n_query:, -1].astype(np.float64) - db_bound, -np.inf)
     strip_rows = min(n_query, rows_per_strip(n, strip_bytes))
     buffer = None if keep_query_gallery else torch.empty(strip_rows * (n - n_query))
     for start, stop in _strips(0, n_query, strip_rows):
         left = torch.matmul(nodes[start:stop], nodes[:n_query].T)
         query_lists.offer(left, start, 0)
-        right = (query_gallery[start:stop] if keep_query_gallery
-                 else buffer[: (stop - start) * (n - n_query)].view(stop - start, -1))
+        right = (
+            query_gallery[start:stop]
+            if keep_query_gallery
+            else buffer[: (stop - start) * (n - n_query)].view(stop - start, -1)
+        )
         torch.matmul(nodes[start:stop], nodes[n_query:].T, out=right)
         query_lists.offer(right, start, n_query)
-        offer_to_columns(x, start, n_query, right.numpy(), db_thresholds, lists.values,
-                         lists.indices)
-    query_values, query_indices, _ = certified_lists(nodes, query_lists, k,
-                                                     errors.fp32[:n_query], errors,
-                                                     strip_bytes)
+        offer_to_columns(
+            x, start, n_query, right.numpy(), db_thresholds, lists.values, lists.indices
+        )
+    query_values, query_indices, _ = certified_lists(
+        nodes, query_lists, k, errors.fp32[:n_query], errors, strip_bytes
+    )
     lists.values[:n_query], lists.indices[:n_query] = query_values, query_indices
     return lists.values, lists.indices, query_gallery
 
 
-def rows_per_strip(n_columns: int, strip_bytes: int = limits.KNN_STRIP_BYTES,
-                   element_bytes: int = 4) -> int:
+def rows_per_strip(
+    n_columns: int, strip_bytes: int = limits.KNN_STRIP_BYTES, element_bytes: int = 4
+) -> int:
     """Rows of a strip of ``n_columns`` columns of ``element_bytes`` that fit in
     ``strip_bytes``."""
     return int(max(1, strip_bytes // (element_bytes * n_columns)))
@@ -354,6 +423,8 @@ def sorted_neighbour_lists(values: np.ndarray, indices: np.ndarray):
         ``(values [g, k] float32, indices [g, k] int64)`` by descending similarity,
         equal similarities by smaller position.
     """
-    v, i = sort_by_value_then_index(torch.from_numpy(np.asarray(values, np.float32)),
-                                    torch.from_numpy(np.asarray(indices, np.int64)))
+    v, i = sort_by_value_then_index(
+        torch.from_numpy(np.asarray(values, np.float32)),
+        torch.from_numpy(np.asarray(indices, np.int64)),
+    )
     return v.numpy(), i.numpy()

@@ -73,7 +73,7 @@ class PropagatedGraph:
         """``[q]`` int64 internal id of each query."""
         internal = np.empty(self.node_order.shape[0], np.int64)
         internal[self.node_order] = np.arange(self.node_order.shape[0])
-        return internal[:self.n_query]
+        return internal[: self.n_query]
 
 
 def adjacency(knn_indices: np.ndarray, n_cols: int | None = None) -> SparseRows:
@@ -103,17 +103,28 @@ def symmetrise(a: SparseRows | np.ndarray) -> SparseRows | np.ndarray:
     # int64 ids as they are (not unsigned): the argument types of the inductive graph's
     # transpose of W, so that both share one compiled kernel
     t_indptr = transpose(a.indptr, a.indices, a.values, a.n_cols, indices[nnz:], values[nnz:])
-    stacked = SparseRows(np.concatenate([a.indptr, t_indptr[1:] + nnz]), indices, values,
-                         a.n_cols)
+    stacked = SparseRows(np.concatenate([a.indptr, t_indptr[1:] + nnz]), indices, values, a.n_cols)
     rows = np.arange(n, dtype=np.int64)
     own_and_transposed = np.stack([rows, rows + n], axis=1)
-    return aggregate(rows, own_and_transposed, np.ones((n, 2), np.float32), stacked,
-                     normalize=False, dense_allowed=False)
+    return aggregate(
+        rows,
+        own_and_transposed,
+        np.ones((n, 2), np.float32),
+        stacked,
+        normalize=False,
+        dense_allowed=False,
+    )
 
 
-def aggregate(rows: np.ndarray, nbr_idx: np.ndarray, nbr_w: np.ndarray,
-              s: SparseRows | np.ndarray, *, normalize: bool = True,
-              dense_allowed: bool = True) -> SparseRows | np.ndarray:
+def aggregate(
+    rows: np.ndarray,
+    nbr_idx: np.ndarray,
+    nbr_w: np.ndarray,
+    s: SparseRows | np.ndarray,
+    *,
+    normalize: bool = True,
+    dense_allowed: bool = True,
+) -> SparseRows | np.ndarray:
     """Rows ``rows`` of ``W @ S``, each L2-normalised when ``normalize``.
 
     Args:
@@ -131,31 +142,57 @@ def aggregate(rows: np.ndarray, nbr_idx: np.ndarray, nbr_w: np.ndarray,
     """
     n_cols = s.shape[1] if isinstance(s, np.ndarray) else s.n_cols
     if not isinstance(s, np.ndarray):
-        counts = count_row_nnz(unsigned(rows), unsigned(nbr_idx), unsigned(s.indptr),
-                               unsigned(s.indices), s.n_cols)
+        counts = count_row_nnz(
+            unsigned(rows), unsigned(nbr_idx), unsigned(s.indptr), unsigned(s.indices), s.n_cols
+        )
         nnz = int(counts.sum())
     dense_bytes = 4 * rows.shape[0] * n_cols
-    if isinstance(s, np.ndarray) or (dense_allowed and dense_bytes >= limits.DENSE_MIN_BYTES
-                                     and 12 * nnz > limits.DENSE_WHEN_CSR_EXCEEDS * dense_bytes):
-        check_fits(dense_bytes,
-                   f"propagating these features ({n_cols} nodes whose rows are dense: many "
-                   f"identical or near-identical features) as a dense float32 "
-                   f"[{rows.shape[0]}, {n_cols}] matrix",
-                   "remove duplicate features or re-rank fewer items at a time")
+    if isinstance(s, np.ndarray) or (
+        dense_allowed
+        and dense_bytes >= limits.DENSE_MIN_BYTES
+        and 12 * nnz > limits.DENSE_WHEN_CSR_EXCEEDS * dense_bytes
+    ):
+        check_fits(
+            dense_bytes,
+            f"propagating these features ({n_cols} nodes whose rows are dense: many "
+            f"identical or near-identical features) as a dense float32 "
+            f"[{rows.shape[0]}, {n_cols}] matrix",
+            "remove duplicate features or re-rank fewer items at a time",
+        )
         out = np.empty((rows.shape[0], n_cols), np.float32)
         source = s if isinstance(s, np.ndarray) else (s.indptr, s.indices, s.values)
-        aggregate_to_dense(rows, nbr_idx, nbr_w, source, n_cols, out,
-                           np.empty(rows.shape[0], np.float32), normalize=normalize,
-                           eps=np.float32(NORM_EPS))
+        aggregate_to_dense(
+            rows,
+            nbr_idx,
+            nbr_w,
+            source,
+            n_cols,
+            out,
+            np.empty(rows.shape[0], np.float32),
+            normalize=normalize,
+            eps=np.float32(NORM_EPS),
+        )
         return out
     indptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     indices = np.empty(nnz, dtype=np.int64)
     values = np.empty(nnz, dtype=np.float32)
     norms = np.empty(rows.shape[0], dtype=np.float32)
-    fill_rows(unsigned(rows), unsigned(nbr_idx), nbr_w, unsigned(s.indptr), unsigned(s.indices),
-              s.values, s.n_cols, indptr, unsigned(indices), values, norms, normalize,
-              np.float32(NORM_EPS))
+    fill_rows(
+        unsigned(rows),
+        unsigned(nbr_idx),
+        nbr_w,
+        unsigned(s.indptr),
+        unsigned(s.indices),
+        s.values,
+        s.n_cols,
+        indptr,
+        unsigned(indices),
+        values,
+        norms,
+        normalize,
+        np.float32(NORM_EPS),
+    )
     return SparseRows(indptr, indices, values, s.n_cols)
 
 
@@ -176,8 +213,9 @@ def locality_order(knn_indices: np.ndarray) -> np.ndarray:
     return reverse_cuthill_mckee((a + a.T).tocsr(), symmetric_mode=True).astype(np.int64)
 
 
-def propagate(knn_values: np.ndarray, knn_indices: np.ndarray, *, n_query: int, k2: int,
-              iterations: int) -> PropagatedGraph:
+def propagate(
+    knn_values: np.ndarray, knn_indices: np.ndarray, *, n_query: int, k2: int, iterations: int
+) -> PropagatedGraph:
     """Run steps 2-4 and return the inputs of the final scoring.
 
     Args:
@@ -216,9 +254,15 @@ def propagate(knn_values: np.ndarray, knn_indices: np.ndarray, *, n_query: int, 
     if isinstance(mixing, np.ndarray):
         gallery_norms = dense_row_norms(gallery_ids, nbr_idx, nbr_w, mixing)
     else:
-        gallery_norms = row_norms(unsigned(gallery_ids), unsigned(nbr_idx), nbr_w,
-                                  unsigned(mixing.indptr), unsigned(mixing.indices),
-                                  mixing.values, mixing.n_cols)
+        gallery_norms = row_norms(
+            unsigned(gallery_ids),
+            unsigned(nbr_idx),
+            nbr_w,
+            unsigned(mixing.indptr),
+            unsigned(mixing.indices),
+            mixing.values,
+            mixing.n_cols,
+        )
     if not isinstance(mixing, np.ndarray) and n < 2**31:  # what the scoring streams
         mixing, query_rows = mixing.with_int32_indices(), query_rows.with_int32_indices()
     return PropagatedGraph(
@@ -226,7 +270,6 @@ def propagate(knn_values: np.ndarray, knn_indices: np.ndarray, *, n_query: int, 
         mixing=mixing,
         gallery_idx=nbr_idx[gallery_ids],
         gallery_val=nbr_w[gallery_ids],
-        gallery_inv_norm=(1.0 / np.maximum(gallery_norms, np.float32(NORM_EPS))).astype(
-            np.float32),
+        gallery_inv_norm=(1.0 / np.maximum(gallery_norms, np.float32(NORM_EPS))).astype(np.float32),
         node_order=node_order,
     )

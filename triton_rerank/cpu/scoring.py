@@ -20,8 +20,9 @@ from .propagation import PropagatedGraph
 _DENSE_Z_ROWS = 256
 
 
-def score_block(graph: PropagatedGraph, start: int, stop: int, lamb: float,
-                out: np.ndarray) -> None:
+def score_block(
+    graph: PropagatedGraph, start: int, stop: int, lamb: float, out: np.ndarray
+) -> None:
     """Re-ranked scores of queries ``start:stop`` into ``out [stop - start, g]``.
 
     When ``lamb > 0``, ``out`` must hold the base similarity ``Xq @ Xg.T`` of those
@@ -32,22 +33,44 @@ def score_block(graph: PropagatedGraph, start: int, stop: int, lamb: float,
         for a in range(start, stop, _DENSE_Z_ROWS):
             b = min(stop, a + _DENSE_Z_ROWS)
             z = graph.query_rows[a:b] @ m
-            score_from_z(z, unsigned(graph.gallery_idx), graph.gallery_val,
-                         graph.gallery_inv_norm, np.float32(lamb), out[a - start:b - start])
+            score_from_z(
+                z,
+                unsigned(graph.gallery_idx),
+                graph.gallery_val,
+                graph.gallery_inv_norm,
+                np.float32(lamb),
+                out[a - start : b - start],
+            )
         return
     rows = graph.query_rows.row_slice(start, stop)
     # queries in graph order (their internal ids): neighbours share rows of M in cache
     order = np.argsort(graph.query_ids[start:stop], kind="stable")
-    score_queries(order, unsigned(rows.indptr), unsigned(rows.indices), rows.values,
-                  unsigned(m.indptr), unsigned(m.indices), m.values,
-                  unsigned(graph.gallery_idx), graph.gallery_val, graph.gallery_inv_norm,
-                  np.float32(lamb), out)
+    score_queries(
+        order,
+        unsigned(rows.indptr),
+        unsigned(rows.indices),
+        rows.values,
+        unsigned(m.indptr),
+        unsigned(m.indices),
+        m.values,
+        unsigned(graph.gallery_idx),
+        graph.gallery_val,
+        graph.gallery_inv_norm,
+        np.float32(lamb),
+        out,
+    )
 
 
-def rerank_scores(graph: PropagatedGraph, query: torch.Tensor | None,
-                  gallery: torch.Tensor | None, *,
-                  lamb: float, topk: int | None, base: torch.Tensor | None = None,
-                  block_bytes: int | None = None):
+def rerank_scores(
+    graph: PropagatedGraph,
+    query: torch.Tensor | None,
+    gallery: torch.Tensor | None,
+    *,
+    lamb: float,
+    topk: int | None,
+    base: torch.Tensor | None = None,
+    block_bytes: int | None = None,
+):
     """Final re-ranked scores.
 
     Args:

@@ -38,8 +38,12 @@ class SparseRows:
         """Rows with exactly ``t`` non-zeros each: ``column_ids``/``values`` are ``[n, t]``."""
         n_rows, per_row = column_ids.shape
         indptr = np.arange(0, n_rows * per_row + 1, per_row, dtype=np.int64)
-        return cls(indptr, np.ascontiguousarray(column_ids, dtype=np.int64).ravel(),
-                   np.ascontiguousarray(values, dtype=np.float32).ravel(), n_cols)
+        return cls(
+            indptr,
+            np.ascontiguousarray(column_ids, dtype=np.int64).ravel(),
+            np.ascontiguousarray(values, dtype=np.float32).ravel(),
+            n_cols,
+        )
 
     @classmethod
     def identity(cls, n: int):
@@ -48,8 +52,9 @@ class SparseRows:
         return cls.from_dense_rows(ids, np.ones((n, 1), np.float32), n)
 
     def to_scipy(self) -> sp.csr_array:
-        return sp.csr_array((self.values, self.indices, self.indptr),
-                            shape=(self.n_rows, self.n_cols))
+        return sp.csr_array(
+            (self.values, self.indices, self.indptr), shape=(self.n_rows, self.n_cols)
+        )
 
     def to_dense(self) -> np.ndarray:
         """``[n_rows, n_cols]`` float32 (for tests and small inputs only)."""
@@ -63,5 +68,6 @@ class SparseRows:
     def row_slice(self, start: int, stop: int) -> SparseRows:
         """Rows ``start:stop`` (views of the index and value arrays)."""
         lo, hi = self.indptr[start], self.indptr[stop]
-        return SparseRows(self.indptr[start:stop + 1] - lo, self.indices[lo:hi],
-                          self.values[lo:hi], self.n_cols)
+        return SparseRows(
+            self.indptr[start : stop + 1] - lo, self.indices[lo:hi], self.values[lo:hi], self.n_cols
+        )

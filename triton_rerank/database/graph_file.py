@@ -63,9 +63,27 @@ from ..limits import NORM_EPS
 GRAPH_FORMAT = 2
 
 # Every member of a format-2 file, in the order the checksum reads them.
-MEMBERS = ("format", "k1", "k2", "iterations", "row_budget", "fingerprint", "ids",
-           "caller_position", "vectors", "knn_values", "knn_indices", "m_indptr",
-           "m_indices", "m_values", "inv_norm", "rev_indptr", "rev_rows", "rev_w", "checksum")
+MEMBERS = (
+    "format",
+    "k1",
+    "k2",
+    "iterations",
+    "row_budget",
+    "fingerprint",
+    "ids",
+    "caller_position",
+    "vectors",
+    "knn_values",
+    "knn_indices",
+    "m_indptr",
+    "m_indices",
+    "m_values",
+    "inv_norm",
+    "rev_indptr",
+    "rev_rows",
+    "rev_w",
+    "checksum",
+)
 SCALARS = ("format", "k1", "k2", "iterations", "row_budget")
 STRINGS = ("fingerprint", "checksum")
 
@@ -74,11 +92,23 @@ STRINGS = ("fingerprint", "checksum")
 _TOLERANCE = 1e-3
 
 # What reading a damaged archive can raise (zipfile, zlib, numpy's .npy reader).
-_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error,
-                ValueError, OSError, EOFError, KeyError, IndexError, NotImplementedError,
-                RuntimeError, OverflowError, MemoryError)
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    struct.error,
+    ValueError,
+    OSError,
+    EOFError,
+    KeyError,
+    IndexError,
+    NotImplementedError,
+    RuntimeError,
+    OverflowError,
+    MemoryError,
+)
 
-_ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")   # an archive's first entry / an empty one
+_ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")  # an archive's first entry / an empty one
 _NPY_START = b"\x93NUMPY"
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
@@ -124,8 +154,9 @@ def database_fingerprint(vectors: np.ndarray, ids: np.ndarray) -> str:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     shape = np.array(vectors.shape, dtype=np.int64)
-    return _digest([b"triton-rerank database\0", _raw_bytes(shape), _raw_bytes(vectors),
-                    _raw_bytes(ids)])
+    return _digest(
+        [b"triton-rerank database\0", _raw_bytes(shape), _raw_bytes(vectors), _raw_bytes(ids)]
+    )
 
 
 def content_checksum(members: Mapping[str, np.ndarray]) -> str:
@@ -162,7 +193,7 @@ def write_graph_file(path, members: Mapping[str, object]) -> None:
     arrays["checksum"] = np.str_(content_checksum(arrays))
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(temporary, "xb") as f:    # np.savez would append ".npz" to a bare path
+        with open(temporary, "xb") as f:  # np.savez would append ".npz" to a bare path
             np.savez(f, **arrays)
         os.replace(temporary, path)
     except BaseException:
@@ -189,7 +220,7 @@ def read_graph_file(path) -> dict[str, np.ndarray]:
         start = f.read(len(_NPY_START))
     if start.startswith(_NPY_START):
         raise GraphFileError(path, "it is a single .npy array, not an .npz archive")
-    if start[:4] not in _ZIP_STARTS:     # np.load would try to unpickle anything else
+    if start[:4] not in _ZIP_STARTS:  # np.load would try to unpickle anything else
         raise GraphFileError(path, "truncated or not an .npz archive")
     try:
         archive = np.load(path, allow_pickle=False)
@@ -199,8 +230,11 @@ def read_graph_file(path) -> dict[str, np.ndarray]:
         members = _read_members(archive, path)
     _check_members(members, path)
     if str(members["checksum"]) != content_checksum(members):
-        raise GraphFileError(path, "its checksum does not match its content: the file was "
-                                   "damaged or edited after it was saved; rebuild the graph")
+        raise GraphFileError(
+            path,
+            "its checksum does not match its content: the file was "
+            "damaged or edited after it was saved; rebuild the graph",
+        )
     return members
 
 
@@ -218,11 +252,14 @@ def _read_members(archive, path: Path) -> dict[str, np.ndarray]:
         raise GraphFileError(path, "missing member 'format'")
     version = _read_member(archive, "format", path)
     if version.shape != () or version.dtype.kind not in "iu":
-        raise GraphFileError(path, f"member 'format' must be an integer scalar, got "
-                                   f"{_describe(version)}")
+        raise GraphFileError(
+            path, f"member 'format' must be an integer scalar, got {_describe(version)}"
+        )
     if int(version) != GRAPH_FORMAT:
-        raise ValueError(f"{path} has graph format {int(version)}; this version reads "
-                         f"format {GRAPH_FORMAT}: rebuild the graph")
+        raise ValueError(
+            f"{path} has graph format {int(version)}; this version reads "
+            f"format {GRAPH_FORMAT}: rebuild the graph"
+        )
     for name in MEMBERS:
         if name not in present:
             raise GraphFileError(path, f"missing member {name!r}")
@@ -238,8 +275,9 @@ def _read_member(archive, name: str, path: Path) -> np.ndarray:
     try:
         info = archive.zip.getinfo(f"{name}.npy")
         if info.compress_type != zipfile.ZIP_STORED:
-            raise GraphFileError(path, f"member {name!r} is compressed; graph files are "
-                                       f"written uncompressed")
+            raise GraphFileError(
+                path, f"member {name!r} is compressed; graph files are written uncompressed"
+            )
         with archive.zip.open(info) as member:
             version = np.lib.format.read_magic(member)
             if version == (1, 0):
@@ -247,16 +285,21 @@ def _read_member(archive, name: str, path: Path) -> np.ndarray:
             elif version == (2, 0):
                 shape, _, dtype = np.lib.format.read_array_header_2_0(member)
             else:
-                raise GraphFileError(path, f"member {name!r} has .npy version {version}, "
-                                           f"which graph files do not use")
+                raise GraphFileError(
+                    path,
+                    f"member {name!r} has .npy version {version}, which graph files do not use",
+                )
             header_size = member.tell()
         if dtype.hasobject:
             raise GraphFileError(path, f"member {name!r} holds Python objects")
         data_size = math.prod(shape) * dtype.itemsize
         if min(shape, default=0) < 0 or info.file_size != header_size + data_size:
-            raise GraphFileError(path, f"member {name!r} is truncated or its header is "
-                                       f"damaged ({dtype} {shape} needs {data_size} bytes, "
-                                       f"the archive holds {info.file_size - header_size})")
+            raise GraphFileError(
+                path,
+                f"member {name!r} is truncated or its header is "
+                f"damaged ({dtype} {shape} needs {data_size} bytes, "
+                f"the archive holds {info.file_size - header_size})",
+            )
         array = archive[name]
         return array if array.flags.c_contiguous else array.copy(order="C")
     except _READ_ERRORS as error:
@@ -283,15 +326,20 @@ class _Checker:
     def array(self, name: str, dtype, shape: tuple, shape_text: str) -> np.ndarray:
         """Member ``name`` after checking its dtype and shape (None = any length)."""
         array = self.members[name]
-        if (array.dtype != np.dtype(dtype) or array.ndim != len(shape)
-                or any(s is not None and s != t for s, t in zip(shape, array.shape,
-                                                                strict=True))):
-            self.fail(f"member {name!r} must have dtype {np.dtype(dtype)} and shape "
-                      f"{shape_text}, got {_describe(array)}")
+        if (
+            array.dtype != np.dtype(dtype)
+            or array.ndim != len(shape)
+            or any(s is not None and s != t for s, t in zip(shape, array.shape, strict=True))
+        ):
+            self.fail(
+                f"member {name!r} must have dtype {np.dtype(dtype)} and shape "
+                f"{shape_text}, got {_describe(array)}"
+            )
         return array
 
-    def scalar(self, name: str, minimum: int, maximum: int | None = None,
-               maximum_text: str = "") -> int:
+    def scalar(
+        self, name: str, minimum: int, maximum: int | None = None, maximum_text: str = ""
+    ) -> int:
         """Integer scalar member ``name`` in ``[minimum, maximum]``."""
         value = int(self.array(name, np.int64, (), "()"))
         if value < minimum:
@@ -306,8 +354,9 @@ class _Checker:
         if array.shape != () or array.dtype.kind != "U":
             self.fail(f"member {name!r} must be a str scalar, got {_describe(array)}")
         value = str(array)
-        if not (value == "" and allow_empty) and (len(value) != 64
-                                                  or not set(value) <= _HEX_DIGITS):
+        if not (value == "" and allow_empty) and (
+            len(value) != 64 or not set(value) <= _HEX_DIGITS
+        ):
             self.fail(f"member {name!r} must be 64 hex digits, got {value[:80]!r}")
         return value
 
@@ -329,8 +378,10 @@ class _Checker:
         if offsets.size == 0:
             return
         if offsets[0] != 0 or offsets[-1] != total:
-            self.fail(f"member {name!r} must run from 0 to {total_text} = {total}, runs from "
-                      f"{offsets[0]} to {offsets[-1]}")
+            self.fail(
+                f"member {name!r} must run from 0 to {total_text} = {total}, runs from "
+                f"{offsets[0]} to {offsets[-1]}"
+            )
         if (np.diff(offsets) < 0).any():
             self.fail(f"member {name!r} decreases (offsets must be non-decreasing)")
 
@@ -347,27 +398,36 @@ def _check_members(members: Mapping[str, np.ndarray], path: Path) -> None:
 
     vectors = members["vectors"]
     if vectors.ndim != 2 or vectors.shape[0] < 1 or vectors.shape[1] < 1:
-        check.fail(f"member 'vectors' must be a float32 array of shape (g, d) with g >= 1 "
-                   f"and d >= 1, got {_describe(vectors)}")
+        check.fail(
+            f"member 'vectors' must be a float32 array of shape (g, d) with g >= 1 "
+            f"and d >= 1, got {_describe(vectors)}"
+        )
     g, d = vectors.shape
     check.array("vectors", np.float32, (g, d), "(g, d)")
     check.finite("vectors", vectors)
     norms = np.linalg.norm(vectors, axis=1)
-    check.within("vectors", norms, 1 - _TOLERANCE, 1 + _TOLERANCE,
-                 "a row norm; the vectors must be unit rows")
+    check.within(
+        "vectors",
+        norms,
+        1 - _TOLERANCE,
+        1 + _TOLERANCE,
+        "a row norm; the vectors must be unit rows",
+    )
 
     check.array("ids", np.int64, (g,), f"(g,) = ({g},)")
     position = check.array("caller_position", np.int64, (g,), f"(g,) = ({g},)")
     check.within("caller_position", position, 0, g - 1, f"positions must lie in [0, {g})")
     if (np.bincount(position, minlength=g) != 1).any():
-        check.fail("member 'caller_position' must be a permutation of 0 .. g-1 (a position "
-                   "appears twice)")
+        check.fail(
+            "member 'caller_position' must be a permutation of 0 .. g-1 (a position appears twice)"
+        )
 
     knn_shape = f"(g, k1) = ({g}, {k1})"
     values = check.array("knn_values", np.float32, (g, k1), knn_shape)
     indices = check.array("knn_indices", np.int64, (g, k1), knn_shape)
-    check.within("knn_indices", indices, -1, g - 1, f"positions must lie in [0, {g}), or "
-                                                    f"be -1 for none")
+    check.within(
+        "knn_indices", indices, -1, g - 1, f"positions must lie in [0, {g}), or be -1 for none"
+    )
     missing = indices < 0
     if (missing[:, :-1] & ~missing[:, 1:]).any():
         check.fail("member 'knn_indices' has a missing entry (-1) before a valid one")
@@ -377,54 +437,71 @@ def _check_members(members: Mapping[str, np.ndarray], path: Path) -> None:
         check.fail("member 'knn_values' must be -inf exactly where 'knn_indices' is -1")
     found = values[~missing]
     check.finite("knn_values", found)
-    check.within("knn_values", found, -1 - _TOLERANCE, 1 + _TOLERANCE,
-                 "similarities of unit rows lie in [-1, 1]")
+    check.within(
+        "knn_values",
+        found,
+        -1 - _TOLERANCE,
+        1 + _TOLERANCE,
+        "similarities of unit rows lie in [-1, 1]",
+    )
     if (values[:, 1:] > values[:, :-1]).any():
         check.fail("member 'knn_values' must be non-increasing along each row")
 
-    n_rounds = 0 if k2 == 1 else iterations      # as InductiveGraph.n_rounds
+    n_rounds = 0 if k2 == 1 else iterations  # as InductiveGraph.n_rounds
     m_indices = members["m_indices"]
     nnz = m_indices.shape[0] if m_indices.ndim == 1 else -1
     rounds_text = "R = iterations, or 0 when k2 = 1"
-    m_indptr = check.array("m_indptr", np.int64, (n_rounds, 2 * g + 1),
-                           f"(R, 2g + 1) = ({n_rounds}, {2 * g + 1}) ({rounds_text})")
+    m_indptr = check.array(
+        "m_indptr",
+        np.int64,
+        (n_rounds, 2 * g + 1),
+        f"(R, 2g + 1) = ({n_rounds}, {2 * g + 1}) ({rounds_text})",
+    )
     check.array("m_indices", np.int32, (None,), "(nnz,)")
-    m_values = check.array("m_values", np.float32, (nnz,), f"(nnz,) = ({nnz},) like "
-                                                           f"'m_indices'")
+    m_values = check.array("m_values", np.float32, (nnz,), f"(nnz,) = ({nnz},) like 'm_indices'")
     if n_rounds:
         check.offsets("m_indptr", m_indptr.ravel(), nnz, "nnz = len(m_indices)")
         if (m_indptr[1:, 0] != m_indptr[:-1, -1]).any():
-            check.fail("member 'm_indptr' has a round that does not start where the "
-                       "previous one ends")
+            check.fail(
+                "member 'm_indptr' has a round that does not start where the previous one ends"
+            )
         if (m_indptr[:, g] - m_indptr[:, 0] != m_indptr[:, 2 * g] - m_indptr[:, g]).any():
-            check.fail("member 'm_indptr' has a round whose A_r and A_r.T halves hold "
-                       "different numbers of entries")
+            check.fail(
+                "member 'm_indptr' has a round whose A_r and A_r.T halves hold "
+                "different numbers of entries"
+            )
     elif nnz:
         check.fail(f"member 'm_indices' must be empty when there are no rounds, holds {nnz}")
     check.within("m_indices", m_indices, 0, g - 1, f"node positions must lie in [0, {g})")
     check.finite("m_values", m_values)
-    check.within("m_values", m_values, 0, 1 + _TOLERANCE,
-                 "entries of normalised rows lie in [0, 1]")
+    check.within(
+        "m_values", m_values, 0, 1 + _TOLERANCE, "entries of normalised rows lie in [0, 1]"
+    )
 
-    inv_norm = check.array("inv_norm", np.float32, (n_rounds, g),
-                           f"(R, g) = ({n_rounds}, {g}) ({rounds_text})")
+    inv_norm = check.array(
+        "inv_norm", np.float32, (n_rounds, g), f"(R, g) = ({n_rounds}, {g}) ({rounds_text})"
+    )
     check.finite("inv_norm", inv_norm)
-    check.within("inv_norm", inv_norm, np.finfo(np.float32).tiny,
-                 (1 + _TOLERANCE) / np.float32(NORM_EPS),
-                 f"inverse norms lie in (0, 1 / {NORM_EPS}]")
+    check.within(
+        "inv_norm",
+        inv_norm,
+        np.finfo(np.float32).tiny,
+        (1 + _TOLERANCE) / np.float32(NORM_EPS),
+        f"inverse norms lie in (0, 1 / {NORM_EPS}]",
+    )
 
     rev_rows = members["rev_rows"]
     n_edges = rev_rows.shape[0] if rev_rows.ndim == 1 else -1
     rev_indptr = check.array("rev_indptr", np.int64, (g + 1,), f"(g + 1,) = ({g + 1},)")
     check.array("rev_rows", np.int64, (None,), "(E,)")
-    rev_w = check.array("rev_w", np.float32, (n_edges,), f"(E,) = ({n_edges},) like "
-                                                         f"'rev_rows'")
+    rev_w = check.array("rev_w", np.float32, (n_edges,), f"(E,) = ({n_edges},) like 'rev_rows'")
     check.offsets("rev_indptr", rev_indptr, n_edges, "E = len(rev_rows)")
     w_idx = top_k2_weights(values, indices, k2)[0]
     if not np.array_equal(np.diff(rev_indptr), np.bincount(w_idx.ravel(), minlength=g)):
-        check.fail("member 'rev_indptr' does not match the top-k2 lists: row n must list "
-                   "every node whose top-k2 holds n")
+        check.fail(
+            "member 'rev_indptr' does not match the top-k2 lists: row n must list "
+            "every node whose top-k2 holds n"
+        )
     check.within("rev_rows", rev_rows, 0, g - 1, f"node positions must lie in [0, {g})")
     check.finite("rev_w", rev_w)
-    check.within("rev_w", rev_w, 0, 1 + _TOLERANCE, "weights are squared similarities in "
-                                                    "[0, 1]")
+    check.within("rev_w", rev_w, 0, 1 + _TOLERANCE, "weights are squared similarities in [0, 1]")

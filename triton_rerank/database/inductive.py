@@ -55,6 +55,7 @@ from .graph_file import (
 # entries, most of them tiny.
 DEFAULT_ROW_BUDGET = 128
 
+
 def scored_neighbour_lists(vectors: np.ndarray, neighbours: np.ndarray):
     """Canonical similarities of searched neighbour lists, self ensured, re-sorted.
 
@@ -109,8 +110,12 @@ class _RoundRows:
         self.indices, self.values = indices, values
         a_indptr = np.zeros(self.g + 1, dtype=np.int64)
         np.cumsum(row_counts, out=a_indptr[1:])
-        return (start, nnz, (a_indptr, indices[start:start + nnz], values[start:start + nnz]),
-                (indices[start + nnz:], values[start + nnz:]))
+        return (
+            start,
+            nnz,
+            (a_indptr, indices[start : start + nnz], values[start : start + nnz]),
+            (indices[start + nnz :], values[start + nnz :]),
+        )
 
     def _finish(self, start: int, nnz: int, a_part, t_part) -> None:
         """Write the transpose of a filled A_r part and record the round's rows."""
@@ -134,15 +139,27 @@ class _RoundRows:
         counts = count_row_nnz(rows, w2_idx, last, self.indices, self.g)
         start, nnz, a_part, t_part = self._grow(np.minimum(counts, row_budget))
         norms = np.empty(self.g, dtype=np.float32)
-        fill_rows(rows, w2_idx, w2_val, last, self.indices, self.values, self.g, a_part[0],
-                  a_part[1], a_part[2], norms, True, np.float32(NORM_EPS))
+        fill_rows(
+            rows,
+            w2_idx,
+            w2_val,
+            last,
+            self.indices,
+            self.values,
+            self.g,
+            a_part[0],
+            a_part[1],
+            a_part[2],
+            norms,
+            True,
+            np.float32(NORM_EPS),
+        )
         self._finish(start, nnz, a_part, t_part)
         return norms
 
     def last_round_norms(self, rows, w2_idx, w2_val) -> np.ndarray:
         """Norms of ``W @ M_r`` for the last round, without storing those rows."""
-        return row_norms(rows, w2_idx, w2_val, self.indptr[-1], self.indices, self.values,
-                         self.g)
+        return row_norms(rows, w2_idx, w2_val, self.indptr[-1], self.indices, self.values, self.g)
 
 
 @dataclass(frozen=True)
@@ -197,9 +214,17 @@ class InductiveGraph:
         return self.vectors.shape[0]
 
     @classmethod
-    def build(cls, vectors: np.ndarray, neighbours: np.ndarray, *, k2: int, iterations: int,
-              row_budget: int = DEFAULT_ROW_BUDGET, ids: np.ndarray | None = None,
-              fingerprint: str | None = None) -> InductiveGraph:
+    def build(
+        cls,
+        vectors: np.ndarray,
+        neighbours: np.ndarray,
+        *,
+        k2: int,
+        iterations: int,
+        row_budget: int = DEFAULT_ROW_BUDGET,
+        ids: np.ndarray | None = None,
+        fingerprint: str | None = None,
+    ) -> InductiveGraph:
         """Build the graph from the database's neighbour lists.
 
         Args:
@@ -241,10 +266,23 @@ class InductiveGraph:
             else:  # the last round's rows are never stored, only their norms
                 norms = rounds.last_round_norms(rows, w2_idx, w2_val)
             inv_norms.append(1.0 / np.maximum(norms, np.float32(NORM_EPS)))
-        return cls(k1, k2, iterations, row_budget, ids, order, vectors, values, indices,
-                   rounds.indptr, rounds.indices, rounds.values,
-                   np.array(inv_norms, dtype=np.float32).reshape(-1, n),
-                   SparseRows(rev_indptr, rev_indices, rev_values, n), fingerprint)
+        return cls(
+            k1,
+            k2,
+            iterations,
+            row_budget,
+            ids,
+            order,
+            vectors,
+            values,
+            indices,
+            rounds.indptr,
+            rounds.indices,
+            rounds.values,
+            np.array(inv_norms, dtype=np.float32).reshape(-1, n),
+            SparseRows(rev_indptr, rev_indices, rev_values, n),
+            fingerprint,
+        )
 
     def rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int, lamb: float):
         """Re-rank each query's candidates.
@@ -266,15 +304,34 @@ class InductiveGraph:
         w_idx, w_val = self._top_k2
         kth_value, k2th_value = self._kth_values
         candidates = np.asarray(candidates, dtype=np.int64)
-        candidate_nodes = np.where(candidates >= 0,
-                                   self._internal_id[np.maximum(candidates, 0)], -1)
-        rerank_shortlists(np.ascontiguousarray(queries, dtype=np.float32), candidate_nodes,
-                          self.caller_position, self.vectors, self.knn_indices, w_idx, w_val,
-                          kth_value, k2th_value, self.m_indptr, self.m_indices,
-                          self.m_values, self.inv_norm, self.reverse.indptr,
-                          self.reverse.indices, self.reverse.values, self.n_rounds,
-                          self.row_budget, np.float32(lamb), np.float32(NORM_EPS),
-                          numba.get_num_threads(), scores, nodes)
+        candidate_nodes = np.where(
+            candidates >= 0, self._internal_id[np.maximum(candidates, 0)], -1
+        )
+        rerank_shortlists(
+            np.ascontiguousarray(queries, dtype=np.float32),
+            candidate_nodes,
+            self.caller_position,
+            self.vectors,
+            self.knn_indices,
+            w_idx,
+            w_val,
+            kth_value,
+            k2th_value,
+            self.m_indptr,
+            self.m_indices,
+            self.m_values,
+            self.inv_norm,
+            self.reverse.indptr,
+            self.reverse.indices,
+            self.reverse.values,
+            self.n_rounds,
+            self.row_budget,
+            np.float32(lamb),
+            np.float32(NORM_EPS),
+            numba.get_num_threads(),
+            scores,
+            nodes,
+        )
         return scores, np.where(nodes >= 0, self.caller_position[np.maximum(nodes, 0)], -1)
 
     @cached_property
@@ -284,8 +341,10 @@ class InductiveGraph:
     @cached_property
     def _kth_values(self):
         """The k1-th and k2-th similarity of each list (``[g]`` float32 each)."""
-        return (np.ascontiguousarray(self.knn_values[:, -1]),
-                np.ascontiguousarray(self.knn_values[:, self.k2 - 1]))
+        return (
+            np.ascontiguousarray(self.knn_values[:, -1]),
+            np.ascontiguousarray(self.knn_values[:, self.k2 - 1]),
+        )
 
     @cached_property
     def _internal_id(self) -> np.ndarray:
@@ -296,14 +355,28 @@ class InductiveGraph:
     def save(self, path) -> None:
         """Write the graph to ``path``: an uncompressed ``.npz`` with a checksum (format in
         :mod:`triton_rerank.database.graph_file`)."""
-        write_graph_file(path, {
-            "k1": self.k1, "k2": self.k2, "iterations": self.iterations,
-            "row_budget": self.row_budget, "fingerprint": self.fingerprint or "",
-            "ids": self.ids, "caller_position": self.caller_position, "vectors": self.vectors,
-            "knn_values": self.knn_values, "knn_indices": self.knn_indices,
-            "m_indptr": self.m_indptr, "m_indices": self.m_indices, "m_values": self.m_values,
-            "inv_norm": self.inv_norm, "rev_indptr": self.reverse.indptr,
-            "rev_rows": self.reverse.indices, "rev_w": self.reverse.values})
+        write_graph_file(
+            path,
+            {
+                "k1": self.k1,
+                "k2": self.k2,
+                "iterations": self.iterations,
+                "row_budget": self.row_budget,
+                "fingerprint": self.fingerprint or "",
+                "ids": self.ids,
+                "caller_position": self.caller_position,
+                "vectors": self.vectors,
+                "knn_values": self.knn_values,
+                "knn_indices": self.knn_indices,
+                "m_indptr": self.m_indptr,
+                "m_indices": self.m_indices,
+                "m_values": self.m_values,
+                "inv_norm": self.inv_norm,
+                "rev_indptr": self.reverse.indptr,
+                "rev_rows": self.reverse.indices,
+                "rev_w": self.reverse.values,
+            },
+        )
 
     @classmethod
     def load(cls, path) -> InductiveGraph:
@@ -319,8 +392,20 @@ class InductiveGraph:
         """
         m = read_graph_file(path)
         n = m["vectors"].shape[0]
-        return cls(int(m["k1"]), int(m["k2"]), int(m["iterations"]), int(m["row_budget"]),
-                   m["ids"], m["caller_position"], m["vectors"], m["knn_values"],
-                   m["knn_indices"], m["m_indptr"], m["m_indices"], m["m_values"],
-                   m["inv_norm"], SparseRows(m["rev_indptr"], m["rev_rows"], m["rev_w"], n),
-                   fingerprint=str(m["fingerprint"]) or None)
+        return cls(
+            int(m["k1"]),
+            int(m["k2"]),
+            int(m["iterations"]),
+            int(m["row_budget"]),
+            m["ids"],
+            m["caller_position"],
+            m["vectors"],
+            m["knn_values"],
+            m["knn_indices"],
+            m["m_indptr"],
+            m["m_indices"],
+            m["m_values"],
+            m["inv_norm"],
+            SparseRows(m["rev_indptr"], m["rev_rows"], m["rev_w"], n),
+            fingerprint=str(m["fingerprint"]) or None,
+        )

@@ -18,9 +18,18 @@ from ..cpu.knn import knn_with_database
 from ..cpu.pipeline import keeps_query_gallery, scores_from_lists
 
 
-def rerank_against_database(query: torch.Tensor, database: torch.Tensor,
-                            database_values: np.ndarray, database_indices: np.ndarray, *,
-                            k1: int, k2: int, iterations: int, lamb: float, topk: int | None):
+def rerank_against_database(
+    query: torch.Tensor,
+    database: torch.Tensor,
+    database_values: np.ndarray,
+    database_indices: np.ndarray,
+    *,
+    k1: int,
+    k2: int,
+    iterations: int,
+    lamb: float,
+    topk: int | None,
+):
     """``gnn_rerank(query, database, ...)`` with the database's own kNN lists given.
 
     Args:
@@ -37,9 +46,18 @@ def rerank_against_database(query: torch.Tensor, database: torch.Tensor,
     n_query, n_gallery = query.shape[0], database.shape[0]
     keep_base = keeps_query_gallery(n_query, n_gallery, lamb=lamb, topk=topk)
     nodes = torch.cat([query, database])
-    values, indices, base = knn_with_database(nodes, n_query, database_values,
-                                              database_indices, k1,
-                                              keep_query_gallery=keep_base)
-    return scores_from_lists(values, indices, n_query=n_query, k2=k2, iterations=iterations,
-                             lamb=lamb, topk=topk, query=nodes[:n_query],
-                             gallery=nodes[n_query:], base=base)
+    values, indices, base = knn_with_database(
+        nodes, n_query, database_values, database_indices, k1, keep_query_gallery=keep_base
+    )
+    return scores_from_lists(
+        values,
+        indices,
+        n_query=n_query,
+        k2=k2,
+        iterations=iterations,
+        lamb=lamb,
+        topk=topk,
+        query=nodes[:n_query],
+        gallery=nodes[n_query:],
+        base=base,
+    )

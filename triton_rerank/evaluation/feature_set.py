@@ -29,8 +29,10 @@ class FeatureSet:
 
     @property
     def has_labels(self) -> bool:
-        return all(x is not None for x in (self.query_pids, self.gallery_pids,
-                                           self.query_camids, self.gallery_camids))
+        return all(
+            x is not None
+            for x in (self.query_pids, self.gallery_pids, self.query_camids, self.gallery_camids)
+        )
 
     def labels(self):
         """``(q_pids, g_pids, q_camids, g_camids)``, the argument order of ``evaluate``."""

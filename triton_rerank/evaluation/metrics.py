@@ -65,23 +65,31 @@ def _label_array(x, name: str, n: int, source: str) -> np.ndarray:
     bad = ~np.isfinite(x)
     if bad.any():
         at = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name} contains {x[at]} at position {at}: labels must be finite "
-                         f"integers")
+        raise ValueError(
+            f"{name} contains {x[at]} at position {at}: labels must be finite integers"
+        )
     bad = x != np.round(x)
     if bad.any():
         at = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name} must hold integer-valued labels, got {x[at]} at position "
-                         f"{at}")
+        raise ValueError(f"{name} must hold integer-valued labels, got {x[at]} at position {at}")
     bad = (x < -(2.0**63)) | (x >= 2.0**63)
     if bad.any():
         at = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name} has the label {x[at]} at position {at}, beyond the int64 "
-                         f"range")
+        raise ValueError(f"{name} has the label {x[at]} at position {at}, beyond the int64 range")
     return x.astype(np.int64)
 
 
-def check_labels(q_pids, g_pids, q_camids, g_camids, *, n_query: int, n_gallery: int,
-                 query_source: str, gallery_source: str):
+def check_labels(
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    *,
+    n_query: int,
+    n_gallery: int,
+    query_source: str,
+    gallery_source: str,
+):
     """Validate re-ID labels and return them as int64 arrays (see :func:`evaluate`).
 
     Args:
@@ -101,18 +109,23 @@ def check_labels(q_pids, g_pids, q_camids, g_camids, *, n_query: int, n_gallery:
             or floats beyond the int64 range; each message names the array.
     """
     out = []
-    for (q_name, q), (g_name, g) in ((("q_pids", q_pids), ("g_pids", g_pids)),
-                                     (("q_camids", q_camids), ("g_camids", g_camids))):
+    for (q_name, q), (g_name, g) in (
+        (("q_pids", q_pids), ("g_pids", g_pids)),
+        (("q_camids", q_camids), ("g_camids", g_camids)),
+    ):
         q = _label_array(q, q_name, n_query, query_source)
         g = _label_array(g, g_name, n_gallery, gallery_source)
         strings = q.dtype.kind in "US", g.dtype.kind in "US"
         if strings[0] != strings[1]:
             kinds = ["strings" if s else "numbers" for s in strings]
-            raise TypeError(f"{q_name} holds {kinds[0]} and {g_name} {kinds[1]}: pass both "
-                            f"as strings or both as numbers")
+            raise TypeError(
+                f"{q_name} holds {kinds[0]} and {g_name} {kinds[1]}: pass both "
+                f"as strings or both as numbers"
+            )
         if strings[0]:
-            _, codes = np.unique(np.concatenate([q.astype(str), g.astype(str)]),
-                                 return_inverse=True)
+            _, codes = np.unique(
+                np.concatenate([q.astype(str), g.astype(str)]), return_inverse=True
+            )
             q, g = codes[:n_query].astype(np.int64), codes[n_query:].astype(np.int64)
         out += [q, g]
     return tuple(out)
@@ -150,8 +163,15 @@ def evaluate(scores, q_pids, g_pids, q_camids, g_camids, *, max_rank: int = 50) 
         raise ValueError(f"scores must be 2-D [q, g], got shape {scores.shape}")
     n_query, n_gallery = scores.shape
     q_pids, g_pids, q_cams, g_cams = check_labels(
-        q_pids, g_pids, q_camids, g_camids, n_query=n_query, n_gallery=n_gallery,
-        query_source=f"scores {scores.shape}", gallery_source=f"scores {scores.shape}")
+        q_pids,
+        g_pids,
+        q_camids,
+        g_camids,
+        n_query=n_query,
+        n_gallery=n_gallery,
+        query_source=f"scores {scores.shape}",
+        gallery_source=f"scores {scores.shape}",
+    )
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN")
     if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
@@ -180,9 +200,12 @@ def evaluate(scores, q_pids, g_pids, q_camids, g_camids, *, max_rank: int = 50) 
     first_rank = ranks[offsets[:-1][valid]]
     last_rank = ranks[offsets[1:][valid] - 1]
     cmc = (first_rank[:, None] <= np.arange(max_rank)[None, :]).mean(axis=0)
-    return RankingMetrics(mAP=float(ap.mean()), cmc=cmc,
-                          mINP=float((n_match[valid] / (last_rank + 1.0)).mean()),
-                          num_valid_queries=n_valid)
+    return RankingMetrics(
+        mAP=float(ap.mean()),
+        cmc=cmc,
+        mINP=float((n_match[valid] / (last_rank + 1.0)).mean()),
+        num_valid_queries=n_valid,
+    )
 
 
 def map_at_k(retrieved, query_labels, database_labels) -> float:
@@ -203,11 +226,14 @@ def map_at_k(retrieved, query_labels, database_labels) -> float:
     retrieved = as_numpy(retrieved)
     query_labels, database_labels = as_numpy(query_labels), as_numpy(database_labels)
     if retrieved.ndim != 2 or retrieved.shape[0] != query_labels.shape[0]:
-        raise ValueError(f"retrieved must be [q, k] with q = {query_labels.shape[0]} queries, "
-                         f"got shape {retrieved.shape}")
+        raise ValueError(
+            f"retrieved must be [q, k] with q = {query_labels.shape[0]} queries, "
+            f"got shape {retrieved.shape}"
+        )
     k = retrieved.shape[1]
     relevant = (retrieved >= 0) & (
-        database_labels[np.maximum(retrieved, 0)] == query_labels[:, None])
+        database_labels[np.maximum(retrieved, 0)] == query_labels[:, None]
+    )
     hits = np.cumsum(relevant, axis=1)
     precision_at_hits = np.where(relevant, hits / np.arange(1, k + 1), 0.0)
     labels, counts = np.unique(database_labels, return_counts=True)
@@ -229,5 +255,6 @@ def list_recall(found, wanted) -> float:
         The mean over queries, in [0, 1].
     """
     found, wanted = as_numpy(found), as_numpy(wanted)
-    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, wanted,
-                                                                          strict=True)]))
+    return float(
+        np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, wanted, strict=True)])
+    )

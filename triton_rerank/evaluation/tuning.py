@@ -61,8 +61,9 @@ class TuneResult:
         return {k: self.best[k] for k in DEFAULTS} if self.best["rerank"] else None
 
 
-def tune(data: FeatureSet, *, k1s, k2s, lambs, iterations_list, seed: int = 0,
-         progress=None) -> TuneResult:
+def tune(
+    data: FeatureSet, *, k1s, k2s, lambs, iterations_list, seed: int = 0, progress=None
+) -> TuneResult:
     """Grid-search GNN settings on half the queries, report mAP on the other half.
 
     No re-ranking (the cosine scores) is compared with the grid points on the tune half
@@ -84,7 +85,7 @@ def tune(data: FeatureSet, *, k1s, k2s, lambs, iterations_list, seed: int = 0,
     if n_query < 2:
         raise ValueError("tune needs at least 2 queries (they are split into two halves)")
     order = np.random.default_rng(seed).permutation(n_query)
-    halves = {"tune": np.sort(order[: n_query // 2]), "held_out": np.sort(order[n_query // 2:])}
+    halves = {"tune": np.sort(order[: n_query // 2]), "held_out": np.sort(order[n_query // 2 :])}
     query = unit_rows(data.query_features, "the query features")
     gallery = unit_rows(data.gallery_features, "the gallery features")
     # the base similarity as gnn_rerank's kNN step computes it (torch float32 matmul)
@@ -99,23 +100,36 @@ def tune(data: FeatureSet, *, k1s, k2s, lambs, iterations_list, seed: int = 0,
 
     # both halves first: an error about a half comes before the grid's work
     no_rerank = {half: mean_ap(cosine, half) for half in halves}
-    settings = [(k1, k2, it) for k1, k2, it in product(k1s, k2s, iterations_list)
-                if k2 <= k1 <= n_query + n_gallery]
+    settings = [
+        (k1, k2, it)
+        for k1, k2, it in product(k1s, k2s, iterations_list)
+        if k2 <= k1 <= n_query + n_gallery
+    ]
     if not settings:
-        raise ValueError(f"no valid setting in the grid (need k2 <= k1 <= "
-                         f"{n_query + n_gallery}, the number of images)")
+        raise ValueError(
+            f"no valid setting in the grid (need k2 <= k1 <= "
+            f"{n_query + n_gallery}, the number of images)"
+        )
     grid, last_key, gnn = [], None, None
-    for k1, k2, iterations in (progress(settings) if progress else settings):
+    for k1, k2, iterations in progress(settings) if progress else settings:
         # with k2 = 1 there is no propagation, so the iterations values share one run
         # (they come one after another in the grid)
         key = (k1, k2, 0 if k2 == 1 else iterations)
         if key != last_key:
-            gnn = gnn_rerank(query, gallery, k1=k1, k2=k2, iterations=iterations, lamb=0.0,
-                             normalize=False)
+            gnn = gnn_rerank(
+                query, gallery, k1=k1, k2=k2, iterations=iterations, lamb=0.0, normalize=False
+            )
             last_key = key
         for lamb in lambs:
-            grid.append({"k1": k1, "k2": k2, "lamb": lamb, "iterations": iterations,
-                         "tune_mAP": mean_ap(_mix(gnn, cosine, lamb), "tune")})
+            grid.append(
+                {
+                    "k1": k1,
+                    "k2": k2,
+                    "lamb": lamb,
+                    "iterations": iterations,
+                    "tune_mAP": mean_ap(_mix(gnn, cosine, lamb), "tune"),
+                }
+            )
     best_row = max(grid, key=lambda r: r["tune_mAP"])
     best_grid = {k: best_row[k] for k in DEFAULTS}
     rerank = best_row["tune_mAP"] > no_rerank["tune"]
@@ -126,15 +140,23 @@ def tune(data: FeatureSet, *, k1s, k2s, lambs, iterations_list, seed: int = 0,
         return mean_ap(scores, "held_out")
 
     defaults_valid = DEFAULTS["k1"] <= n_query + n_gallery
-    held_out = {"no re-ranking": no_rerank["held_out"],
-                "defaults": held_out_map(DEFAULTS) if defaults_valid else None}
+    held_out = {
+        "no re-ranking": no_rerank["held_out"],
+        "defaults": held_out_map(DEFAULTS) if defaults_valid else None,
+    }
     held_out["best"] = held_out_map(best_grid) if rerank else held_out["no re-ranking"]
     heatmap = np.full((len(k1s), len(k2s)), np.nan)
     for row in grid:
         if row["lamb"] == best_grid["lamb"] and row["iterations"] == best_grid["iterations"]:
             heatmap[list(k1s).index(row["k1"]), list(k2s).index(row["k2"])] = row["tune_mAP"]
-    return TuneResult(best=best, held_out=held_out, grid=grid, heatmap=heatmap,
-                      best_grid=best_grid, no_rerank_tune_mAP=no_rerank["tune"])
+    return TuneResult(
+        best=best,
+        held_out=held_out,
+        grid=grid,
+        heatmap=heatmap,
+        best_grid=best_grid,
+        no_rerank_tune_mAP=no_rerank["tune"],
+    )
 
 
 def _mix(gnn: np.ndarray, cosine: np.ndarray, lamb: float) -> np.ndarray:

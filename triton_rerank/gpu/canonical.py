@@ -21,8 +21,9 @@ from . import launch_config
 
 
 @triton.jit
-def _rescore_kernel(x_ptr, y_ptr, cand_ptr, out_ptr, dim, n_cand, stride_x, stride_y,
-                    BLOCK_C: tl.constexpr):
+def _rescore_kernel(
+    x_ptr, y_ptr, cand_ptr, out_ptr, dim, n_cand, stride_x, stride_y, BLOCK_C: tl.constexpr
+):
     """``out[i, c] = canonical(x[i], y[cand[i, c]])``, one program per row of x."""
     i_r = tl.program_id(0).to(tl.int64)
     o_c = tl.arange(0, BLOCK_C)
@@ -43,16 +44,35 @@ def canonical_rescore(x: torch.Tensor, y: torch.Tensor, candidates: torch.Tensor
     n_rows, n_cand = candidates.shape
     out = torch.empty(n_rows, n_cand, dtype=torch.float32, device=x.device)
     if n_rows:
-        _rescore_kernel[(n_rows,)](x, y, candidates.contiguous(), out, x.shape[1], n_cand,
-                                   x.stride(0), y.stride(0),
-                                   BLOCK_C=triton.next_power_of_2(n_cand),
-                                   **launch_config.canonical_rescore())
+        _rescore_kernel[(n_rows,)](
+            x,
+            y,
+            candidates.contiguous(),
+            out,
+            x.shape[1],
+            n_cand,
+            x.stride(0),
+            y.stride(0),
+            BLOCK_C=triton.next_power_of_2(n_cand),
+            **launch_config.canonical_rescore(),
+        )
     return out
 
 
 @triton.jit
-def _block_kernel(x_ptr, y_ptr, out_ptr, n_rows, n_cols, dim, stride_x, stride_y, stride_out,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _block_kernel(
+    x_ptr,
+    y_ptr,
+    out_ptr,
+    n_rows,
+    n_cols,
+    dim,
+    stride_x,
+    stride_y,
+    stride_out,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """``out[i, j] = canonical(x[i], y[j])`` for a ``[BLOCK_M, BLOCK_N]`` tile."""
     i_m = tl.program_id(0).to(tl.int64)
     i_n = tl.program_id(1).to(tl.int64)
@@ -78,8 +98,9 @@ def canonical_block(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torc
     if n_rows and n_cols:
         launch = launch_config.canonical_block()
         grid = (triton.cdiv(n_rows, launch["BLOCK_M"]), triton.cdiv(n_cols, launch["BLOCK_N"]))
-        _block_kernel[grid](x, y, out, n_rows, n_cols, x.shape[1], x.stride(0), y.stride(0),
-                            out.stride(0), **launch)
+        _block_kernel[grid](
+            x, y, out, n_rows, n_cols, x.shape[1], x.stride(0), y.stride(0), out.stride(0), **launch
+        )
     return out
 
 

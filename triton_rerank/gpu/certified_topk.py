@@ -57,10 +57,12 @@ def error_bound(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x_norms = torch.linalg.vector_norm(x, dim=1)
     y_norm = (x_norms if y is x else torch.linalg.vector_norm(y, dim=1)).max()
     norms_sum = x_norms + y_norm
-    rounding = ((2 * u + u * u) * x_norms * y_norm + a * (1 + u) * math.sqrt(dim) * norms_sum
-                + dim * a * a)
-    magnitudes = ((1 + u)**2 * x_norms * y_norm + a * (1 + u) * math.sqrt(dim) * norms_sum
-                  + dim * a * a)  # of the rounded products, and more than the exact ones
+    rounding = (
+        (2 * u + u * u) * x_norms * y_norm + a * (1 + u) * math.sqrt(dim) * norms_sum + dim * a * a
+    )
+    magnitudes = (
+        (1 + u) ** 2 * x_norms * y_norm + a * (1 + u) * math.sqrt(dim) * norms_sum + dim * a * a
+    )  # of the rounded products, and more than the exact ones
     summing = 2 * dim * _FP32_SUM_UNIT * magnitudes
     return 1.05 * (rounding + summing)  # 5%: the norms' own rounding
 
@@ -77,8 +79,7 @@ def candidate_count(k: int, n_cols: int, margin: int = DEFAULT_MARGIN) -> int:
     return min(n_cols, MAX_STREAMING_K, triton.next_power_of_2(k + margin))
 
 
-def certified_topk(x: torch.Tensor, y: torch.Tensor, k: int, *,
-                   margin: int = DEFAULT_MARGIN):
+def certified_topk(x: torch.Tensor, y: torch.Tensor, k: int, *, margin: int = DEFAULT_MARGIN):
     """The canonical top-``k`` of ``x @ y.T`` per row, by candidates + certificate (see the
     module doc).
 
@@ -107,8 +108,10 @@ def certified_topk(x: torch.Tensor, y: torch.Tensor, k: int, *,
     x_norms = definition.row_norms(x)
     y_norm = float((x_norms if y is x else definition.row_norms(y)).max())
     left_out_at_most = definition.certify_threshold(
-        approx_values[:, -1], error_bound(x, y).double(),
-        definition.canonical_error(x_norms, y_norm, x.shape[1]))
+        approx_values[:, -1],
+        error_bound(x, y).double(),
+        definition.canonical_error(x_norms, y_norm, x.shape[1]),
+    )
     uncertain = torch.nonzero(values[:, -1].double() <= left_out_at_most).flatten()
     if uncertain.numel():  # close calls: canonical values against every column
         values[uncertain], indices[uncertain] = canonical_topk(x[uncertain].contiguous(), y, k)

@@ -21,8 +21,14 @@ MAX_STREAMING_K = 256
 PROGRAMS_PER_SM = 4
 INTERPRETER_PROGRAMS = 3
 
-KERNELS = ("streaming_topk", "score_block", "aggregate_sparse", "aggregate_dense",
-           "canonical_rescore", "canonical_block")
+KERNELS = (
+    "streaming_topk",
+    "score_block",
+    "aggregate_sparse",
+    "aggregate_dense",
+    "canonical_rescore",
+    "canonical_block",
+)
 
 _overrides: list[tuple[str, dict, dict]] = []
 

@@ -83,15 +83,19 @@ def symmetrise(a: CsrRows) -> CsrRows:
     rows = torch.repeat_interleave(torch.arange(n, device=a.indptr.device), a.indptr.diff())
     both = torch.sparse_coo_tensor(
         torch.stack([torch.cat([rows, a.indices]), torch.cat([a.indices, rows])]),
-        torch.cat([a.values, a.values]), (n, n), check_invariants=False).coalesce()
+        torch.cat([a.values, a.values]),
+        (n, n),
+        check_invariants=False,
+    ).coalesce()
     row_ids, col_ids = both.indices()
     indptr = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
     torch.cumsum(torch.bincount(row_ids, minlength=n), dim=0, out=indptr[1:])
     return CsrRows(indptr, col_ids.contiguous(), both.values().contiguous(), n)
 
 
-def propagate(knn_values: torch.Tensor, knn_indices: torch.Tensor, *, n_query: int, k2: int,
-              iterations: int) -> GpuGraph:
+def propagate(
+    knn_values: torch.Tensor, knn_indices: torch.Tensor, *, n_query: int, k2: int, iterations: int
+) -> GpuGraph:
     """Steps 2-4 on the kNN lists' device; arguments as ``propagate.propagate``
     (``[N, k1]`` tensors here)."""
     n, k1 = knn_indices.shape
@@ -99,10 +103,13 @@ def propagate(knn_values: torch.Tensor, knn_indices: torch.Tensor, *, n_query: i
     adjacency = CsrRows.from_fixed_width(knn_indices, ones, n)
     if k2 == 1 or iterations == 0:
         ids = torch.arange(n, device=knn_indices.device)[:, None]
-        return GpuGraph(query_rows=adjacency.row_slice(0, n_query),
-                        mixing=CsrRows.from_fixed_width(ids, ones[:, :1], n),
-                        gallery_idx=knn_indices[n_query:], gallery_val=ones[n_query:],
-                        gallery_inv_norm=ones[n_query:, 0].contiguous())
+        return GpuGraph(
+            query_rows=adjacency.row_slice(0, n_query),
+            mixing=CsrRows.from_fixed_width(ids, ones[:, :1], n),
+            gallery_idx=knn_indices[n_query:],
+            gallery_val=ones[n_query:],
+            gallery_inv_norm=ones[n_query:, 0].contiguous(),
+        )
     nbr_idx = knn_indices[:, :k2].contiguous()
     nbr_w = knn_values[:, :k2] ** 2
     weights = CsrRows.from_fixed_width(nbr_idx, nbr_w, n)
@@ -113,14 +120,18 @@ def propagate(knn_values: torch.Tensor, knn_indices: torch.Tensor, *, n_query: i
     del a
     _, gallery_norms = aggregate_sparse(weights.row_slice(n_query, n), mixing, write_rows=False)
     query_rows, _ = aggregate_sparse(weights.row_slice(0, n_query), mixing)
-    return GpuGraph(query_rows=query_rows,
-                    mixing=mixing, gallery_idx=nbr_idx[n_query:],
-                    gallery_val=nbr_w[n_query:].contiguous(),
-                    gallery_inv_norm=1.0 / torch.clamp(gallery_norms, min=NORM_EPS))
+    return GpuGraph(
+        query_rows=query_rows,
+        mixing=mixing,
+        gallery_idx=nbr_idx[n_query:],
+        gallery_val=nbr_w[n_query:].contiguous(),
+        gallery_inv_norm=1.0 / torch.clamp(gallery_norms, min=NORM_EPS),
+    )
 
 
-def rerank_scores(graph: GpuGraph, query: torch.Tensor, gallery: torch.Tensor, *,
-                  lamb: float, topk: int | None):
+def rerank_scores(
+    graph: GpuGraph, query: torch.Tensor, gallery: torch.Tensor, *, lamb: float, topk: int | None
+):
     """Steps 5-7 per block of queries: ``z = A[block] @ M``, then the scoring kernels.
 
     Args:
@@ -149,7 +160,8 @@ def rerank_scores(graph: GpuGraph, query: torch.Tensor, gallery: torch.Tensor, *
             score_block(block_query, gallery, lamb=lamb, two_hop=terms, out=scores[start:stop])
         elif topk <= MAX_STREAMING_K:
             values[start:stop], indices[start:stop] = topk_block(
-                block_query, gallery, lamb=lamb, two_hop=terms, k=topk)
+                block_query, gallery, lamb=lamb, two_hop=terms, k=topk
+            )
         else:
             block = torch.empty(stop - start, n_gallery, dtype=torch.float32, device=device)
             score_block(block_query, gallery, lamb=lamb, two_hop=terms, out=block)
@@ -157,8 +169,9 @@ def rerank_scores(graph: GpuGraph, query: torch.Tensor, gallery: torch.Tensor, *
     return scores if topk is None else (values, indices)
 
 
-def run_triton(features: FeaturePair, *, k1: int, k2: int, iterations: int, lamb: float,
-               topk: int | None):
+def run_triton(
+    features: FeaturePair, *, k1: int, k2: int, iterations: int, lamb: float, topk: int | None
+):
     """GNN re-ranking of checked features on their device (see ``rerank.gnn_rerank``).
 
     Returns:

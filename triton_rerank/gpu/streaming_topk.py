@@ -33,14 +33,36 @@ from .tiles import (
 
 
 @triton.jit
-def _streaming_topk_kernel(x_ptr, y_ptr, z_ptr, g_idx_ptr, g_val_ptr, g_inv_norm_ptr,
-                           out_val_ptr, out_idx_ptr, n_rows, n_cols, dim, n_terms, k,
-                           stride_x, stride_y, stride_z, keep, mix,
-                           HAS_DOT: tl.constexpr, HAS_TWO_HOP: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_D: tl.constexpr, K_PAD: tl.constexpr,
-                           LOG_M: tl.constexpr, LOG_N: tl.constexpr, LOG_K: tl.constexpr,
-                           INPUT_PRECISION: tl.constexpr):
+def _streaming_topk_kernel(
+    x_ptr,
+    y_ptr,
+    z_ptr,
+    g_idx_ptr,
+    g_val_ptr,
+    g_inv_norm_ptr,
+    out_val_ptr,
+    out_idx_ptr,
+    n_rows,
+    n_cols,
+    dim,
+    n_terms,
+    k,
+    stride_x,
+    stride_y,
+    stride_z,
+    keep,
+    mix,
+    HAS_DOT: tl.constexpr,
+    HAS_TWO_HOP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    K_PAD: tl.constexpr,
+    LOG_M: tl.constexpr,
+    LOG_N: tl.constexpr,
+    LOG_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     i_m = tl.program_id(0)
     o_rows = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_rows = o_rows < n_rows
@@ -48,10 +70,31 @@ def _streaming_topk_kernel(x_ptr, y_ptr, z_ptr, g_idx_ptr, g_val_ptr, g_inv_norm
     for col_start in range(0, n_cols, BLOCK_N):
         o_cols = col_start + tl.arange(0, BLOCK_N)
         m_cols = o_cols < n_cols
-        b_scores = score_tile(x_ptr, y_ptr, z_ptr, g_idx_ptr, g_val_ptr, g_inv_norm_ptr,
-                              o_rows, m_rows, o_cols, m_cols, dim, n_terms, stride_x, stride_y,
-                              stride_z, keep, mix, HAS_DOT, HAS_TWO_HOP, BLOCK_M, BLOCK_N,
-                              BLOCK_D, INPUT_PRECISION)
+        b_scores = score_tile(
+            x_ptr,
+            y_ptr,
+            z_ptr,
+            g_idx_ptr,
+            g_val_ptr,
+            g_inv_norm_ptr,
+            o_rows,
+            m_rows,
+            o_cols,
+            m_cols,
+            dim,
+            n_terms,
+            stride_x,
+            stride_y,
+            stride_z,
+            keep,
+            mix,
+            HAS_DOT,
+            HAS_TWO_HOP,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            INPUT_PRECISION,
+        )
         b_keys = tl.where(m_cols[None, :], pack_keys(b_scores, o_cols), EMPTY_KEY)
         b_top = merge_topk(b_top, b_keys, LOG_M, LOG_N, LOG_K)
     b_top = bitonic_merge(b_top, LOG_M, LOG_K, 1)
@@ -67,24 +110,42 @@ def _log2(power_of_two: int) -> int:
     return power_of_two.bit_length() - 1
 
 
-def streaming_config(k: int, dtype: torch.dtype, device: torch.device,
-                     tuning: dict | None = None) -> dict:
+def streaming_config(
+    k: int, dtype: torch.dtype, device: torch.device, tuning: dict | None = None
+) -> dict:
     """Keyword arguments of a streaming kernel launch for the top-``k`` of ``dtype``
     features on ``device``, besides the flags HAS_DOT and HAS_TWO_HOP: block sizes and
     ``num_warps`` (``launch_config.streaming_topk``, then ``tuning``), INPUT_PRECISION, K_PAD
     and the LOG_* sizes of the sorting network."""
     k_pad = max(2, triton.next_power_of_2(k))
-    config = {**launch_config.streaming_topk(k_pad, device),
-              "INPUT_PRECISION": input_precision(dtype), **(tuning or {})}
+    config = {
+        **launch_config.streaming_topk(k_pad, device),
+        "INPUT_PRECISION": input_precision(dtype),
+        **(tuning or {}),
+    }
     if config["BLOCK_N"] < k_pad:
         raise ValueError(f"BLOCK_N {config['BLOCK_N']} is below the padded k {k_pad}")
-    return {**config, "K_PAD": k_pad, "LOG_M": _log2(config["BLOCK_M"]),
-            "LOG_N": _log2(config["BLOCK_N"]), "LOG_K": _log2(k_pad)}
+    return {
+        **config,
+        "K_PAD": k_pad,
+        "LOG_M": _log2(config["BLOCK_M"]),
+        "LOG_N": _log2(config["BLOCK_N"]),
+        "LOG_K": _log2(k_pad),
+    }
 
 
-def streaming_topk(k: int, n_rows: int, n_cols: int, *, x: torch.Tensor, y: torch.Tensor,
-                   mix: float = 1.0, keep: float = 0.0, two_hop: TwoHopTerms | None = None,
-                   tuning: dict | None = None):
+def streaming_topk(
+    k: int,
+    n_rows: int,
+    n_cols: int,
+    *,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mix: float = 1.0,
+    keep: float = 0.0,
+    two_hop: TwoHopTerms | None = None,
+    tuning: dict | None = None,
+):
     """Top-``k`` per row of ``mix * x @ y.T + keep * two_hop`` (checked inputs only).
 
     Args:
@@ -113,8 +174,26 @@ def streaming_topk(k: int, n_rows: int, n_cols: int, *, x: torch.Tensor, y: torc
     terms = two_hop.contiguous() if two_hop else TwoHopTerms(x, x, x, x)  # x: never read
     grid = (triton.cdiv(n_rows, config["BLOCK_M"]),)
     _streaming_topk_kernel[grid](
-        x, y, terms.z, terms.g_idx, terms.g_val, terms.g_inv_norm, values, indices,
-        n_rows, n_cols, x.shape[1], terms.g_idx.shape[1] if two_hop else 0, k,
-        x.stride(0), y.stride(0), terms.z.stride(0), keep, mix,
-        HAS_DOT=mix != 0, HAS_TWO_HOP=two_hop is not None, **config)
+        x,
+        y,
+        terms.z,
+        terms.g_idx,
+        terms.g_val,
+        terms.g_inv_norm,
+        values,
+        indices,
+        n_rows,
+        n_cols,
+        x.shape[1],
+        terms.g_idx.shape[1] if two_hop else 0,
+        k,
+        x.stride(0),
+        y.stride(0),
+        terms.z.stride(0),
+        keep,
+        mix,
+        HAS_DOT=mix != 0,
+        HAS_TWO_HOP=two_hop is not None,
+        **config,
+    )
     return values, indices

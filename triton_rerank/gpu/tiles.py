@@ -62,8 +62,9 @@ def _bitonic_stage(h, STAGE: tl.constexpr, ORDER: tl.constexpr, N_DIMS: tl.const
         # (no constexpr assignments here: compiled Triton forbids reassigning them)
         low = tl.min(h, axis=N_DIMS - STAGE + i, keep_dims=True)
         high = tl.max(h, axis=N_DIMS - STAGE + i, keep_dims=True)
-        second = tl.reshape(tl.arange(0, 2),
-                            [1] * (N_DIMS - STAGE + i) + [2] + [1] * (STAGE - 1 - i))
+        second = tl.reshape(
+            tl.arange(0, 2), [1] * (N_DIMS - STAGE + i) + [2] + [1] * (STAGE - 1 - i)
+        )
         h = tl.where((flip ^ second) != 0, high, low)
     return h
 
@@ -102,9 +103,21 @@ def merge_topk(b_top, b_keys, LOG_M: tl.constexpr, LOG_N: tl.constexpr, LOG_K: t
 
 
 @triton.jit
-def dot_tile(x_ptr, y_ptr, o_rows, m_rows, o_cols, m_cols, dim, stride_x, stride_y,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-             INPUT_PRECISION: tl.constexpr):
+def dot_tile(
+    x_ptr,
+    y_ptr,
+    o_rows,
+    m_rows,
+    o_cols,
+    m_cols,
+    dim,
+    stride_x,
+    stride_y,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """``[BLOCK_M, BLOCK_N]`` fp32 inner products of rows ``o_rows`` of ``x [n, dim]``
     with rows ``o_cols`` of ``y [m, dim]`` (masked rows and columns give 0)."""
     p_x = x_ptr + o_rows.to(tl.int64)[:, None] * stride_x
@@ -120,8 +133,20 @@ def dot_tile(x_ptr, y_ptr, o_rows, m_rows, o_cols, m_cols, dim, stride_x, stride
 
 
 @triton.jit
-def two_hop_tile(z_ptr, g_idx_ptr, g_val_ptr, g_inv_norm_ptr, o_rows, m_rows, o_cols, m_cols,
-                 n_terms, stride_z, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def two_hop_tile(
+    z_ptr,
+    g_idx_ptr,
+    g_val_ptr,
+    g_inv_norm_ptr,
+    o_rows,
+    m_rows,
+    o_cols,
+    m_cols,
+    n_terms,
+    stride_z,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """``[BLOCK_M, BLOCK_N]`` re-ranked scores ``<A[i], A[q + j]>`` via the two-hop form
     ``g_inv_norm[j] * sum_t g_val[j, t] * z[i, g_idx[j, t]]`` (see
     ``triton_rerank/cpu/kernels/two_hop_scores.py``).
@@ -160,8 +185,12 @@ class TwoHopTerms:
 
     def contiguous(self) -> TwoHopTerms:
         """The same terms in the dense row-major layout the kernels index."""
-        return TwoHopTerms(self.z.contiguous(), self.g_idx.contiguous(),
-                           self.g_val.contiguous(), self.g_inv_norm.contiguous())
+        return TwoHopTerms(
+            self.z.contiguous(),
+            self.g_idx.contiguous(),
+            self.g_val.contiguous(),
+            self.g_inv_norm.contiguous(),
+        )
 
 
 # ``tl.dot`` precision of float32 features. "tf32x3" splits each value into two TF32
@@ -178,19 +207,63 @@ def input_precision(dtype: torch.dtype) -> str:
 
 
 @triton.jit
-def score_tile(x_ptr, y_ptr, z_ptr, g_idx_ptr, g_val_ptr, g_inv_norm_ptr,
-               o_rows, m_rows, o_cols, m_cols, dim, n_terms, stride_x, stride_y, stride_z,
-               keep, mix, HAS_DOT: tl.constexpr, HAS_TWO_HOP: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-               INPUT_PRECISION: tl.constexpr):
+def score_tile(
+    x_ptr,
+    y_ptr,
+    z_ptr,
+    g_idx_ptr,
+    g_val_ptr,
+    g_inv_norm_ptr,
+    o_rows,
+    m_rows,
+    o_cols,
+    m_cols,
+    dim,
+    n_terms,
+    stride_x,
+    stride_y,
+    stride_z,
+    keep,
+    mix,
+    HAS_DOT: tl.constexpr,
+    HAS_TWO_HOP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """``[BLOCK_M, BLOCK_N]`` scores ``mix * <x_i, y_j> + keep * two_hop(i, j)``; either
     term is left out (not computed) when its flag is off."""
     b_scores = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if HAS_DOT:
-        b_scores = mix * dot_tile(x_ptr, y_ptr, o_rows, m_rows, o_cols, m_cols, dim, stride_x,
-                                  stride_y, BLOCK_M, BLOCK_N, BLOCK_D, INPUT_PRECISION)
+        b_scores = mix * dot_tile(
+            x_ptr,
+            y_ptr,
+            o_rows,
+            m_rows,
+            o_cols,
+            m_cols,
+            dim,
+            stride_x,
+            stride_y,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            INPUT_PRECISION,
+        )
     if HAS_TWO_HOP:
-        b_scores += keep * two_hop_tile(z_ptr, g_idx_ptr, g_val_ptr, g_inv_norm_ptr, o_rows,
-                                        m_rows, o_cols, m_cols, n_terms, stride_z, BLOCK_M,
-                                        BLOCK_N)
+        b_scores += keep * two_hop_tile(
+            z_ptr,
+            g_idx_ptr,
+            g_val_ptr,
+            g_inv_norm_ptr,
+            o_rows,
+            m_rows,
+            o_cols,
+            m_cols,
+            n_terms,
+            stride_z,
+            BLOCK_M,
+            BLOCK_N,
+        )
     return b_scores

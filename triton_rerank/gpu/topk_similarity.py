@@ -24,11 +24,13 @@ def check_feature_pair(x: torch.Tensor, y: torch.Tensor) -> None:
     """Raise ValueError unless ``x [n, d]`` and ``y [m, d]`` are non-empty 2-D feature
     tensors of one supported dtype on one device."""
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be [n, d] and [m, d], got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
+        raise ValueError(
+            f"x and y must be [n, d] and [m, d], got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if x.dtype != y.dtype or x.dtype not in FEATURE_DTYPES:
-        raise ValueError(f"x and y must share one dtype of {FEATURE_DTYPES}, got {x.dtype} "
-                         f"and {y.dtype}")
+        raise ValueError(
+            f"x and y must share one dtype of {FEATURE_DTYPES}, got {x.dtype} and {y.dtype}"
+        )
     if x.device != y.device:
         raise ValueError(f"x and y must be on one device, got {x.device} and {y.device}")
     if min(x.shape[0], y.shape[0], x.shape[1]) == 0:
@@ -64,8 +66,9 @@ def topk_similarity(x: torch.Tensor, y: torch.Tensor, k: int):
     """
     check_feature_pair(x, y)
     if not 1 <= k <= min(y.shape[0], MAX_STREAMING_K):
-        raise ValueError(f"k must be in [1, min(m, {MAX_STREAMING_K})] with m = {y.shape[0]}, "
-                         f"got {k}")
+        raise ValueError(
+            f"k must be in [1, min(m, {MAX_STREAMING_K})] with m = {y.shape[0]}, got {k}"
+        )
     same = y is x
     x = x.contiguous()
     y = x if same else y.contiguous()

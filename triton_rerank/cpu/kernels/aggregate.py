@@ -57,8 +57,24 @@ def kth_largest(values, m):
 
 
 @njit(nogil=True)
-def _aggregate_rows(start, stop, mode, rows, nbr_idx, nbr_w, s_indptr, s_indices, s_values,
-                    n_cols, row_ints, out_indices, out_values, out_norms, normalize, eps):
+def _aggregate_rows(
+    start,
+    stop,
+    mode,
+    rows,
+    nbr_idx,
+    nbr_w,
+    s_indptr,
+    s_indices,
+    s_values,
+    n_cols,
+    row_ints,
+    out_indices,
+    out_values,
+    out_norms,
+    normalize,
+    eps,
+):
     """One pass over output rows ``start .. stop - 1``.
 
     ``_COUNT`` writes each row's non-zero count into ``row_ints`` (``[r]``) and reads
@@ -154,15 +170,43 @@ def count_row_nnz(rows, nbr_idx, s_indptr, s_indices, n_cols):
     """
     counts = np.zeros(rows.shape[0], dtype=np.int64)
     none = np.empty(0, dtype=np.float32)
-    parallel_chunks(_aggregate_rows, rows.shape[0], _COUNT, rows, nbr_idx,
-                    np.empty((0, 0), dtype=np.float32), s_indptr, s_indices, none, n_cols,
-                    counts, s_indices[:0], none, none, False, np.float32(0.0),
-                    min_size=_MIN_ROWS_PER_CHUNK)
+    parallel_chunks(
+        _aggregate_rows,
+        rows.shape[0],
+        _COUNT,
+        rows,
+        nbr_idx,
+        np.empty((0, 0), dtype=np.float32),
+        s_indptr,
+        s_indices,
+        none,
+        n_cols,
+        counts,
+        s_indices[:0],
+        none,
+        none,
+        False,
+        np.float32(0.0),
+        min_size=_MIN_ROWS_PER_CHUNK,
+    )
     return counts
 
 
-def fill_rows(rows, nbr_idx, nbr_w, s_indptr, s_indices, s_values, n_cols,
-              out_indptr, out_indices, out_values, out_norms, normalize, eps):
+def fill_rows(
+    rows,
+    nbr_idx,
+    nbr_w,
+    s_indptr,
+    s_indices,
+    s_values,
+    n_cols,
+    out_indptr,
+    out_indices,
+    out_values,
+    out_norms,
+    normalize,
+    eps,
+):
     """Write the aggregated rows into a CSR whose ``out_indptr`` came from the counts.
 
     A row whose slot in ``out_indptr`` is shorter than its count keeps its largest
@@ -180,9 +224,25 @@ def fill_rows(rows, nbr_idx, nbr_w, s_indptr, s_indices, s_values, n_cols,
         normalize: divide each row by ``max(norm, eps)``.
         eps: float32, the norm floor (rows of norm 0 stay 0 instead of becoming NaN).
     """
-    parallel_chunks(_aggregate_rows, rows.shape[0], _FILL, rows, nbr_idx, nbr_w, s_indptr,
-                    s_indices, s_values, n_cols, out_indptr, out_indices, out_values, out_norms,
-                    normalize, eps, min_size=_MIN_ROWS_PER_CHUNK)
+    parallel_chunks(
+        _aggregate_rows,
+        rows.shape[0],
+        _FILL,
+        rows,
+        nbr_idx,
+        nbr_w,
+        s_indptr,
+        s_indices,
+        s_values,
+        n_cols,
+        out_indptr,
+        out_indices,
+        out_values,
+        out_norms,
+        normalize,
+        eps,
+        min_size=_MIN_ROWS_PER_CHUNK,
+    )
 
 
 def row_norms(rows, nbr_idx, nbr_w, s_indptr, s_indices, s_values, n_cols):
@@ -191,8 +251,23 @@ def row_norms(rows, nbr_idx, nbr_w, s_indptr, s_indices, s_values, n_cols):
     Args: as :func:`fill_rows`. Returns: ``[r]`` float32 norms.
     """
     norms = np.zeros(rows.shape[0], dtype=np.float32)
-    parallel_chunks(_aggregate_rows, rows.shape[0], _NORMS, rows, nbr_idx, nbr_w, s_indptr,
-                    s_indices, s_values, n_cols, np.empty(0, dtype=np.int64), s_indices[:0],
-                    np.empty(0, dtype=np.float32), norms, False, np.float32(0.0),
-                    min_size=_MIN_ROWS_PER_CHUNK)
+    parallel_chunks(
+        _aggregate_rows,
+        rows.shape[0],
+        _NORMS,
+        rows,
+        nbr_idx,
+        nbr_w,
+        s_indptr,
+        s_indices,
+        s_values,
+        n_cols,
+        np.empty(0, dtype=np.int64),
+        s_indices[:0],
+        np.empty(0, dtype=np.float32),
+        norms,
+        False,
+        np.float32(0.0),
+        min_size=_MIN_ROWS_PER_CHUNK,
+    )
     return norms

@@ -40,10 +40,18 @@ def _canonical_dots(x, nodes, columns, out):
     dim = x.shape[0]
     c = 0
     while c + 8 <= n:
-        y0, y1, y2, y3 = (nodes[columns[c]], nodes[columns[c + 1]], nodes[columns[c + 2]],
-                          nodes[columns[c + 3]])
-        y4, y5, y6, y7 = (nodes[columns[c + 4]], nodes[columns[c + 5]],
-                          nodes[columns[c + 6]], nodes[columns[c + 7]])
+        y0, y1, y2, y3 = (
+            nodes[columns[c]],
+            nodes[columns[c + 1]],
+            nodes[columns[c + 2]],
+            nodes[columns[c + 3]],
+        )
+        y4, y5, y6, y7 = (
+            nodes[columns[c + 4]],
+            nodes[columns[c + 5]],
+            nodes[columns[c + 6]],
+            nodes[columns[c + 7]],
+        )
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
         for k in range(dim):
             xk = np.float64(x[k])
@@ -55,10 +63,18 @@ def _canonical_dots(x, nodes, columns, out):
             s5 += xk * np.float64(y5[k])
             s6 += xk * np.float64(y6[k])
             s7 += xk * np.float64(y7[k])
-        out[c], out[c + 1], out[c + 2], out[c + 3] = (np.float32(s0), np.float32(s1),
-                                                      np.float32(s2), np.float32(s3))
-        out[c + 4], out[c + 5], out[c + 6], out[c + 7] = (np.float32(s4), np.float32(s5),
-                                                          np.float32(s6), np.float32(s7))
+        out[c], out[c + 1], out[c + 2], out[c + 3] = (
+            np.float32(s0),
+            np.float32(s1),
+            np.float32(s2),
+            np.float32(s3),
+        )
+        out[c + 4], out[c + 5], out[c + 6], out[c + 7] = (
+            np.float32(s4),
+            np.float32(s5),
+            np.float32(s6),
+            np.float32(s7),
+        )
         c += 8
     while c < n:
         out[c] = canonical_dot(x, nodes[columns[c]])
@@ -70,8 +86,9 @@ _COLUMN_CHUNK = 256
 
 
 @njit(nogil=True)
-def _rescore_chunk(start, stop, nodes, rows, candidates, thresholds, out_values, out_indices,
-                   certified):
+def _rescore_chunk(
+    start, stop, nodes, rows, candidates, thresholds, out_values, out_indices, certified
+):
     n_cand = candidates.shape[1]
     k = out_values.shape[1]
     scores = np.empty(n_cand, np.float32)
@@ -86,8 +103,9 @@ def _rescore_chunk(start, stop, nodes, rows, candidates, thresholds, out_values,
         certified[i] = np.float64(values[k - 1]) > thresholds[i]
 
 
-def rescore_candidates(nodes, rows, candidates, thresholds, out_values, out_indices,
-                       certified) -> None:
+def rescore_candidates(
+    nodes, rows, candidates, thresholds, out_values, out_indices, certified
+) -> None:
     """Canonical top-k of each row among its candidates, and the certificate.
 
     Args:
@@ -100,8 +118,17 @@ def rescore_candidates(nodes, rows, candidates, thresholds, out_values, out_indi
             equal values by smaller column.
         certified: ``[r]`` bool output.
     """
-    parallel_chunks(_rescore_chunk, rows.shape[0], nodes, rows, candidates, thresholds,
-                    out_values, out_indices, certified)
+    parallel_chunks(
+        _rescore_chunk,
+        rows.shape[0],
+        nodes,
+        rows,
+        candidates,
+        thresholds,
+        out_values,
+        out_indices,
+        certified,
+    )
 
 
 @njit(nogil=True)
@@ -130,22 +157,35 @@ def canonical_topk_above(nodes, rows, block, thresholds, out_values, out_indices
             cannot reach the top-k canonically).
         out_values, out_indices: ``[r, k]`` outputs (descending, ties by smaller column).
     """
-    parallel_chunks(_topk_above_chunk, rows.shape[0], nodes, rows, block, thresholds,
-                    out_values, out_indices)
+    parallel_chunks(
+        _topk_above_chunk, rows.shape[0], nodes, rows, block, thresholds, out_values, out_indices
+    )
 
 
 @njit(nogil=True)
-def _offer_chunk(start, stop, nodes, row_start, col_start, block, thresholds, top_values,
-                 top_indices):
+def _offer_chunk(
+    start, stop, nodes, row_start, col_start, block, thresholds, top_values, top_indices
+):
     k = top_values.shape[1]
     for c0 in range(start, stop, _COLUMN_CHUNK):
-        _offer_column_chunk(c0, min(stop, c0 + _COLUMN_CHUNK), nodes, row_start, col_start,
-                            block, thresholds, top_values, top_indices, k)
+        _offer_column_chunk(
+            c0,
+            min(stop, c0 + _COLUMN_CHUNK),
+            nodes,
+            row_start,
+            col_start,
+            block,
+            thresholds,
+            top_values,
+            top_indices,
+            k,
+        )
 
 
 @njit(nogil=True)
-def _offer_column_chunk(c0, c1, nodes, row_start, col_start, block, thresholds, top_values,
-                        top_indices, k):
+def _offer_column_chunk(
+    c0, c1, nodes, row_start, col_start, block, thresholds, top_values, top_indices, k
+):
     for r in range(block.shape[0]):
         for c in range(c0, c1):
             if np.float64(block[r, c]) >= thresholds[c]:
@@ -155,8 +195,9 @@ def _offer_column_chunk(c0, c1, nodes, row_start, col_start, block, thresholds, 
                     insert(top_values[node], top_indices[node], v, row_start + r)
 
 
-def offer_to_columns(nodes, row_start, col_start, block, thresholds, top_values,
-                     top_indices) -> None:
+def offer_to_columns(
+    nodes, row_start, col_start, block, thresholds, top_values, top_indices
+) -> None:
     """Offer the rows of a block to the lists of its columns, canonically.
 
     Column ``c`` is node ``col_start + c`` with a canonical sorted list (``top_values``,
@@ -170,8 +211,18 @@ def offer_to_columns(nodes, row_start, col_start, block, thresholds, top_values,
         thresholds: ``[m]`` float64.
         top_values, top_indices: ``[N, k]`` lists (updated in place for the block's columns).
     """
-    parallel_chunks(_offer_chunk, block.shape[1], nodes, row_start, col_start, block,
-                    thresholds, top_values, top_indices, min_size=_COLUMN_CHUNK)
+    parallel_chunks(
+        _offer_chunk,
+        block.shape[1],
+        nodes,
+        row_start,
+        col_start,
+        block,
+        thresholds,
+        top_values,
+        top_indices,
+        min_size=_COLUMN_CHUNK,
+    )
 
 
 @njit(nogil=True)

@@ -22,8 +22,21 @@ _TILE = 64
 
 
 @njit(nogil=True)
-def _aggregate_chunk(start, stop, rows, nbr_idx, nbr_w, s_indptr, s_indices, s_values,
-                     s_dense, out, norms, normalize, eps):
+def _aggregate_chunk(
+    start,
+    stop,
+    rows,
+    nbr_idx,
+    nbr_w,
+    s_indptr,
+    s_indices,
+    s_values,
+    s_dense,
+    out,
+    norms,
+    normalize,
+    eps,
+):
     """Output rows ``start .. stop`` of :func:`aggregate_to_dense`."""
     for o in range(start, stop):
         acc = out[o]
@@ -49,8 +62,9 @@ def _aggregate_chunk(start, stop, rows, nbr_idx, nbr_w, s_indptr, s_indices, s_v
                 acc[c] *= scale
 
 
-def aggregate_to_dense(rows, nbr_idx, nbr_w, source, n_cols: int, out, norms, *,
-                       normalize: bool, eps) -> None:
+def aggregate_to_dense(
+    rows, nbr_idx, nbr_w, source, n_cols: int, out, norms, *, normalize: bool, eps
+) -> None:
     """Rows ``rows`` of ``W @ S`` as dense rows, each L2-normalised when ``normalize``.
 
     Args:
@@ -64,12 +78,29 @@ def aggregate_to_dense(rows, nbr_idx, nbr_w, source, n_cols: int, out, norms, *,
         eps: float32 norm floor.
     """
     if isinstance(source, np.ndarray):
-        indptr, indices, values, dense = (np.zeros(1, np.int64), np.zeros(0, np.int64),
-                                          np.zeros(0, np.float32), source)
+        indptr, indices, values, dense = (
+            np.zeros(1, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            source,
+        )
     else:
         (indptr, indices, values), dense = source, np.zeros((0, n_cols), np.float32)
-    parallel_chunks(_aggregate_chunk, rows.shape[0], rows, nbr_idx, nbr_w, indptr, indices,
-                    values, dense, out, norms, normalize, eps)
+    parallel_chunks(
+        _aggregate_chunk,
+        rows.shape[0],
+        rows,
+        nbr_idx,
+        nbr_w,
+        indptr,
+        indices,
+        values,
+        dense,
+        out,
+        norms,
+        normalize,
+        eps,
+    )
 
 
 @njit(nogil=True)

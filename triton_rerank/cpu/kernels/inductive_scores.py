@@ -88,9 +88,32 @@ def _top_by_value(values, keys, m, chosen):
 
 
 @njit(nogil=True)
-def _rerank_queries(start, stop, queries, cand_pos, tie_keys, vectors, knn_idx, w_idx, w_val,
-                 kth_value, k2th_value, m_indptr, m_indices, m_values, inv_norm, rev_indptr,
-                 rev_rows, rev_w, n_rounds, row_budget, lamb, eps, out_val, out_pos):
+def _rerank_queries(
+    start,
+    stop,
+    queries,
+    cand_pos,
+    tie_keys,
+    vectors,
+    knn_idx,
+    w_idx,
+    w_val,
+    kth_value,
+    k2th_value,
+    m_indptr,
+    m_indices,
+    m_values,
+    inv_norm,
+    rev_indptr,
+    rev_rows,
+    rev_w,
+    n_rounds,
+    row_budget,
+    lamb,
+    eps,
+    out_val,
+    out_pos,
+):
     """:func:`rerank_shortlists` for queries ``start .. stop - 1``."""
     n_db = vectors.shape[0]
     k1 = knn_idx.shape[1]
@@ -185,12 +208,20 @@ def _rerank_queries(start, stop, queries, cand_pos, tie_keys, vectors, knn_idx, 
                     c = order[t]
                     n = pos[c]
                     w = sims[c] * sims[c]
-                    for half in (n, n + n_db):       # A_r[n] and A_r.T[n]
+                    for half in (n, n + n_db):  # A_r[n] and A_r.T[n]
                         for s in range(base[half], base[half + 1]):
-                            n_x = _add(m_indices[s], w * m_values[s], x_acc, x_stamp,
-                                       stamp, x_cols, n_x)
-                    n_x = _add(self_id, w * _get(n, mq_acc, mq_stamp, stamp - 1), x_acc,
-                               x_stamp, stamp, x_cols, n_x)
+                            n_x = _add(
+                                m_indices[s], w * m_values[s], x_acc, x_stamp, stamp, x_cols, n_x
+                            )
+                    n_x = _add(
+                        self_id,
+                        w * _get(n, mq_acc, mq_stamp, stamp - 1),
+                        x_acc,
+                        x_stamp,
+                        stamp,
+                        x_cols,
+                        n_x,
+                    )
                 square_sum = np.float32(0.0)
                 for p in range(n_x):
                     square_sum += x_acc[x_cols[p]] * x_acc[x_cols[p]]
@@ -206,19 +237,20 @@ def _rerank_queries(start, stop, queries, cand_pos, tie_keys, vectors, knn_idx, 
                     if n == self_id:
                         continue
                     for s in range(rev_indptr[n], rev_indptr[n + 1]):
-                        n_y = _add(rev_rows[s], rev_w[s] * mq_acc[n], y_acc, y_stamp,
-                                   stamp, y_cols, n_y)
+                        n_y = _add(
+                            rev_rows[s], rev_w[s] * mq_acc[n], y_acc, y_stamp, stamp, y_cols, n_y
+                        )
                 # M_{r+1}[q] = A_{r+1}[q] + A_{r+1}[:, q]
                 n_mq = 0
                 for p in range(n_x):
                     col = x_cols[p]
                     n_mq = _add(col, x_acc[col], mq_acc, mq_stamp, stamp, mq_cols, n_mq)
-                n_mq = _add(self_id, x_acc[self_id], mq_acc, mq_stamp, stamp, mq_cols,
-                            n_mq)
+                n_mq = _add(self_id, x_acc[self_id], mq_acc, mq_stamp, stamp, mq_cols, n_mq)
                 for p in range(n_y):
                     j = y_cols[p]
-                    n_mq = _add(j, inv_norm[r, j] * y_acc[j], mq_acc, mq_stamp, stamp,
-                                mq_cols, n_mq)
+                    n_mq = _add(
+                        j, inv_norm[r, j] * y_acc[j], mq_acc, mq_stamp, stamp, mq_cols, n_mq
+                    )
             # mq (stamp - 1 after the last round's stamp) is M_{R-1}[q]; x is A_R[q].
             # z = M_{R-1} @ x over the database (M is symmetric, so z[n] is the dot
             # product of x with row n), scattered from x's few hundred non-zeros
@@ -254,8 +286,10 @@ def _rerank_queries(start, stop, queries, cand_pos, tie_keys, vectors, knn_idx, 
                 total = sims[c] * sims[c] * x_dot_mq if takes_query else np.float32(0.0)
                 for t in range(k2 - 1 if takes_query else k2):
                     n = w_idx[j, t]
-                    total += w_val[j, t] * (_get(n, z_acc, z_stamp, stamp) + self_value
-                                            * _get(n, mq_acc, mq_stamp, stamp - 1))
+                    total += w_val[j, t] * (
+                        _get(n, z_acc, z_stamp, stamp)
+                        + self_value * _get(n, mq_acc, mq_stamp, stamp - 1)
+                    )
                 scores[c] = inv_norm[last, j] * total
         for c in range(n_valid):
             scores[c] = (np.float32(1.0) - lamb) * scores[c] + lamb * sims[c]
@@ -265,9 +299,31 @@ def _rerank_queries(start, stop, queries, cand_pos, tie_keys, vectors, knn_idx, 
             out_pos[i, t] = pos[ranked[t]]
 
 
-def rerank_shortlists(queries, cand_pos, tie_keys, vectors, knn_idx, w_idx, w_val, kth_value,
-                      k2th_value, m_indptr, m_indices, m_values, inv_norm, rev_indptr, rev_rows,
-                      rev_w, n_rounds, row_budget, lamb, eps, n_tasks, out_val, out_pos):
+def rerank_shortlists(
+    queries,
+    cand_pos,
+    tie_keys,
+    vectors,
+    knn_idx,
+    w_idx,
+    w_val,
+    kth_value,
+    k2th_value,
+    m_indptr,
+    m_indices,
+    m_values,
+    inv_norm,
+    rev_indptr,
+    rev_rows,
+    rev_w,
+    n_rounds,
+    row_budget,
+    lamb,
+    eps,
+    n_tasks,
+    out_val,
+    out_pos,
+):
     """Top-k re-ranked candidates of each query (its shortlist, plus the kNN lists of
     the shortlisted items most similar to it).
 
@@ -296,7 +352,30 @@ def rerank_shortlists(queries, cand_pos, tie_keys, vectors, knn_idx, w_idx, w_va
         out_val: ``[b, k]`` float32 output, ``-inf`` where fewer than k candidates.
         out_pos: ``[b, k]`` int64 output positions, -1 where fewer than k candidates.
     """
-    parallel_chunks(_rerank_queries, cand_pos.shape[0], queries, cand_pos, tie_keys, vectors,
-                    knn_idx, w_idx, w_val, kth_value, k2th_value, m_indptr, m_indices, m_values,
-                    inv_norm, rev_indptr, rev_rows, rev_w, n_rounds, row_budget, lamb, eps,
-                    out_val, out_pos, max_chunks=n_tasks)
+    parallel_chunks(
+        _rerank_queries,
+        cand_pos.shape[0],
+        queries,
+        cand_pos,
+        tie_keys,
+        vectors,
+        knn_idx,
+        w_idx,
+        w_val,
+        kth_value,
+        k2th_value,
+        m_indptr,
+        m_indices,
+        m_values,
+        inv_norm,
+        rev_indptr,
+        rev_rows,
+        rev_w,
+        n_rounds,
+        row_budget,
+        lamb,
+        eps,
+        out_val,
+        out_pos,
+        max_chunks=n_tasks,
+    )

@@ -41,12 +41,16 @@ def _warn_no_cache(error: RuntimeError) -> None:
         warnings.warn(
             f"triton_rerank: no writable cache for the compiled CPU kernels ({error}); they "
             f"are compiled in every process. Set NUMBA_CACHE_DIR to a writable directory "
-            f"to keep them between processes.", NoKernelCacheWarning, stacklevel=4)
+            f"to keep them between processes.",
+            NoKernelCacheWarning,
+            stacklevel=4,
+        )
 
 
 def njit(**options):
     """``numba.njit(cache=True, **options)``, or without the disk cache where numba has no
     writable location for it (see the module doc)."""
+
     def decorate(function):
         try:
             return numba.njit(cache=True, **options)(function)
@@ -55,6 +59,7 @@ def njit(**options):
                 raise
             _warn_no_cache(error)
             return numba.njit(cache=False, **options)(function)
+
     return decorate
 
 
@@ -123,8 +128,9 @@ def _run_parallel(call, n_units: int, n_threads: int) -> None:
 CHUNKS_PER_THREAD = 16
 
 
-def parallel_chunks(kernel, n_items: int, *args, min_size: int = 1,
-                    max_chunks: int | None = None) -> None:
+def parallel_chunks(
+    kernel, n_items: int, *args, min_size: int = 1, max_chunks: int | None = None
+) -> None:
     """``kernel(start, stop, *args)`` over contiguous chunks covering ``range(n_items)``,
     in parallel on ``numba.get_num_threads()`` threads (the calling one included).
 
@@ -145,6 +151,8 @@ def parallel_chunks(kernel, n_items: int, *args, min_size: int = 1,
     if n_threads == 1:
         kernel(0, n_items, *args)
         return
-    _run_parallel(lambda c: kernel(n_items * c // n_chunks, n_items * (c + 1) // n_chunks,
-                                   *args), n_chunks, n_threads)
-
+    _run_parallel(
+        lambda c: kernel(n_items * c // n_chunks, n_items * (c + 1) // n_chunks, *args),
+        n_chunks,
+        n_threads,
+    )

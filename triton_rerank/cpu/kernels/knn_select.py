@@ -65,8 +65,9 @@ def _offer_columns(row, neighbour, first_node, thresholds, top_values, top_indic
     for c in range(row.shape[0]):
         v = row[c]
         node = first_node + c
-        if v >= thresholds[c] and before(v, neighbour, top_values[node, k - 1],
-                                         top_indices[node, k - 1]):
+        if v >= thresholds[c] and before(
+            v, neighbour, top_values[node, k - 1], top_indices[node, k - 1]
+        ):
             insert(top_values[node], top_indices[node], v, neighbour)
             thresholds[c] = top_values[node, k - 1]
 
@@ -82,8 +83,9 @@ def _rows_chunk_bf16(start, stop, block, row_start, col_start, top_values, top_i
     bits = np.empty(block.shape[1], np.uint32)
     for r in range(start, stop):
         _widen_bf16(block[r], bits)
-        _offer_row(bits.view(np.float32), col_start, top_values[row_start + r],
-                   top_indices[row_start + r])
+        _offer_row(
+            bits.view(np.float32), col_start, top_values[row_start + r], top_indices[row_start + r]
+        )
 
 
 def update_from_rows(block, row_start, col_start, top_values, top_indices) -> None:
@@ -97,40 +99,45 @@ def update_from_rows(block, row_start, col_start, top_values, top_indices) -> No
         top_indices: ``[n, k]`` int64 their column ids (updated in place).
     """
     kernel = _rows_chunk_bf16 if block.dtype == np.uint16 else _rows_chunk
-    parallel_chunks(kernel, block.shape[0], block, row_start, col_start, top_values,
-                    top_indices)
+    parallel_chunks(kernel, block.shape[0], block, row_start, col_start, top_values, top_indices)
 
 
 @njit(nogil=True)
-def _columns_chunk(start, stop, block, row_start, col_start, first_col, top_values,
-                   top_indices):
+def _columns_chunk(start, stop, block, row_start, col_start, first_col, top_values, top_indices):
     """Columns ``first_col + start .. first_col + stop``, ``_COLUMN_CHUNK`` at a time."""
     k = top_values.shape[1]
     for c0 in range(first_col + start, first_col + stop, _COLUMN_CHUNK):
         c1 = min(first_col + stop, c0 + _COLUMN_CHUNK)
-        thresholds = top_values[col_start + c0:col_start + c1, k - 1].copy()
+        thresholds = top_values[col_start + c0 : col_start + c1, k - 1].copy()
         for r in range(block.shape[0]):
-            _offer_columns(block[r, c0:c1], row_start + r, col_start + c0, thresholds,
-                           top_values, top_indices)
+            _offer_columns(
+                block[r, c0:c1], row_start + r, col_start + c0, thresholds, top_values, top_indices
+            )
 
 
 @njit(nogil=True)
-def _columns_chunk_bf16(start, stop, block, row_start, col_start, first_col, top_values,
-                        top_indices):
+def _columns_chunk_bf16(
+    start, stop, block, row_start, col_start, first_col, top_values, top_indices
+):
     """:func:`_columns_chunk` for bfloat16 bits, widened row by row."""
     k = top_values.shape[1]
     bits = np.empty(_COLUMN_CHUNK, np.uint32)
     for c0 in range(first_col + start, first_col + stop, _COLUMN_CHUNK):
         c1 = min(first_col + stop, c0 + _COLUMN_CHUNK)
-        thresholds = top_values[col_start + c0:col_start + c1, k - 1].copy()
+        thresholds = top_values[col_start + c0 : col_start + c1, k - 1].copy()
         for r in range(block.shape[0]):
             _widen_bf16(block[r, c0:c1], bits)
-            _offer_columns(bits[:c1 - c0].view(np.float32), row_start + r, col_start + c0,
-                           thresholds, top_values, top_indices)
+            _offer_columns(
+                bits[: c1 - c0].view(np.float32),
+                row_start + r,
+                col_start + c0,
+                thresholds,
+                top_values,
+                top_indices,
+            )
 
 
-def update_from_columns(block, row_start, col_start, first_col, top_values,
-                        top_indices) -> None:
+def update_from_columns(block, row_start, col_start, first_col, top_values, top_indices) -> None:
     """Offer ``block[r, c]`` to node ``col_start + c`` as neighbour ``row_start + r``.
 
     Only columns ``c >= first_col`` are used: the caller skips the columns whose
@@ -139,5 +146,14 @@ def update_from_columns(block, row_start, col_start, first_col, top_values,
     Args: as :func:`update_from_rows`, plus ``first_col`` (local column index).
     """
     kernel = _columns_chunk_bf16 if block.dtype == np.uint16 else _columns_chunk
-    parallel_chunks(kernel, block.shape[1] - first_col, block, row_start, col_start,
-                    first_col, top_values, top_indices, min_size=_COLUMN_CHUNK)
+    parallel_chunks(
+        kernel,
+        block.shape[1] - first_col,
+        block,
+        row_start,
+        col_start,
+        first_col,
+        top_values,
+        top_indices,
+        min_size=_COLUMN_CHUNK,
+    )

@@ -33,8 +33,9 @@ def _sort_matches(scores, match_idx, spare):
             mid, hi = min(lo + width, n), min(lo + 2 * width, n)
             a, b = lo, mid
             for out in range(lo, hi):
-                if b < hi and (a >= mid or _is_ahead(scores[src[b]], src[b], scores[src[a]],
-                                                     src[a])):
+                if b < hi and (
+                    a >= mid or _is_ahead(scores[src[b]], src[b], scores[src[a]], src[a])
+                ):
                     dst[out] = src[b]
                     b += 1
                 else:
@@ -98,5 +99,14 @@ def match_ranks(scores, q_pids, g_pids, q_cams, g_cams, rank_offsets, ranks):
         rank_offsets: ``[q + 1]`` int64 prefix sums of the match counts per query.
         ranks: ``[rank_offsets[-1]]`` int64 output, each query's ranks in ascending order.
     """
-    parallel_chunks(_match_ranks_of, scores.shape[0], scores, q_pids, g_pids, q_cams, g_cams,
-                    rank_offsets, ranks)
+    parallel_chunks(
+        _match_ranks_of,
+        scores.shape[0],
+        scores,
+        q_pids,
+        g_pids,
+        q_cams,
+        g_cams,
+        rank_offsets,
+        ranks,
+    )

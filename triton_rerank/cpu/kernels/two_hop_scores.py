@@ -42,8 +42,22 @@ def _gallery_scores(z, g_idx, g_val, g_inv_norm, lamb, out_row):
 
 
 @njit(nogil=True)
-def _score_chunk(start, stop, order, q_indptr, q_indices, q_values, m_indptr, m_indices,
-                 m_values, g_idx, g_val, g_inv_norm, lamb, out):
+def _score_chunk(
+    start,
+    stop,
+    order,
+    q_indptr,
+    q_indices,
+    q_values,
+    m_indptr,
+    m_indices,
+    m_values,
+    g_idx,
+    g_val,
+    g_inv_norm,
+    lamb,
+    out,
+):
     """Queries ``order[start:stop]``, in one dense scratch row of N floats."""
     z = np.zeros(m_indptr.shape[0] - 1, dtype=np.float32)
     for position in range(start, stop):
@@ -57,8 +71,20 @@ def _score_chunk(start, stop, order, q_indptr, q_indices, q_values, m_indptr, m_
         z[:] = 0.0
 
 
-def score_queries(order, q_indptr, q_indices, q_values, m_indptr, m_indices, m_values,
-                  g_idx, g_val, g_inv_norm, lamb, out) -> None:
+def score_queries(
+    order,
+    q_indptr,
+    q_indices,
+    q_values,
+    m_indptr,
+    m_indices,
+    m_values,
+    g_idx,
+    g_val,
+    g_inv_norm,
+    lamb,
+    out,
+) -> None:
     """Write ``(1 - lamb) * score + lamb * out`` into ``out`` (``out`` holds the base).
 
     Args:
@@ -72,8 +98,22 @@ def score_queries(order, q_indptr, q_indices, q_values, m_indptr, m_indices, m_v
         lamb: float32 mixing weight of the base similarity; with 0 the base is not read.
         out: ``[b, g]`` float32; holds ``Xq @ Xg.T`` on entry when ``lamb > 0``.
     """
-    parallel_chunks(_score_chunk, out.shape[0], order, q_indptr, q_indices, q_values,
-                    m_indptr, m_indices, m_values, g_idx, g_val, g_inv_norm, lamb, out)
+    parallel_chunks(
+        _score_chunk,
+        out.shape[0],
+        order,
+        q_indptr,
+        q_indices,
+        q_values,
+        m_indptr,
+        m_indices,
+        m_values,
+        g_idx,
+        g_val,
+        g_inv_norm,
+        lamb,
+        out,
+    )
 
 
 @njit(nogil=True)
