@@ -3,7 +3,8 @@ goes down the layers, never back up.
 
 Layers, from the bottom: the shared base (``canonical``, ``checks``, ``limits``,
 ``topk``); the two backends (``cpu/``, ``gpu/``: neither imports the other, and the GPU
-backend never imports numba); the database modes (``database/``); the public API
+backend never imports numba); the database modes (``database/``) and clustering
+(``clustering/``: k-reciprocal Jaccard distance, DBSCAN pseudo-labels); the public API
 (``rerank``); evaluation (``evaluation/``); the adapters (``integrations/``); the
 application (``app/``), which nothing in the library imports. ``reference`` (the dense
 oracles) imports nothing of the package: it shares no code with what it checks.
@@ -31,10 +32,21 @@ MAY_IMPORT = {
     "cpu": {"base"},
     "gpu": {"base"},
     "database": {"base", "cpu"},
+    "clustering": {"base", "cpu"},
     "api": {"base", "cpu", "gpu"},
     "evaluation": {"base", "cpu", "api"},
     "integrations": {"base", "cpu", "database", "api", "evaluation"},
-    "app": {"base", "cpu", "gpu", "database", "api", "evaluation", "integrations", "reference"},
+    "app": {
+        "base",
+        "cpu",
+        "gpu",
+        "database",
+        "clustering",
+        "api",
+        "evaluation",
+        "integrations",
+        "reference",
+    },
     "entry": {"app"},
 }
 # (importer, imported): the only imports against the layers, each for a stated reason

@@ -276,3 +276,106 @@ def inductive_scores_reference(
     scores = w_final @ (m_ext @ row) + takes_query * sims**2 * (row @ m_q)
     scores *= inv_norm[-1]
     return (1 - lamb) * scores + lamb * sims
+
+
+# --- k-reciprocal Jaccard distance, for clustering (issue 17) ------------------------
+
+
+def _k_reciprocal(order: np.ndarray, i: int, width: int) -> np.ndarray:
+    """The items among the first ``width`` of row ``i`` of ``order`` whose own first
+    ``width`` contain ``i`` (in ``i``'s order)."""
+    forward = order[i, :width]
+    return np.array([j for j in forward if i in order[j, :width]], dtype=np.int64)
+
+
+def jaccard_distance_reference(features, *, k1: int = 30, k2: int = 6) -> np.ndarray:
+    """Dense ``[N, N]`` k-reciprocal Jaccard distance (Zhong et al., CVPR 2017) as the
+    unsupervised re-ID projects compute it for DBSCAN (SpCL, cluster-contrast-reid, MMT,
+    OpenUnReID: ``compute_jaccard_distance`` in ``utils/faiss_rerank.py``), in float64.
+
+    Args:
+        features: ``[N, d]`` numpy array or CPU tensor, used as given (those projects pass
+            L2-normalised rows; nothing is normalised here).
+        k1: the kNN list length, *self included*: ``1 <= k1 <= N``.
+        k2: rows averaged by the query expansion, self included: ``1 <= k2 <= k1``.
+
+    Returns:
+        ``[N, N]`` float64 distances in ``[0, 1]``, symmetric, diagonal 0 up to rounding
+        (~1e-15; but see the exact copies below).
+
+    Steps:
+        1. ``order[i]``: the ``k1`` items nearest to ``i`` by squared L2 distance
+           ``|x_i - x_j|^2``, ascending, equal distances by smaller index (a stable sort).
+        2. ``R(i, w)``: the ``j`` among ``order[i, :w]`` with ``i`` in ``order[j, :w]``.
+           The k-reciprocal set is ``R = R(i, k1)``; the half sets are ``R(c, h + 1)`` with
+           ``h = int(np.around(k1 / 2))`` (half to even: k1=5 gives 2, k1=7 gives 4).
+        3. Expansion: ``E = R`` united with ``R(c, h + 1)`` for every ``c`` in ``R`` where
+           ``|R(c, h + 1) & R| > 2/3 |R(c, h + 1)|`` (the overlap with ``R``, not with the
+           growing ``E``).
+        4. ``V[i, j] = softmax_j(-(2 - 2 x_i . x_j))`` over ``j`` in ``E``, 0 elsewhere
+           (so each row sums to 1; ``2 - 2 x_i . x_j`` is the squared distance of unit rows).
+        5. If ``k2 != 1``: ``V[i] <- mean of V[order[i, :k2]]`` (the old ``V``'s rows).
+        6. ``m[i, j] = sum_k min(V[i, k], V[j, k])``; ``D = 1 - m / (2 - m)``, which is
+           ``1 - sum min / sum max`` since the rows sum to 1; negatives set to 0.
+
+    Differs from the published code only in the kNN: theirs is FAISS's ``IndexFlatL2``
+    (float32 distances, FAISS's order among equal ones), ours float64 with the tie rule
+    above; and it computes in float32 where we use float64 (differences ~1e-7). Note that
+    the published search asks FAISS for ``k1`` neighbours (not ``k1 + 1``), so the
+    k-reciprocal lists are ``k1`` long with self, and the half lists ``h + 1`` long.
+    An item outside its own list (``k1`` or more exact copies of it with smaller indices)
+    is in no k-reciprocal set at all: its row of ``V`` is 0 before step 5, and with
+    ``k2 = 1`` its distances, its own included, are all 1, as in the published code.
+    Out-of-range ``k1``/``k2`` raise here; there ``k2 > k1`` silently averages ``k1``
+    rows and ``k1 > N`` reads FAISS's ``-1`` padding as the last row.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"features must be [N, d] with N >= 1, got shape {x.shape}")
+    n = x.shape[0]
+    if not 1 <= k1 <= n:
+        raise ValueError(f"k1 must be in [1, N] = [1, {n}] (self included), got {k1}")
+    if not 1 <= k2 <= k1:
+        raise ValueError(f"k2 must be in [1, k1] = [1, {k1}], got {k2}")
+
+    # 1. kNN lists by squared L2 distance, ties by smaller index
+    order = np.empty((n, k1), dtype=np.int64)
+    for i in range(n):
+        sq_dist = ((x - x[i]) ** 2).sum(axis=1)
+        order[i] = np.argsort(sq_dist, kind="stable")[:k1]
+
+    # 2. k-reciprocal sets and half sets
+    half = int(np.around(k1 / 2))
+    reciprocal = [_k_reciprocal(order, i, k1) for i in range(n)]
+    reciprocal_half = [_k_reciprocal(order, i, half + 1) for i in range(n)]
+
+    v = np.zeros((n, n))
+    for i in range(n):
+        r = reciprocal[i]
+        # 3. expansion by the candidates' half sets that overlap R by more than 2/3
+        expanded = set(r.tolist())
+        for c in r:
+            candidate = reciprocal_half[c]
+            overlap = len(np.intersect1d(candidate, r))
+            if 3 * overlap > 2 * len(candidate):
+                expanded.update(candidate.tolist())
+        e = np.array(sorted(expanded), dtype=np.int64)
+        if len(e) == 0:
+            continue
+        # 4. softmax of minus the distances 2 - 2 x_i . x_j
+        logits = -(2.0 - 2.0 * (x[e] @ x[i]))
+        weights = np.exp(logits - logits.max())
+        v[i, e] = weights / weights.sum()
+
+    # 5. query expansion over the k2 nearest, self included
+    if k2 != 1:
+        v = np.stack([v[order[i, :k2]].mean(axis=0) for i in range(n)])
+
+    # 6. Jaccard distance of the weighted sets; min(V[i, k], V[j, k]) = 0 where V[i, k] = 0
+    dist = np.empty((n, n))
+    for i in range(n):
+        support = np.nonzero(v[i])[0]
+        m = np.minimum(v[i, support], v[:, support]).sum(axis=1)
+        dist[i] = 1.0 - m / (2.0 - m)
+    dist[dist < 0] = 0.0
+    return dist

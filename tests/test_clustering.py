@@ -1,0 +1,166 @@
+"""The sparse k-reciprocal Jaccard distance and its DBSCAN pseudo-labels (issue 17),
+against the dense oracle ``reference.jaccard_distance_reference``.
+
+The oracle takes the features as given; it gets the canonical unit rows that
+``jaccard_distance`` works on (``checks.unit_rows``), so both rank the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import DBSCAN
+from sklearn.datasets import load_digits
+
+from triton_rerank import checks
+from triton_rerank.app.synthetic import clustered_vectors
+from triton_rerank.clustering import jaccard_distance, pseudo_labels
+from triton_rerank.reference import jaccard_distance_reference
+
+TOLERANCE = 1e-6
+
+
+def clustered(n=400, dim=32, n_clusters=25, spread=0.8, seed=0) -> np.ndarray:
+    return clustered_vectors(n, dim, n_clusters, spread=spread, seed=seed)[0]
+
+
+def with_duplicates(seed=0) -> np.ndarray:
+    """Clustered rows with exact copies: one row 25 times (more than k1=20 copies, so
+    some copies are in no k-reciprocal set), others in pairs and triples, shuffled."""
+    rng = np.random.default_rng(seed)
+    base = clustered(n=160, n_clusters=12, seed=seed)
+    rows = np.concatenate([base, np.repeat(base[:1], 24, axis=0), base[5:25], base[5:15]])
+    return rows[rng.permutation(len(rows))]
+
+
+def digits() -> np.ndarray:
+    return load_digits().data[:700].astype(np.float32)
+
+
+def assert_matches_dense(features, k1, k2, max_distance):
+    """Every stored entry equals the dense one, every dense entry below
+    ``max_distance`` is stored, the diagonal is stored, the matrix is symmetric."""
+    dense = jaccard_distance_reference(checks.unit_rows(features), k1=k1, k2=k2)
+    sparse = jaccard_distance(features, k1=k1, k2=k2, max_distance=max_distance)
+    n = dense.shape[0]
+    assert sparse.shape == (n, n) and sparse.dtype == np.float32
+    assert sparse.has_sorted_indices
+    coo = sparse.tocoo()
+    stored = np.zeros((n, n), dtype=bool)
+    stored[coo.row, coo.col] = True
+    assert len(coo.data) == stored.sum()  # no duplicate entries
+    assert np.abs(coo.data - dense[coo.row, coo.col]).max() <= TOLERANCE
+    assert stored.diagonal().all()
+    off_diagonal = coo.row != coo.col
+    assert (coo.data[off_diagonal] < max_distance).all()
+    missed = ~stored & (dense < max_distance - TOLERANCE)
+    assert not missed.any(), f"{missed.sum()} pairs below max_distance are not stored"
+    assert (stored == stored.T).all() and (sparse != sparse.T).nnz == 0
+    return dense, sparse
+
+
+def assert_same_labels(features, dense, *, eps, k1, k2, min_samples=4):
+    expected = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(dense)
+    got = pseudo_labels(features, eps=eps, min_samples=min_samples, k1=k1, k2=k2)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected)
+    return got
+
+
+@pytest.mark.parametrize("k1, k2", [(20, 6), (30, 6), (12, 1), (7, 3)])
+def test_clustered_features(k1, k2):
+    x = clustered(seed=k1)
+    dense, _ = assert_matches_dense(x, k1, k2, max_distance=0.7)
+    labels = assert_same_labels(x, dense, eps=0.6, k1=k1, k2=k2)
+    assert labels.max() >= 1  # several clusters: the comparison means something
+
+
+def test_every_pair_sharing_support_with_max_distance_1():
+    x = clustered(n=200, seed=3)
+    dense, sparse = assert_matches_dense(x, 20, 6, max_distance=1.0)
+    assert sparse.nnz == (dense < 1).sum()
+
+
+@pytest.mark.parametrize("k2", [1, 6])
+def test_duplicate_rows(k2):
+    x = with_duplicates()
+    dense, sparse = assert_matches_dense(x, 20, k2, max_distance=0.7)
+    coo = sparse.tocoo()
+    zeros = (coo.data == 0) & (coo.row != coo.col)
+    assert zeros.any()  # pairs at distance exactly 0 are stored, as explicit zeros
+    if k2 == 1:  # copies outside every reciprocal set: distance 1 to all, self included
+        assert (sparse.diagonal() == 1).any()
+    for eps in (0.3, 0.6):
+        assert_same_labels(x, dense, eps=eps, k1=20, k2=k2)
+
+
+def test_sklearn_digits():
+    x = digits()
+    dense, _ = assert_matches_dense(x, 30, 6, max_distance=0.7)
+    assert_same_labels(x, dense, eps=0.6, k1=30, k2=6)
+    assert_same_labels(x, dense, eps=0.5, k1=30, k2=6, min_samples=2)
+
+
+@pytest.mark.parametrize("n, k1, k2", [(2, 1, 1), (3, 2, 2), (6, 5, 3), (9, 4, 4)])
+def test_tiny(n, k1, k2):
+    x = clustered(n=n, dim=5, n_clusters=2, seed=n)
+    dense, _ = assert_matches_dense(x, k1, k2, max_distance=1.0)
+    assert_same_labels(x, dense, eps=0.6, k1=k1, k2=k2, min_samples=2)
+
+
+def test_torch_input_and_not_normalised_rows():
+    """Rows are made unit rows first: scaled features give the same matrix."""
+    x = clustered(n=150, seed=5)
+    expected = jaccard_distance(x, k1=10, k2=3)
+    for given in (torch.from_numpy(x), 7.5 * x.astype(np.float64)):
+        got = jaccard_distance(given, k1=10, k2=3)
+        assert (got != expected).nnz == 0
+
+
+def test_k_errors():
+    x = clustered(n=20, dim=4)
+    with pytest.raises(ValueError, match="k1=20 is larger than 19"):
+        jaccard_distance(x, k1=20)
+    with pytest.raises(ValueError, match="k1"):
+        pseudo_labels(x, k1=25)
+    with pytest.raises(ValueError, match="k2=6 is larger than 5"):
+        jaccard_distance(x, k1=5, k2=6)
+    with pytest.raises(ValueError, match="k1 must be >= 1"):
+        jaccard_distance(x, k1=0)
+    with pytest.raises(TypeError, match="k1 must be an integer"):
+        jaccard_distance(x, k1=2.5)
+    with pytest.raises(ValueError, match="at least 2 features"):
+        jaccard_distance(x[:1], k1=1, k2=1)
+
+
+@pytest.mark.parametrize(
+    "features, error, message",
+    [
+        (np.array([[1.0, 0.0], [np.nan, 1.0], [0.5, 0.5]]), ValueError, "NaN or inf in 1 row"),
+        (np.ones(5), ValueError, "must be \\[n, d\\]"),
+        (np.zeros((0, 3)), ValueError, "features is empty"),
+        (np.zeros((3, 0)), ValueError, "must be \\[n, d\\]"),
+        (np.array([[1.0, 0.0], [0.0, 0.0], [0.5, 0.5]]), ValueError, "rows of norm 0"),
+        (np.ones((3, 2), dtype=np.int64), TypeError, "must hold floats"),
+    ],
+)
+def test_bad_features(features, error, message):
+    with pytest.raises(error, match=message):
+        jaccard_distance(features, k1=1, k2=1)
+
+
+def test_bad_parameters():
+    x = clustered(n=20, dim=4)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="max_distance must be in"):
+            jaccard_distance(x, k1=5, k2=2, max_distance=bad)
+    with pytest.raises(TypeError, match="max_distance"):
+        jaccard_distance(x, k1=5, k2=2, max_distance="0.5")
+    with pytest.raises(ValueError, match="method must be one of 'jaccard'"):
+        pseudo_labels(x, method="gnn", k1=5, k2=2)
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="eps must be in"):
+            pseudo_labels(x, eps=bad, k1=5, k2=2)
+    with pytest.raises(ValueError, match="min_samples must be >= 1"):
+        pseudo_labels(x, min_samples=0, k1=5, k2=2)
