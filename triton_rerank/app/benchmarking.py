@@ -78,8 +78,9 @@ def measure_here(method: str, n: int, dim: int, seed: int = 0) -> Measurement:
         start = time.perf_counter()
         gnn_rerank_reference(xq, xg, dtype=torch.float32, similarity="matmul")
     elif method == "k-reciprocal":
-        from ..integrations.torchreid import k_reciprocal_distances
+        from ..integrations.torchreid import k_reciprocal_distances, torchreid_module
 
+        torchreid_module("metrics"), torchreid_module("utils.rerank")  # imported untimed
         tq, tg = torch.from_numpy(xq), torch.from_numpy(xg)
         start = time.perf_counter()  # the distance matrices included, as for the others
         k_reciprocal_distances(tq, tg)
