@@ -61,7 +61,9 @@ def assert_matches_dense(features, k1, k2, max_distance):
 
 
 def assert_same_labels(features, dense, *, eps, k1, k2, min_samples=4):
-    expected = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(dense)
+    # the dense float32 matrix, as the projects hold it (DBSCAN compares in float32)
+    dense32 = np.asarray(dense, dtype=np.float32)
+    expected = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(dense32)
     got = pseudo_labels(features, eps=eps, min_samples=min_samples, k1=k1, k2=k2)
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, expected)
@@ -164,3 +166,19 @@ def test_bad_parameters():
             pseudo_labels(x, eps=bad, k1=5, k2=2)
     with pytest.raises(ValueError, match="min_samples must be >= 1"):
         pseudo_labels(x, min_samples=0, k1=5, k2=2)
+
+
+def test_labels_keep_pairs_exactly_at_the_float32_eps():
+    """eps just below (in float64) the smallest distance d*, with float32(eps) == d*:
+    DBSCAN compares in float32, so the pairs at d* are neighbours (a cluster), and the
+    sparse matrix must keep them (else every point would be noise)."""
+    x = clustered(seed=5)
+    full = jaccard_distance(x, k1=12, k2=3, max_distance=1.0).tocoo()
+    off_diagonal = full.data[(full.row != full.col) & (full.data > 0)]
+    target = off_diagonal.min()
+    eps = float(np.nextafter(np.float64(target), -np.inf))
+    assert np.float32(eps) == target and eps < float(target)
+    expected = DBSCAN(eps=eps, min_samples=2, metric="precomputed").fit_predict(full.tocsr())
+    assert (expected >= 0).sum() >= 2  # the test has teeth: the pair at d* is a cluster
+    got = pseudo_labels(x, eps=eps, min_samples=2, k1=12, k2=3)
+    np.testing.assert_array_equal(got, expected)

@@ -4,7 +4,8 @@ allocator's raw failure deep inside a step).
 
 The budgets are read at call time (``limits.NAME``), so tests and sweeps can change them
 with ``monkeypatch.setattr(limits, NAME, value)``; the kNN strip size is the default of
-an argument (``strip_bytes``) and is fixed at import.
+an argument (``strip_bytes``) and is fixed at import, and ``NORM_EPS`` is a numerical
+constant that modules import by name.
 """
 
 from __future__ import annotations

@@ -56,9 +56,9 @@ def pseudo_labels(
     if not 0.0 < eps < 1.0:
         raise ValueError(f"eps must be in (0, 1), got {eps}")
     min_samples = checks.check_int(min_samples, "min_samples", minimum=1)
-    # keep every pair with float32 distance <= eps: d < the next float64 above eps
-    distances = jaccard_distance(
-        features, k1=k1, k2=k2, max_distance=float(np.nextafter(eps, np.inf))
-    )
+    # DBSCAN compares the float32 distances with eps in float32 (numpy's weak Python
+    # scalars): keep every pair with float32 distance <= float32(eps)
+    cutoff = float(np.nextafter(float(np.float32(eps)), np.inf))
+    distances = jaccard_distance(features, k1=k1, k2=k2, max_distance=cutoff)
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(distances)
     return labels.astype(np.int64)

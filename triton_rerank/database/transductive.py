@@ -3,7 +3,7 @@
 ``gnn_rerank(xq, xb)`` makes queries and database items nodes of one graph. The
 database-to-database part of that graph's kNN step does not depend on the queries,
 so it can be computed once and reused: a new batch only adds its query-query and
-query-database similarities (``graph.knn_with_database``). The lists are the canonical
+query-database similarities (``cpu/knn.py`` ``knn_with_database``). The lists are the canonical
 ones either way (the tie rule is a total order, so they do not depend on the order in
 which candidates arrive). Propagation and scoring then run as in
 :func:`triton_rerank.gnn_rerank`, and the results are the same.

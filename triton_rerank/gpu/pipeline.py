@@ -1,15 +1,15 @@
 """The Triton backend: GNN re-ranking with the kernels of ``triton_rerank.gpu``.
 
-Mirrors the CPU path (``rerank._run_cpu``: kNN, ``propagate``, ``rerank_scores``) on the
+Mirrors the CPU path (``cpu/pipeline.py`` ``run_cpu``: kNN, propagation, scoring) on the
 features' device: a CUDA GPU, or the CPU under ``TRITON_INTERPRET=1``.
 
 1. kNN: the canonical lists (``triton_rerank/canonical.py``, equal to the CPU path's):
    the streaming top-k kernel over ``U @ U.T`` (never written whole) as a float16 pass,
-   canonical rescoring of its candidates and a certificate (``kernels/certified_topk.py``).
+   canonical rescoring of its candidates and a certificate (``gpu/certified_topk.py``).
 2. Propagation on sparse CSR rows: ``A + A.T`` once per round (a torch coalesce), then
    the sparse aggregation kernel (normalised rows straight to CSR). As on the CPU path,
    the last round is built for the queries only; the gallery needs only its norms (see
-   ``propagate.PropagatedGraph``).
+   ``cpu/propagation.py`` ``PropagatedGraph``).
 3. Scores per block of queries: ``z = A[queries] @ M`` (dense aggregation kernel), then
    the scoring kernels: the full ``[q, g]`` matrix, or the streaming top-K.
 
@@ -40,7 +40,7 @@ from .topk_similarity import topk_similarity
 @dataclass(frozen=True)
 class GpuGraph:
     """What the final scoring needs after propagation (the GPU twin of
-    ``propagate.PropagatedGraph``, in the caller's node order).
+    ``cpu/propagation.py`` ``PropagatedGraph``, in the caller's node order).
 
     Attributes:
         query_rows: ``[q, N]`` the final rows of the queries.
@@ -96,7 +96,7 @@ def symmetrise(a: CsrRows) -> CsrRows:
 def propagate(
     knn_values: torch.Tensor, knn_indices: torch.Tensor, *, n_query: int, k2: int, iterations: int
 ) -> GpuGraph:
-    """Steps 2-4 on the kNN lists' device; arguments as ``propagate.propagate``
+    """Steps 2-4 on the kNN lists' device; arguments as ``cpu/propagation.py`` ``propagate``
     (``[N, k1]`` tensors here)."""
     n, k1 = knn_indices.shape
     ones = torch.ones(n, k1, dtype=torch.float32, device=knn_indices.device)

@@ -4,7 +4,7 @@
 The GNN term uses the two-hop form of ``tiles.two_hop_tile`` (``z = A[queries] @ M``
 comes from ``aggregate.aggregate_dense``), the ``lamb`` term a ``tl.dot`` tile over the
 features, both in one score tile. The full block is written tile by tile; the top-K
-path streams over gallery tiles with the kernel of ``topk_similarity.py`` and writes
+path streams over gallery tiles with the kernel of ``streaming_topk.py`` and writes
 only ``[b, K]``.
 """
 

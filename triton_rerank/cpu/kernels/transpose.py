@@ -14,10 +14,10 @@ def transpose(indptr, indices, values, n_cols, out_indices, out_values):
     Args:
         indptr: ``[n_rows + 1]`` int64.
         indices: ``[nnz]`` int64 column ids.
-        values: ``[nnz]`` float32.
+        values: ``[nnz]`` float32 (or float64: the Jaccard weights).
         n_cols: number of columns.
         out_indices: ``[nnz]`` int64 output (may be a view into a larger array).
-        out_values: ``[nnz]`` float32 output.
+        out_values: ``[nnz]`` output of values' dtype.
 
     Returns:
         ``[n_cols + 1]`` int64 indptr of the transpose; within each of its rows the
