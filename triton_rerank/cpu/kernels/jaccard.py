@@ -166,19 +166,8 @@ def expanded_weights(ranks, sims, nodes, k1: int):
     half_k = int(np.around(k1 / 2))
     recip, recip_counts = reciprocal_lists(ranks, k1)
     half, half_counts = reciprocal_lists(ranks, half_k + 1)
-    counts = np.zeros(n, dtype=np.int64)
-    empty_i, empty_f = np.zeros(1, np.int64), np.zeros(1, np.float64)
-    args = (recip, recip_counts, half, half_counts, ranks, sims, nodes, counts)
-    parallel_chunks(
-        _expansion_chunk, n, False, *args, empty_i, empty_i, empty_f, min_size=_MIN_ROWS_PER_CHUNK
-    )
-    indptr = _indptr(counts)
-    cols = np.empty(indptr[-1], dtype=np.int64)
-    vals = np.empty(indptr[-1], dtype=np.float64)
-    parallel_chunks(
-        _expansion_chunk, n, True, *args, indptr, cols, vals, min_size=_MIN_ROWS_PER_CHUNK
-    )
-    return indptr, cols, vals
+    args = (recip, recip_counts, half, half_counts, ranks, sims, nodes)
+    return _count_then_fill(_expansion_chunk, n, args, np.float64)
 
 
 @njit(nogil=True)
@@ -225,34 +214,8 @@ def query_expansion(ranks, k2: int, indptr, cols, vals):
         ``(indptr [N + 1], columns [nnz], values [nnz] float64)``, rows ascending by
         column; every entry is a sum over ``t`` in order, then divided by ``k2``.
     """
-    n = ranks.shape[0]
-    counts = np.zeros(n, dtype=np.int64)
-    args = (ranks, k2, indptr, cols, vals, counts)
-    empty_i, empty_f = np.zeros(1, np.int64), np.zeros(1, np.float64)
-    parallel_chunks(
-        _query_expansion_chunk,
-        n,
-        False,
-        *args,
-        empty_i,
-        empty_i,
-        empty_f,
-        min_size=_MIN_ROWS_PER_CHUNK,
-    )
-    out_indptr = _indptr(counts)
-    out_cols = np.empty(out_indptr[-1], dtype=np.int64)
-    out_vals = np.empty(out_indptr[-1], dtype=np.float64)
-    parallel_chunks(
-        _query_expansion_chunk,
-        n,
-        True,
-        *args,
-        out_indptr,
-        out_cols,
-        out_vals,
-        min_size=_MIN_ROWS_PER_CHUNK,
-    )
-    return out_indptr, out_cols, out_vals
+    args = (ranks, k2, indptr, cols, vals)
+    return _count_then_fill(_query_expansion_chunk, ranks.shape[0], args, np.float64)
 
 
 @njit(nogil=True)
@@ -329,26 +292,8 @@ def jaccard_upper(indptr, cols, vals, max_distance: float):
     inv_rows = np.empty_like(cols)
     inv_vals = np.empty_like(vals)
     inv_indptr = transpose(indptr, cols, vals, n, inv_rows, inv_vals)
-    counts = np.zeros(n, dtype=np.int64)
-    args = (indptr, cols, vals, inv_indptr, inv_rows, inv_vals, float(max_distance), counts)
-    empty_i, empty_f = np.zeros(1, np.int64), np.zeros(1, np.float32)
-    parallel_chunks(
-        _jaccard_chunk, n, False, *args, empty_i, empty_i, empty_f, min_size=_MIN_ROWS_PER_CHUNK
-    )
-    out_indptr = _indptr(counts)
-    out_cols = np.empty(out_indptr[-1], dtype=np.int64)
-    out_vals = np.empty(out_indptr[-1], dtype=np.float32)
-    parallel_chunks(
-        _jaccard_chunk,
-        n,
-        True,
-        *args,
-        out_indptr,
-        out_cols,
-        out_vals,
-        min_size=_MIN_ROWS_PER_CHUNK,
-    )
-    return out_indptr, out_cols, out_vals
+    args = (indptr, cols, vals, inv_indptr, inv_rows, inv_vals, float(max_distance))
+    return _count_then_fill(_jaccard_chunk, n, args, np.float32)
 
 
 @njit(nogil=True)
@@ -406,6 +351,26 @@ def symmetric_rows(up_indptr, up_cols, up_vals, diagonal):
         min_size=_MIN_ROWS_PER_CHUNK,
     )
     return out_indptr, out_cols, out_vals
+
+
+def _count_then_fill(chunk, n: int, args: tuple, value_dtype):
+    """CSR rows of variable length from a two-pass row kernel
+    ``chunk(start, stop, fill, *args, counts, indptr, cols, vals)``: a counting pass
+    (``fill`` False: writes ``counts[i]``), then a filling pass into the allocated arrays.
+
+    Returns:
+        ``(indptr [n + 1] int64, columns [nnz] int64, values [nnz] value_dtype)``.
+    """
+    counts = np.zeros(n, dtype=np.int64)
+    empty_i, empty_v = np.zeros(1, np.int64), np.zeros(1, value_dtype)
+    parallel_chunks(
+        chunk, n, False, *args, counts, empty_i, empty_i, empty_v, min_size=_MIN_ROWS_PER_CHUNK
+    )
+    indptr = _indptr(counts)
+    cols = np.empty(indptr[-1], dtype=np.int64)
+    vals = np.empty(indptr[-1], dtype=value_dtype)
+    parallel_chunks(chunk, n, True, *args, counts, indptr, cols, vals, min_size=_MIN_ROWS_PER_CHUNK)
+    return indptr, cols, vals
 
 
 def _indptr(counts: np.ndarray) -> np.ndarray:
