@@ -20,7 +20,15 @@ difference over the pairs we store, the pairs below 0.7 we do not store (0 expec
 and the agreement of the labels.
 
 Features: ``app.synthetic.clustered_vectors`` unit rows, d=2048, the Market-1501
-training shape (12,936 images, 751 identities) and the MSMT17 one (32,621, 1,041).
+training shape (12,936 images, 751 identities), the MSMT17 one (32,621, 1,041) and
+200,000 images of 11,765 identities (ours only: the published code would need about
+160 GB per dense matrix).
+
+A second table clusters Fashion-MNIST (all 70,000 real images, raw pixels, Debian's
+``dataset-fashion-mnist``) by each method of ``pseudo_labels`` with its defaults
+(Jaccard: k1=30, k2=6, eps=0.6; GNN: k1=26, k2=7, eps by the rho rule, rho=1.6e-3;
+cosine: eps by the rho rule) and scores the labels against the classes (NMI, ARI;
+outliers count as one group), one fresh process per method.
 
     .venv/bin/python benchmarks/clustering.py --published FILE   # results/clustering.*
     .venv/bin/python benchmarks/clustering.py --quick            # small, nothing saved
@@ -43,7 +51,12 @@ from common import benchmark_parser, machine, peak_rss_mb, publish, run_child
 METHODS = ("ours", "published")
 K1, K2, EPS, MIN_SAMPLES, MAX_DISTANCE = 30, 6, 0.6, 4, 0.7
 DIM = 2048
-SHAPES = {"Market-1501 train": (12936, 751), "MSMT17 train": (32621, 1041)}
+SHAPES = {
+    "Market-1501 train": (12936, 751),
+    "MSMT17 train": (32621, 1041),
+    "200k images": (200000, 11765),
+}
+CLUSTER_METHODS = ("jaccard", "gnn", "cosine")
 QUICK_SHAPES = {"quick": (1500, 100)}
 SPREAD = 1.0  # within an identity cosine ~ 1 / (1 + spread^2) = 0.5, across ~ 0
 
@@ -84,6 +97,7 @@ def run_published(data_path: str, published: str, ours: str) -> dict:
     from sklearn.cluster import DBSCAN
     from sklearn.metrics import adjusted_rand_score
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(published)))  # its own helpers
     spec = importlib.util.spec_from_file_location("published_rerank", published)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -141,8 +155,39 @@ def run_published(data_path: str, published: str, ours: str) -> dict:
     return report
 
 
+def run_fashion(method: str, quick: bool) -> dict:
+    """One method of ``pseudo_labels`` on Fashion-MNIST, scored against the classes."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from triton_rerank.app.data import load_fashion_mnist
+    from triton_rerank.clustering.pseudo_labels import cluster
+
+    images, classes = load_fashion_mnist()
+    if quick:
+        images, classes = images[:3000], classes[:3000]
+    cluster(images[:300], method=method)  # compiles the kernels (or loads them)
+    before_rss = peak_rss_mb()
+    start = time.perf_counter()
+    found = cluster(images, method=method)
+    seconds = time.perf_counter() - start
+    labels = found.labels
+    return {
+        "method": method,
+        "images": int(len(images)),
+        "eps": found.eps,
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": before_rss,
+        "stored_pairs": found.stored_pairs,
+        "clusters": int(labels.max() + 1),
+        "noise": int((labels == -1).sum()),
+        "nmi": float(normalized_mutual_info_score(classes, labels)),
+        "ari": float(adjusted_rand_score(classes, labels)),
+    }
+
+
 def main() -> None:
-    parser = benchmark_parser(__doc__.splitlines()[0], METHODS)
+    parser = benchmark_parser(__doc__.splitlines()[0], METHODS + ("fashion",))
     parser.add_argument("--published", help="a file defining compute_jaccard_distance")
     parser.add_argument("--ours", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -152,7 +197,14 @@ def main() -> None:
         help="run the published code only up to this N (default 40000: its dense "
         "float32 matrices need up to 3 x 4 N^2 bytes, 13 GB at N=32,621)",
     )
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--skip-fashion", action="store_true", help="leave out the Fashion-MNIST table"
+    )
     args = parser.parse_args()
+    if args.child == "fashion":
+        print(json.dumps(run_fashion(args.method, args.quick)))
+        return
     if args.child == "ours":
         print(json.dumps(run_ours(args.data, args.out)))
         return
@@ -183,6 +235,13 @@ def main() -> None:
                     + ["--ours", ours_out],
                 )
             results[name] = {"n": n, "ids": n_ids, "runs": runs}
+            del x
+    fashion = {}
+    if not args.skip_fashion:
+        for method in CLUSTER_METHODS:
+            print(f"Fashion-MNIST: {method} ...", file=sys.stderr, flush=True)
+            child = ["--child", "fashion", "--method", method] + (["--quick"] if args.quick else [])
+            fashion[method] = run_child(__file__, child)
 
     lines = [
         "# Sparse k-reciprocal Jaccard distance + DBSCAN pseudo-labels",
@@ -200,17 +259,24 @@ def main() -> None:
         "for ours, a small warm-up call); published = the projects' `compute_jaccard_distance` "
         "(FAISS `IndexFlatL2` on the CPU, dense float32 `V` and distances).",
         "",
-        "| data | N | run | Jaccard (s) | DBSCAN (s) | total (s) | peak RSS (MB) "
-        "| RSS before the call (MB) | stored pairs | clusters | noise |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| data | N | run | Jaccard (s) | DBSCAN (s) | total (s) | published / ours "
+        "| peak RSS (MB) | RSS before the call (MB) | stored pairs | clusters | noise |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, result in results.items():
-        for method, r in result["runs"].items():
+        runs = result["runs"]
+        for method, r in runs.items():
             stored = f"{r['nnz']:,}" if "nnz" in r else f"{result['n'] ** 2:,} (dense)"
+            ratio = (
+                f"{runs['published']['seconds'] / r['seconds']:.1f}x"
+                if method == "ours" and "published" in runs
+                else ""
+            )
             lines.append(
-                f"| {name} | {result['n']:,} | {method} | {r['jaccard_seconds']:.1f} | "
-                f"{r['dbscan_seconds']:.1f} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
-                f"{r['rss_before_mb']:.0f} | {stored} | {r['clusters']} | {r['noise']} |"
+                f"| {name} | {result['n']:,} | {method} | {r['jaccard_seconds']:.2f} | "
+                f"{r['dbscan_seconds']:.2f} | {r['seconds']:.2f} | {ratio} | "
+                f"{r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} | {stored} | "
+                f"{r['clusters']} | {r['noise']} |"
             )
     compared = [
         (name, r["runs"]["published"]) for name, r in results.items() if "published" in r["runs"]
@@ -231,7 +297,28 @@ def main() -> None:
                 f"{r['dense_pairs_below_max_not_stored']} | {r['labels_identical']} | "
                 f"{r['adjusted_rand']:.6f} |"
             )
-    publish("clustering", "\n".join(lines) + "\n", {"results": results}, save=not args.quick)
+    if fashion:
+        lines += [
+            "",
+            f"Fashion-MNIST ({next(iter(fashion.values()))['images']:,} images, 10 classes), "
+            "`pseudo_labels` defaults per method, DBSCAN min_samples=4:",
+            "",
+            "| method | eps | time (s) | peak RSS (MB) | stored pairs | clusters | outliers "
+            "| NMI | ARI |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for method, r in fashion.items():
+            lines.append(
+                f"| {method} | {r['eps']:.4f} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
+                f"{r['stored_pairs']:,} | {r['clusters']} | {r['noise']:,} | {r['nmi']:.3f} | "
+                f"{r['ari']:.3f} |"
+            )
+    publish(
+        "clustering",
+        "\n".join(lines) + "\n",
+        {"results": results, "fashion_mnist": fashion},
+        save=not args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -97,3 +97,41 @@ def exact_with_duplicates(rng, n_query, n_gallery):
     xg[1::7] = xg[0::7][: len(xg[1::7])]
     xg[-1] = xq[0]
     return xq, xg
+
+
+# --- clustering: data and the sparse-against-dense comparison -----------------------
+
+
+def clustered(n=400, dim=32, n_clusters=25, spread=0.8, seed=0) -> np.ndarray:
+    from triton_rerank.app.synthetic import clustered_vectors
+
+    return clustered_vectors(n, dim, n_clusters, spread=spread, seed=seed)[0]
+
+
+def clustered_with_duplicates(seed=0) -> np.ndarray:
+    """Clustered rows with exact copies: one row 25 times (more than k1=20 copies, so
+    some copies are in no k-reciprocal set), others in pairs and triples, shuffled."""
+    rng = np.random.default_rng(seed)
+    base = clustered(n=160, n_clusters=12, seed=seed)
+    rows = np.concatenate([base, np.repeat(base[:1], 24, axis=0), base[5:25], base[5:15]])
+    return rows[rng.permutation(len(rows))]
+
+
+def assert_sparse_matches_dense(sparse, dense: np.ndarray, max_distance: float, atol: float):
+    """``sparse`` holds exactly the pairs of ``dense`` below ``max_distance`` (up to
+    ``atol`` at the cutoff), each within ``atol``, plus the diagonal; it is symmetric,
+    float32, with sorted columns and no duplicate entries."""
+    n = dense.shape[0]
+    assert sparse.shape == (n, n) and sparse.dtype == np.float32
+    assert sparse.has_sorted_indices
+    coo = sparse.tocoo()
+    stored = np.zeros((n, n), dtype=bool)
+    stored[coo.row, coo.col] = True
+    assert len(coo.data) == stored.sum()  # no duplicate entries
+    assert np.abs(coo.data - dense[coo.row, coo.col]).max() <= atol
+    assert stored.diagonal().all()
+    off_diagonal = coo.row != coo.col
+    assert (coo.data[off_diagonal] < max_distance).all()
+    missed = ~stored & (dense < max_distance - atol)
+    assert not missed.any(), f"{missed.sum()} pairs below max_distance are not stored"
+    assert (stored == stored.T).all() and (sparse != sparse.T).nnz == 0

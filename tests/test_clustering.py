@@ -10,28 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from compare import assert_sparse_matches_dense, clustered, clustered_with_duplicates
 from sklearn.cluster import DBSCAN
 from sklearn.datasets import load_digits
 
 from triton_rerank import checks
-from triton_rerank.app.synthetic import clustered_vectors
 from triton_rerank.clustering import jaccard_distance, pseudo_labels
 from triton_rerank.reference import jaccard_distance_reference
 
 TOLERANCE = 1e-6
-
-
-def clustered(n=400, dim=32, n_clusters=25, spread=0.8, seed=0) -> np.ndarray:
-    return clustered_vectors(n, dim, n_clusters, spread=spread, seed=seed)[0]
-
-
-def with_duplicates(seed=0) -> np.ndarray:
-    """Clustered rows with exact copies: one row 25 times (more than k1=20 copies, so
-    some copies are in no k-reciprocal set), others in pairs and triples, shuffled."""
-    rng = np.random.default_rng(seed)
-    base = clustered(n=160, n_clusters=12, seed=seed)
-    rows = np.concatenate([base, np.repeat(base[:1], 24, axis=0), base[5:25], base[5:15]])
-    return rows[rng.permutation(len(rows))]
 
 
 def digits() -> np.ndarray:
@@ -39,24 +26,10 @@ def digits() -> np.ndarray:
 
 
 def assert_matches_dense(features, k1, k2, max_distance):
-    """Every stored entry equals the dense one, every dense entry below
-    ``max_distance`` is stored, the diagonal is stored, the matrix is symmetric."""
+    """The sparse matrix against the dense oracle (``compare.assert_sparse_matches_dense``)."""
     dense = jaccard_distance_reference(checks.unit_rows(features), k1=k1, k2=k2)
     sparse = jaccard_distance(features, k1=k1, k2=k2, max_distance=max_distance)
-    n = dense.shape[0]
-    assert sparse.shape == (n, n) and sparse.dtype == np.float32
-    assert sparse.has_sorted_indices
-    coo = sparse.tocoo()
-    stored = np.zeros((n, n), dtype=bool)
-    stored[coo.row, coo.col] = True
-    assert len(coo.data) == stored.sum()  # no duplicate entries
-    assert np.abs(coo.data - dense[coo.row, coo.col]).max() <= TOLERANCE
-    assert stored.diagonal().all()
-    off_diagonal = coo.row != coo.col
-    assert (coo.data[off_diagonal] < max_distance).all()
-    missed = ~stored & (dense < max_distance - TOLERANCE)
-    assert not missed.any(), f"{missed.sum()} pairs below max_distance are not stored"
-    assert (stored == stored.T).all() and (sparse != sparse.T).nnz == 0
+    assert_sparse_matches_dense(sparse, dense, max_distance, TOLERANCE)
     return dense, sparse
 
 
@@ -86,7 +59,7 @@ def test_every_pair_sharing_support_with_max_distance_1():
 
 @pytest.mark.parametrize("k2", [1, 6])
 def test_duplicate_rows(k2):
-    x = with_duplicates()
+    x = clustered_with_duplicates()
     dense, sparse = assert_matches_dense(x, 20, k2, max_distance=0.7)
     coo = sparse.tocoo()
     zeros = (coo.data == 0) & (coo.row != coo.col)
@@ -160,7 +133,7 @@ def test_bad_parameters():
     with pytest.raises(TypeError, match="max_distance"):
         jaccard_distance(x, k1=5, k2=2, max_distance="0.5")
     with pytest.raises(ValueError, match="method must be one of 'jaccard'"):
-        pseudo_labels(x, method="gnn", k1=5, k2=2)
+        pseudo_labels(x, method="spectral", k1=5, k2=2)
     for bad in (0.0, 1.0):
         with pytest.raises(ValueError, match="eps must be in"):
             pseudo_labels(x, eps=bad, k1=5, k2=2)

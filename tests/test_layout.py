@@ -32,7 +32,7 @@ MAY_IMPORT = {
     "cpu": {"base"},
     "gpu": {"base"},
     "database": {"base", "cpu"},
-    "clustering": {"base", "cpu"},
+    "clustering": {"base", "cpu", "gpu", "api"},
     "api": {"base", "cpu", "gpu"},
     "evaluation": {"base", "cpu", "api"},
     "integrations": {"base", "cpu", "database", "api", "evaluation"},

@@ -104,7 +104,7 @@ def unit_rows_with_torch(x: torch.Tensor, out: torch.Tensor) -> None:
 _NORM_ROWS_PER_CHUNK = 4096
 
 
-def _norm_slack(dim: int) -> float:
+def norm_slack(dim: int) -> float:
     """Factor that rounds a float64 row norm up past its own rounding error."""
     return 1 + (dim + 4) * FP64_UNIT
 
@@ -115,7 +115,7 @@ def row_norms(x: torch.Tensor) -> torch.Tensor:
     for start in range(0, x.shape[0], _NORM_ROWS_PER_CHUNK):
         rows = x[start : start + _NORM_ROWS_PER_CHUNK].to(torch.float64)
         torch.linalg.vector_norm(rows, dim=1, out=norms[start : start + _NORM_ROWS_PER_CHUNK])
-    return norms * _norm_slack(x.shape[1])
+    return norms * norm_slack(x.shape[1])
 
 
 def canonical_error(x_norms: torch.Tensor, y_norm: float, dim: int) -> torch.Tensor:
@@ -159,7 +159,7 @@ def bf16_rounding(x: torch.Tensor):
         torch.linalg.vector_norm(rounded, dim=1, out=rounded_norms[rows])
         rounded -= x[rows].to(torch.float64)  # exact: both are float32 values
         torch.linalg.vector_norm(rounded, dim=1, out=error_norms[rows])
-    scale = _norm_slack(x.shape[1])
+    scale = norm_slack(x.shape[1])
     return x_bf16, rounded_norms * scale, error_norms * scale
 
 
@@ -187,11 +187,17 @@ def bf16_product_error(
     return (1 + 4 * FP32_UNIT) * (rounding + summing) + 4 * (dim + 1) * FP32_TINY
 
 
+# The bfloat16 output rounding of a product entry ``s``: ``|bf16(s) - s|`` is at most
+# ``BF16_OUTPUT_RELATIVE |bf16(s)| + BF16_OUTPUT_ABSOLUTE`` (see bf16_output_slack).
+BF16_OUTPUT_RELATIVE = BF16_UNIT / (1 - BF16_UNIT)
+BF16_OUTPUT_ABSOLUTE = 2.0**-133
+
+
 def bf16_output_slack(last_values: torch.Tensor) -> torch.Tensor:
     """How far above ``a`` the float32 sum of a product entry can be when its bfloat16
     output is at most ``a`` (round to nearest: ``|bf16(s) - s| <= 2**-8 |s|``, or half the
     smallest subnormal step)."""
-    return last_values.abs() * (BF16_UNIT / (1 - BF16_UNIT)) + 2.0**-133
+    return last_values.abs() * BF16_OUTPUT_RELATIVE + BF16_OUTPUT_ABSOLUTE
 
 
 def certify_threshold(

@@ -379,3 +379,45 @@ def jaccard_distance_reference(features, *, k1: int = 30, k2: int = 6) -> np.nda
         dist[i] = 1.0 - m / (2.0 - m)
     dist[dist < 0] = 0.0
     return dist
+
+
+def gnn_distance_reference(
+    features, *, k1: int = 26, k2: int = 7, iterations: int = 2, lamb: float = 0.3
+) -> np.ndarray:
+    """Dense ``[N, N]`` GNN re-ranked distance of every pair of features, in float64:
+    ``max(0, 1 - s)`` with ``s = (1 - lamb) A @ A.T + lamb C`` (``A`` the propagated rows
+    of :func:`propagated_rows` on the canonical unit rows, ``C`` their canonical
+    similarities), and 0 on the diagonal.
+
+    Args:
+        features: ``[N, d]`` numpy array or CPU tensor (made canonical unit rows here).
+        k1, k2, iterations, lamb: as :func:`triton_rerank.gnn_rerank` (not validated).
+    """
+    nodes = unit_rows(_as_tensor(features, torch.float64))
+    a = propagated_rows(nodes, k1=k1, k2=k2, iterations=iterations)
+    scores = (1 - lamb) * (a @ a.T) + lamb * canonical_similarities(nodes).double()
+    distance = torch.clamp(1 - scores, min=0).numpy()
+    np.fill_diagonal(distance, 0.0)
+    return distance
+
+
+def cosine_distance_reference(features) -> np.ndarray:
+    """Dense ``[N, N]`` cosine distance ``max(0, 1 - C)`` of the canonical unit rows
+    (``C`` their canonical similarities), float64, 0 on the diagonal."""
+    nodes = unit_rows(_as_tensor(features, torch.float64))
+    distance = torch.clamp(1 - canonical_similarities(nodes).double(), min=0).numpy()
+    np.fill_diagonal(distance, 0.0)
+    return distance
+
+
+def eps_from_rho_reference(distances: np.ndarray, rho: float) -> float:
+    """The DBSCAN radius of the unsupervised re-ID projects (the ``rho`` rule of their
+    training scripts, e.g. SSG and the UDA examples that SpCL builds on), on a dense
+    ``[N, N]`` distance matrix, as they write it: the strict upper triangle's non-zero
+    entries, sorted; ``top = round(rho * count)`` (half to even); ``eps`` the mean of the
+    ``top`` smallest, in the matrix's dtype."""
+    upper = np.triu(distances, 1)
+    upper = upper[np.nonzero(upper)]
+    upper = np.sort(upper, axis=None)
+    top = np.round(rho * upper.size).astype(int)
+    return float(upper[:top].mean())

@@ -8,6 +8,8 @@
                                            report mAP on the other half, draw a heat-map
     triton-rerank bench                    time ours vs dense reference vs k-reciprocal
                                            over N, plot time and memory (log-log)
+    triton-rerank cluster FILE [--json]    DBSCAN pseudo-labels by Jaccard, GNN and cosine
+                                           distance: clusters, outliers, NMI, ARI, time
 
 User errors (missing, damaged or malformed files, missing labels, out-of-range
 options) print one line ``triton-rerank: error: <file>: <key>: <problem>`` (the file
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cluster_command import add_cluster_command
 from .data import FASHION_MNIST_DIR, unit_rows
 
 EXIT_USAGE = 2
@@ -665,6 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.set_defaults(run=_bench)
+
+    add_cluster_command(commands, _add_gnn_options)
     return parser
 
 

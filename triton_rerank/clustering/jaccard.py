@@ -27,7 +27,8 @@ Every row of ``V`` has a support of ``O(k1 * k2)`` columns, so ``m`` is a sparse
 "min-sum" join: row ``i`` walks the inverted lists of its columns (which rows hold
 column ``k``), and only pairs that share a column can have ``d < 1``. Memory is
 ``O(N k1 k2)`` for ``V`` and its inverted index, plus the output; the kernels are in
-``cpu/kernels/jaccard.py``.
+``cpu/kernels/jaccard.py``. The kNN lists come from the CPU path, or from the Triton
+kernels for CUDA tensors (the same lists).
 
 Differences from the published code. The kNN lists are exact (canonical similarities,
 the tie rule) where FAISS ranks by float32 ``|x|^2 + |y|^2 - 2 x.y``, whose error (about
@@ -41,37 +42,24 @@ oracle is ``triton_rerank.reference.jaccard_distance_reference`` (tests/test_clu
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import scipy.sparse
-import torch
 
 from .. import checks
-from ..cpu.kernels.jaccard import expanded_weights, jaccard_upper, query_expansion, symmetric_rows
-from ..cpu.knn import knn_graph
+from ..cpu.kernels.jaccard import expanded_weights, jaccard_upper, query_expansion
+from .inputs import (
+    checked_features,
+    checked_max_distance,
+    knn_backend,
+    knn_lists,
+    symmetric_matrix,
+)
 
 # Pairs kept by default: d < 0.7 covers the DBSCAN eps of the projects (0.6 in SpCL and
 # cluster-contrast-reid, SpCL's loose 0.62, 0.5 with k1=15, k2=4) while keeping the
 # output near the size of the clusters themselves: d < t needs m > 2 (1 - t) / (2 - t),
 # a large share of a row's weight, which few rows can have in common with it.
 DEFAULT_MAX_DISTANCE = 0.7
-
-
-def checked_features(features, name: str = "features") -> np.ndarray:
-    """``features`` (numpy array, torch tensor on any device, or array-like) as
-    ``[N, d]`` float32 canonical unit rows.
-
-    Raises:
-        ValueError: not 2-D, no rows, no columns, NaN or inf, or a row of norm 0.
-        TypeError: not floating point.
-    """
-    x = checks.as_numpy(features)
-    if x.ndim == 2 and x.shape[0] == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(x.shape)} has no rows")
-    if x.size and not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{name} must hold floats, got dtype {x.dtype}")
-    return checks.unit_rows(x, name)
 
 
 def checked_k(k1, k2, n: int) -> tuple[int, int]:
@@ -89,8 +77,36 @@ def checked_k(k1, k2, n: int) -> tuple[int, int]:
     return k1, k2
 
 
+def jaccard_upper_triangle(
+    features, *, k1: int, k2: int, max_distance: float, backend: str = "auto"
+):
+    """The checked-input part of :func:`jaccard_distance`: its strict upper triangle
+    ``(indptr [N + 1], columns, values)`` (pairs with ``d < max_distance``) and its
+    ``[N]`` float32 diagonal."""
+    backend = knn_backend(features, backend)
+    nodes = checked_features(features)
+    n = nodes.shape[0]
+    k1, k2 = checked_k(k1, k2, n)
+    max_distance = checked_max_distance(max_distance, 1.0)
+    device = getattr(features, "device", None)
+    sims, ranks = knn_lists(nodes, k1, backend=backend, device=device)
+    weights = expanded_weights(ranks, sims, nodes, k1)  # V: (indptr, columns, values)
+    if k2 > 1:
+        weights = query_expansion(ranks, k2, *weights)
+    del sims, ranks
+    upper = jaccard_upper(*weights, max_distance)
+    empty_row = np.diff(weights[0]) == 0
+    diagonal = np.where(empty_row, np.float32(1.0), np.float32(0.0)).astype(np.float32)
+    return upper, diagonal
+
+
 def jaccard_distance(
-    features, *, k1: int = 30, k2: int = 6, max_distance: float = DEFAULT_MAX_DISTANCE
+    features,
+    *,
+    k1: int = 30,
+    k2: int = 6,
+    max_distance: float = DEFAULT_MAX_DISTANCE,
+    backend: str = "auto",
 ) -> scipy.sparse.csr_matrix:
     """The k-reciprocal Jaccard distance of every pair of features closer than
     ``max_distance``, as a sparse matrix (the algorithm is in the module doc).
@@ -106,6 +122,10 @@ def jaccard_distance(
             nearly ``N x N`` (every other pair is at distance exactly 1). The default 0.7
             covers the DBSCAN ``eps`` of the projects and keeps the output about the
             size of the clusters.
+        backend: where the kNN lists are computed: ``"auto"`` (the Triton kernels for
+            CUDA tensors, the CPU otherwise), ``"cpu"`` or ``"triton"`` (as
+            :func:`triton_rerank.gnn_rerank`); the lists, and so the distances, are the
+            same. The rest runs on the CPU.
 
     Returns:
         ``[N, N]`` float32 CSR matrix, symmetric, each row's columns ascending, holding
@@ -119,29 +139,11 @@ def jaccard_distance(
 
     Raises:
         ValueError: bad features (not 2-D, empty, NaN or inf, a zero row), ``k1 >= N``,
-            ``k2 > k1``, or ``max_distance`` outside ``(0, 1]``.
+            ``k2 > k1``, ``max_distance`` outside ``(0, 1]``, or an unknown backend.
         TypeError: a non-integer ``k1`` or ``k2``, a non-float ``max_distance`` or
             non-float features.
     """
-    nodes = checked_features(features)
-    n = nodes.shape[0]
-    k1, k2 = checked_k(k1, k2, n)
-    if isinstance(max_distance, bool) or not isinstance(max_distance, numbers.Real):
-        raise TypeError(f"max_distance must be a real number in (0, 1], got {max_distance!r}")
-    if not 0.0 < float(max_distance) <= 1.0:
-        raise ValueError(f"max_distance must be in (0, 1], got {max_distance}")
-
-    sims, ranks, _ = knn_graph(torch.from_numpy(nodes), k1)
-    weights = expanded_weights(ranks, sims, nodes, k1)  # V: (indptr, columns, values)
-    if k2 > 1:
-        weights = query_expansion(ranks, k2, *weights)
-    del sims, ranks
-    upper = jaccard_upper(*weights, float(max_distance))
-    empty_row = np.diff(weights[0]) == 0
-    del weights
-    diagonal = np.where(empty_row, np.float32(1.0), np.float32(0.0)).astype(np.float32)
-    indptr, columns, values = symmetric_rows(*upper, diagonal)
-    del upper
-    matrix = scipy.sparse.csr_matrix((values, columns, indptr), shape=(n, n))
-    matrix.has_sorted_indices = True
-    return matrix
+    upper, diagonal = jaccard_upper_triangle(
+        features, k1=k1, k2=k2, max_distance=max_distance, backend=backend
+    )
+    return symmetric_matrix(upper, diagonal)

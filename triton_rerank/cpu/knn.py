@@ -34,7 +34,12 @@ import torch
 
 from .. import canonical, limits
 from ..topk import sort_by_value_then_index
-from .kernels.canonical import canonical_topk_above, offer_to_columns, rescore_candidates
+from .kernels.canonical import (
+    canonical_topk_above,
+    offer_to_columns,
+    rescore_candidates,
+    rounding_norms,
+)
 from .kernels.knn_select import update_from_columns, update_from_rows
 from .knn_precision import knn_precision
 
@@ -105,11 +110,12 @@ class ProductErrors:
     canonical: torch.Tensor
 
     @classmethod
-    def of(cls, nodes: torch.Tensor, rounding=None) -> ProductErrors:
+    def of(cls, nodes: torch.Tensor, rounding=None, norms: torch.Tensor | None = None):
         """The bounds for ``nodes [N, d]`` (float32), and for a bfloat16 copy when
-        ``rounding`` (from :func:`canonical.bf16_rounding`) is given."""
+        ``rounding`` (from :func:`canonical.bf16_rounding` or :func:`bf16_copy`) is given;
+        ``norms``: the rows' norms as :func:`canonical.row_norms` gives them, if known."""
         dim = canonical.checked_dim(nodes.shape[1])
-        norms = canonical.row_norms(nodes)
+        norms = canonical.row_norms(nodes) if norms is None else norms
         largest = float(norms.max())
         bf16 = None
         if rounding is not None:
@@ -120,6 +126,23 @@ class ProductErrors:
             bf16,
             canonical.canonical_error(norms, largest, dim),
         )
+
+
+def bf16_copy(nodes: torch.Tensor):
+    """:func:`canonical.bf16_rounding` of ``nodes [N, d]`` (float32 CPU tensor) and
+    :func:`canonical.row_norms`, from one pass over the rows (``cpu/kernels/canonical.py``).
+
+    Returns:
+        ``((x_bf16, rounded_norms, error_norms), norms)``, as those two functions.
+    """
+    x_bf16 = nodes.to(torch.bfloat16)
+    low_bits = x_bf16.view(torch.int16).numpy().view(np.uint16)
+    norms, rounded_norms, error_norms = rounding_norms(nodes.numpy(), low_bits)
+    scale = canonical.norm_slack(nodes.shape[1])
+    as_tensor = torch.from_numpy
+    return (x_bf16, as_tensor(rounded_norms * scale), as_tensor(error_norms * scale)), as_tensor(
+        norms * scale
+    )
 
 
 def _strips(start: int, stop: int, rows_per_strip: int):
@@ -181,8 +204,11 @@ def knn_graph(
     n = nodes.shape[0]
     precision = precision or knn_precision()
     lists = NeighbourLists(n, min(n, k + CANDIDATE_MARGIN[precision]))
-    rounding = canonical.bf16_rounding(nodes) if precision == "bf16" else None
-    errors = ProductErrors.of(nodes, rounding)
+    if precision == "bf16":
+        rounding, norms = bf16_copy(nodes)
+        errors = ProductErrors.of(nodes, rounding, norms)
+    else:
+        rounding, errors = None, ProductErrors.of(nodes)
     factors = nodes if rounding is None else rounding[0]
     query_gallery = None
     if keep_query_gallery:
@@ -196,10 +222,13 @@ def knn_graph(
         _offer_full_strips(factors, 0, strip_bytes, lists)
         low_rows = slice(0, n)
     fast_error = errors.fp32.clone()
+    relative = torch.zeros_like(fast_error)
     if rounding is not None:
-        last = torch.from_numpy(lists.values[low_rows, -1])
-        fast_error[low_rows] = errors.bf16[low_rows] + canonical.bf16_output_slack(last)
-    values, indices, close_calls = certified_lists(nodes, lists, k, fast_error, errors, strip_bytes)
+        fast_error[low_rows] = errors.bf16[low_rows] + canonical.BF16_OUTPUT_ABSOLUTE
+        relative[low_rows] = canonical.BF16_OUTPUT_RELATIVE
+    values, indices, close_calls = certified_lists(
+        nodes, lists, k, fast_error, errors, strip_bytes, relative=relative
+    )
     if report is not None:
         report.update(
             precision=precision, candidates=lists.indices.shape[1], close_calls=close_calls
@@ -214,6 +243,8 @@ def certified_lists(
     fast_error: torch.Tensor,
     errors: ProductErrors,
     strip_bytes: int = limits.KNN_STRIP_BYTES,
+    *,
+    relative: torch.Tensor | None = None,
 ):
     """The canonical top-``k`` lists of nodes ``0 .. r-1`` from their fast-pass candidates.
 
@@ -223,8 +254,10 @@ def certified_lists(
             column having been offered to every node (so with ``c = N`` they are all the
             columns).
         k: neighbours per row.
-        fast_error: ``[r]`` float64 bound on the fast values' error (output rounding
-            included) per row.
+        fast_error: ``[r]`` float64 bound on the fast values' error per row; a fast value
+            ``f`` is off by at most ``fast_error + relative |f|``.
+        relative: ``[r]`` float64, the part of the error proportional to the value (the
+            bfloat16 output rounding), or None for 0.
         errors: the bounds of :class:`ProductErrors` of ``nodes`` (for the canonical
             values and the float32 recomputation of close calls).
 
@@ -233,12 +266,14 @@ def certified_lists(
         how many rows the certificate could not prove (recomputed canonically).
     """
     n_rows, n_cand = candidates.indices.shape
+    if relative is None:
+        relative = torch.zeros_like(fast_error)
     if n_cand == nodes.shape[0]:  # every column is a candidate
         thresholds = np.full(n_rows, -np.inf)
     else:
         last = torch.from_numpy(candidates.values[:, -1])
         thresholds = canonical.certify_threshold(
-            last, fast_error, errors.canonical[:n_rows]
+            last, fast_error + relative * last.abs(), errors.canonical[:n_rows]
         ).numpy()
     values = np.empty((n_rows, k), np.float32)
     indices = np.empty((n_rows, k), np.int64)
@@ -247,6 +282,9 @@ def certified_lists(
         nodes.numpy(),
         np.arange(n_rows, dtype=np.int64),
         candidates.indices,
+        candidates.values,
+        np.ascontiguousarray(relative.numpy()),
+        (fast_error + errors.canonical[:n_rows]).numpy(),
         thresholds,
         values,
         indices,

@@ -214,7 +214,13 @@ def locality_order(knn_indices: np.ndarray) -> np.ndarray:
 
 
 def propagate(
-    knn_values: np.ndarray, knn_indices: np.ndarray, *, n_query: int, k2: int, iterations: int
+    knn_values: np.ndarray,
+    knn_indices: np.ndarray,
+    *,
+    n_query: int,
+    k2: int,
+    iterations: int,
+    all_pairs: bool = False,
 ) -> PropagatedGraph:
     """Run steps 2-4 and return the inputs of the final scoring.
 
@@ -224,20 +230,23 @@ def propagate(
         n_query: q.
         k2: neighbours aggregated per round; ``k2 == 1`` skips propagation.
         iterations: propagation rounds; 0 skips propagation.
+        all_pairs: every node is both a query and a gallery item (``n_query`` must be
+            N): the scoring then gives the ``[N, N]`` scores of all pairs (clustering).
     """
     n = knn_indices.shape[0]
     node_order = locality_order(knn_indices)
     internal_id = np.empty(n, dtype=np.int64)
     internal_id[node_order] = np.arange(n, dtype=np.int64)
-    query_ids, gallery_ids = internal_id[:n_query], internal_id[n_query:]
+    gallery_nodes = slice(0, n) if all_pairs else slice(n_query, n)
+    query_ids, gallery_ids = internal_id[:n_query], internal_id[gallery_nodes]
     if k2 == 1 or iterations == 0:
         k1 = knn_indices.shape[1]
         return PropagatedGraph(
             query_rows=adjacency(internal_id[knn_indices[:n_query]], n),
             mixing=SparseRows.identity(n),
-            gallery_idx=internal_id[knn_indices[n_query:]],
-            gallery_val=np.ones((n - n_query, k1), np.float32),
-            gallery_inv_norm=np.ones(n - n_query, np.float32),
+            gallery_idx=internal_id[knn_indices[gallery_nodes]],
+            gallery_val=np.ones((gallery_ids.shape[0], k1), np.float32),
+            gallery_inv_norm=np.ones(gallery_ids.shape[0], np.float32),
             node_order=node_order,
         )
     # W in internal ids: row p holds the neighbours of node node_order[p]

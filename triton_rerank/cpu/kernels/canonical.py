@@ -3,8 +3,9 @@ sums of the exact float32 products in order k = 0, 1, ..., d-1, rounded to float
 
 Three kernels use them, all parallel over rows:
 
-- :func:`rescore_candidates`: the canonical values of each row's fast-pass candidates,
-  sorted by the tie rule, and whether the row's top-k is certified;
+- :func:`rescore_candidates`: the canonical values of each row's fast-pass candidates
+  (those that can still reach its top-k), sorted by the tie rule, and whether the row's
+  top-k is certified;
 - :func:`canonical_topk_above`: the canonical top-k of rows the certificate could not
   prove, over the columns whose fast value is above a per-row threshold;
 - :func:`offer_to_columns`: like the previous one, but for the columns of a block (the
@@ -85,33 +86,79 @@ def _canonical_dots(x, nodes, columns, out):
 _COLUMN_CHUNK = 256
 
 
+@njit()
+def fast_value_bound(fast, relative, added):
+    """The most a canonical value can be when the fast pass gave ``fast``: ``fast +
+    relative |fast| + added`` in float64, rounded up past that sum's own error."""
+    f = np.float64(fast)
+    bound = f + abs(f) * relative + added
+    return bound + 2.0**-50 * (abs(f) + added) + 2.0**-1000
+
+
 @njit(nogil=True)
 def _rescore_chunk(
-    start, stop, nodes, rows, candidates, thresholds, out_values, out_indices, certified
+    start,
+    stop,
+    nodes,
+    rows,
+    candidates,
+    fast_values,
+    relative,
+    added,
+    thresholds,
+    out_values,
+    out_indices,
+    certified,
 ):
     n_cand = candidates.shape[1]
     k = out_values.shape[1]
     scores = np.empty(n_cand, np.float32)
     for i in range(start, stop):
-        _canonical_dots(nodes[rows[i]], nodes, candidates[i], scores)
+        x = nodes[rows[i]]
         values, indices = out_values[i], out_indices[i]
         values[:] = -np.inf
         indices[:] = -1
-        for c in range(n_cand):
-            if before(scores[c], candidates[i, c], values[k - 1], indices[k - 1]):
-                insert(values, indices, scores[c], candidates[i, c])
+        c = 0
+        while c < n_cand:
+            # candidates come by descending fast value: once even the best remaining one
+            # cannot reach the k-th canonical value found so far, none can
+            if indices[k - 1] >= 0 and fast_value_bound(
+                fast_values[i, c], relative[i], added[i]
+            ) < np.float64(values[k - 1]):
+                break
+            group = min(n_cand, c + 8)
+            _canonical_dots(x, nodes, candidates[i, c:group], scores[c:group])
+            for t in range(c, group):
+                if before(scores[t], candidates[i, t], values[k - 1], indices[k - 1]):
+                    insert(values, indices, scores[t], candidates[i, t])
+            c = group
         certified[i] = np.float64(values[k - 1]) > thresholds[i]
 
 
 def rescore_candidates(
-    nodes, rows, candidates, thresholds, out_values, out_indices, certified
+    nodes,
+    rows,
+    candidates,
+    fast_values,
+    relative,
+    added,
+    thresholds,
+    out_values,
+    out_indices,
+    certified,
 ) -> None:
     """Canonical top-k of each row among its candidates, and the certificate.
 
     Args:
         nodes: ``[N, d]`` float32 rows.
         rows: ``[r]`` int64 node of each row of ``candidates``.
-        candidates: ``[r, c]`` int64 column ids from the fast pass (all valid, distinct).
+        candidates: ``[r, c]`` int64 column ids from the fast pass (all valid, distinct),
+            by descending fast value.
+        fast_values: ``[r, c]`` float32 their fast values (descending per row).
+        relative, added: ``[r]`` float64: a candidate whose fast value is ``f`` has a
+            canonical value at most ``f + relative |f| + added`` (the fast pass's error and
+            the canonical one); candidates that cannot reach the k-th canonical value found
+            so far are not computed.
         thresholds: ``[r]`` float64: the row is certified when its k-th canonical value is
             above this (``-inf`` when the candidates are all the columns).
         out_values: ``[r, k]`` float32 output, descending; out_indices ``[r, k]`` int64,
@@ -124,6 +171,9 @@ def rescore_candidates(
         nodes,
         rows,
         candidates,
+        fast_values,
+        relative,
+        added,
         thresholds,
         out_values,
         out_indices,
@@ -237,3 +287,37 @@ def canonical_list_values(x, y, columns, out) -> None:
     """``out[i, t] = canonical_dot(x[i], y[columns[i, t]])``, or ``-inf`` where
     ``columns[i, t] < 0`` (``[r, t]`` lists of neighbour ids)."""
     parallel_chunks(_list_values_chunk, columns.shape[0], x, y, columns, out)
+
+
+@njit(nogil=True)
+def _rounding_norms_chunk(start, stop, x, low_bits, norms, rounded_norms, error_norms):
+    for i in range(start, stop):
+        plain = rounded = error = 0.0
+        for k in range(x.shape[1]):
+            value = np.float64(x[i, k])
+            # a bfloat16 is the top half of a float32
+            bits = np.uint32(np.uint32(low_bits[i, k]) << np.uint32(16))
+            low = np.float64(bits.view(np.float32))
+            plain += value * value
+            rounded += low * low
+            error += (low - value) * (low - value)  # low - value is exact in float64
+        norms[i], rounded_norms[i], error_norms[i] = (
+            np.sqrt(plain),
+            np.sqrt(rounded),
+            np.sqrt(error),
+        )
+
+
+def rounding_norms(x: np.ndarray, low_bits: np.ndarray):
+    """The float64 row norms of float32 rows ``x [n, d]``, of their bfloat16 copy (raw
+    bits ``low_bits [n, d]`` uint16) and of the rounding ``bf16(x) - x``, in one pass (what
+    ``canonical.row_norms`` and ``canonical.bf16_rounding`` compute with torch, before
+    their rounding-up factor).
+
+    Returns:
+        ``(norms [n], rounded_norms [n], error_norms [n])`` float64.
+    """
+    n = x.shape[0]
+    norms, rounded_norms, error_norms = (np.empty(n, np.float64) for _ in range(3))
+    parallel_chunks(_rounding_norms_chunk, n, x, low_bits, norms, rounded_norms, error_norms)
+    return norms, rounded_norms, error_norms
