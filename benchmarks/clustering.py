@@ -26,8 +26,8 @@ training shape (12,936 images, 751 identities), the MSMT17 one (32,621, 1,041) a
 
 A second table clusters Fashion-MNIST (all 70,000 real images, raw pixels, Debian's
 ``dataset-fashion-mnist``) by each method of ``pseudo_labels`` with its defaults
-(Jaccard: k1=30, k2=6, eps=0.6; GNN: k1=26, k2=7, eps by the rho rule, rho=1.6e-3;
-cosine: eps by the rho rule) and scores the labels against the classes (NMI, ARI;
+(Jaccard: k1=30, k2=6, eps=0.6; GNN: k1=26, k2=7, eps=0.1; cosine: eps by the rho
+rule, rho=1.6e-3) and scores the labels against the classes (NMI, ARI;
 outliers count as one group), one fresh process per method.
 
     .venv/bin/python benchmarks/clustering.py --published FILE   # results/clustering.*

@@ -15,7 +15,16 @@ import numpy as np
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MB."""
+    """This process's peak resident set size so far, in MB: Linux's ``VmHWM`` (reset by
+    ``exec``, so a child started from a large parent reports its own peak), else
+    ``ru_maxrss`` (which a child inherits from its parent's peak on Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

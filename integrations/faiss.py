@@ -38,11 +38,14 @@ Modes:
   default, the graph's neighbour lists) come from the index's own search, so store
   unit vectors (``faiss.normalize_L2``) to make its neighbours the cosine ones;
   building the graph over other vectors warns (``UnnormalisedVectorsWarning``).
+
+Both modes run on :class:`~triton_rerank.database.reranked_search.RerankedSearch`, the code
+path the Milvus and LanceDB adapters share; :class:`FaissBackend` is the FAISS
+implementation of its :class:`~triton_rerank.database.search_backend.SearchBackend`
+protocol.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 import torch
@@ -55,28 +58,20 @@ except ImportError as error:  # pragma: no cover - exercised only without faiss
         "'triton-rerank[faiss]' (or faiss-gpu on CUDA machines)"
     ) from error
 
-from triton_rerank.checks import (
-    check_int,
-    check_rerank_params,
-    check_unit_interval,
-    check_unit_rows,
-)
-from triton_rerank.cpu.knn import knn_graph
-from triton_rerank.database.graph_file import database_fingerprint
+from triton_rerank.checks import check_int, check_unit_rows
 from triton_rerank.database.inductive import DEFAULT_ROW_BUDGET, InductiveGraph
-from triton_rerank.database.transductive import rerank_against_database
+from triton_rerank.database.reranked_search import (
+    MODES,
+    ExactDatabase,
+    IdPositions,
+    RerankedSearch,
+    UnnormalisedVectorsWarning,  # noqa: F401 (re-exported: the inductive graph warns)
+)
+from triton_rerank.database.search_backend import SearchHits
 from triton_rerank.rerank import canonical_backend_name
 
-MODES = ("exact", "inductive")
 METRICS = {faiss.METRIC_INNER_PRODUCT: "inner product", faiss.METRIC_L2: "L2"}
-
-# Database rows searched at a time while building the inductive graph.
-GRAPH_SEARCH_BATCH = 16384
-
-
-class UnnormalisedVectorsWarning(UserWarning):
-    """The index stores vectors that are not unit-norm, so its own search (the
-    inductive mode's shortlist) does not rank by cosine similarity."""
+_BACKEND_METRICS = {faiss.METRIC_INNER_PRODUCT: "ip", faiss.METRIC_L2: "l2"}
 
 
 def _concrete(index):
@@ -176,34 +171,65 @@ def database_vectors(index) -> np.ndarray:
         ) from None
 
 
-class _IdsToPositions:
-    """Maps the ids a search returns to database positions (rows of the vectors)."""
+class FaissBackend:
+    """A FAISS index seen as a :class:`~triton_rerank.database.search_backend.SearchBackend`.
 
-    def __init__(self, ids: np.ndarray):
-        self.ids = ids
-        self.identity = bool(np.array_equal(ids, np.arange(ids.shape[0])))
-        if not self.identity:
-            self.order = np.argsort(ids, kind="stable")
-            self.sorted_ids = ids[self.order]
-
-    def __call__(self, labels: np.ndarray) -> np.ndarray:
-        """``[n, k]`` ids (-1 = none) -> positions (-1 = none or unknown id)."""
-        if self.identity:
-            return labels.astype(np.int64)
-        slot = np.clip(np.searchsorted(self.sorted_ids, labels), 0, self.ids.shape[0] - 1)
-        found = (labels >= 0) & (self.sorted_ids[slot] == labels)
-        return np.where(found, self.order[slot], -1)
-
-
-def _database_knn(vectors: np.ndarray, k: int):
-    """The canonical top-``k`` lists of the database rows among themselves
-    (:func:`triton_rerank.cpu.knn.knn_graph`: a certified fast pass, exact by the tie rule).
-
-    Returns:
-        ``(values [g, k] float32, indices [g, k] int64)`` sorted by the tie rule.
+    Args:
+        index: a FAISS index with inner-product or L2 metric.
     """
-    values, indices, _ = knn_graph(torch.from_numpy(vectors), k)
-    return values, indices
+
+    description = "the index"
+
+    def __init__(self, index):
+        self.index = index
+        self.metric = _BACKEND_METRICS[index.metric_type]
+
+    @property
+    def dimension(self) -> int:
+        return self.index.d
+
+    @property
+    def exact(self) -> bool:
+        return is_exact_index(self.index)
+
+    def count(self) -> int:
+        return self.index.ntotal
+
+    def version(self) -> int:
+        """``ntotal``: FAISS keeps no other record of changes (the wrapper's ``add``,
+        ``remove_ids`` and ``reset`` also forget its cached state)."""
+        return self.index.ntotal
+
+    def ids(self, filter=None) -> np.ndarray:
+        """:func:`database_ids`, which must be non-negative: FAISS marks "no result" with
+        -1, and the inductive shortlist maps ids back to vectors."""
+        if filter is not None:
+            raise ValueError("FAISS indexes take no filter expression")
+        ids = database_ids(self.index)
+        if ids.size and ids.min() < 0:
+            raise ValueError(
+                f"the index holds negative ids (e.g. {int(ids.min())}), which "
+                f"FAISS search results cannot tell from 'no result' (-1); "
+                f"re-ranking needs ids >= 0"
+            )
+        return ids
+
+    def fetch(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (:func:`database_vectors`, read in full)."""
+        vectors = database_vectors(self.index)
+        stored_ids = database_ids(self.index)
+        if np.array_equal(ids, stored_ids):
+            return vectors
+        positions, unknown = IdPositions(stored_ids)(np.asarray(ids, dtype=np.int64))
+        if unknown.any():
+            raise ValueError(f"the index holds no vector with id {int(ids[unknown][0])}")
+        return vectors[positions]
+
+    def search(self, queries: np.ndarray, k: int, *, filter=None) -> SearchHits:
+        if filter is not None:
+            raise ValueError("FAISS indexes take no filter expression")
+        distances, labels = self.index.search(queries, k)
+        return SearchHits(distances, labels, labels >= 0)
 
 
 class RerankedIndex:
@@ -247,20 +273,23 @@ class RerankedIndex:
                 f"RerankedIndex runs on the CPU path: backend must be 'auto' or "
                 f"'cpu', got {backend!r}"
             )
-        self.k1 = check_int(k1, "k1", minimum=1)
-        self.k2 = check_int(
-            k2, "k2", minimum=1, maximum=self.k1, maximum_reason="k2 must not exceed k1"
+        self._search = RerankedSearch(
+            FaissBackend(index),
+            k1=k1,
+            k2=k2,
+            iterations=iterations,
+            lamb=lamb,
+            mode=mode,
+            shortlist=shortlist,
+            on_change="rebuild",
+            unit_vectors_advice="add faiss.normalize_L2-ed vectors instead",
         )
-        self.iterations = check_int(iterations, "iterations", minimum=0)
-        self.lamb = check_unit_interval(lamb, "lamb")
-        self.shortlist = None if shortlist is None else check_int(shortlist, "shortlist", minimum=1)
+        self.k1, self.k2 = self._search.k1, self._search.k2
+        self.iterations, self.lamb = self._search.iterations, self._search.lamb
+        self.shortlist = self._search.shortlist
         self.index = index
         self.mode = mode
         self.backend = backend
-        self._database = None  # exact mode: (unit vectors, ids, knn values, knn indices)
-        self._graph = None  # inductive mode: InductiveGraph
-        self._graph_positions = None  # and the map from its ids to its positions
-        self._cached_ntotal = None
 
     # -- the wrapped index ---------------------------------------------------------------
 
@@ -299,83 +328,26 @@ class RerankedIndex:
 
     def invalidate(self) -> None:
         """Forget the cached database graph; the next search rebuilds it."""
-        self._database = None
-        self._graph = None
-        self._graph_positions = None
-        self._cached_ntotal = None
+        self._search.invalidate()
 
     def _check_populated(self) -> None:
         if self.ntotal == 0:
             raise ValueError("the index is empty (ntotal = 0): add vectors before searching")
-        if self._cached_ntotal is not None and self._cached_ntotal != self.ntotal:
-            self.invalidate()
 
-    def _unit_database(self, *, warn_unnormalised: bool = False):
-        """``(stored vectors [g, d] float32, their canonical unit rows)``."""
-        vectors = np.ascontiguousarray(database_vectors(self.index), dtype=np.float32)
-        unit = check_unit_rows(vectors, "the index's stored vectors", self.d)[0]
-        if warn_unnormalised:
-            norms = np.linalg.norm(vectors, axis=1)
-            if np.abs(norms - 1).max() > 1e-3:
-                warnings.warn(
-                    f"the index stores vectors that are not unit-norm (norms "
-                    f"{norms.min():.3g} to {norms.max():.3g}): its {METRICS[self.metric_type]} "
-                    f"search does not rank by cosine similarity, so the inductive shortlists "
-                    f"miss cosine neighbours; add faiss.normalize_L2-ed vectors instead",
-                    UnnormalisedVectorsWarning,
-                    stacklevel=3,
-                )
-        return vectors, unit
+    @property
+    def _database(self) -> ExactDatabase | None:
+        """Exact mode's cached database, or None."""
+        return None if self._search._exact is None else self._search._exact[2]
 
-    def _database_ids(self) -> np.ndarray:
-        """The index's ids (:func:`database_ids`), which must be non-negative: FAISS marks
-        "no result" with -1, and the inductive shortlist maps ids back to vectors."""
-        ids = database_ids(self.index)
-        if ids.size and ids.min() < 0:
-            raise ValueError(
-                f"the index holds negative ids (e.g. {int(ids.min())}), which "
-                f"FAISS search results cannot tell from 'no result' (-1); "
-                f"re-ranking needs ids >= 0"
-            )
-        return ids
+    @property
+    def _graph(self) -> InductiveGraph | None:
+        """The inductive graph in use, or None."""
+        return self._search.graph
 
-    # -- exact mode ----------------------------------------------------------------------
-
-    def _exact_database(self):
-        if self._database is None:
-            vectors = self._unit_database()[1]
-            self._database = (
-                torch.from_numpy(vectors),
-                self._database_ids(),
-                *_database_knn(vectors, min(self.k1, vectors.shape[0])),
-            )
-            self._cached_ntotal = self.ntotal
-        return self._database
-
-    def _search_exact(self, queries: np.ndarray, k: int):
-        vectors, ids, knn_values, knn_indices = self._exact_database()
-        n_query, n_db = queries.shape[0], vectors.shape[0]
-        k1, k2, iterations, lamb, k = check_rerank_params(
-            k1=self.k1,
-            k2=self.k2,
-            iterations=self.iterations,
-            lamb=self.lamb,
-            topk=k,
-            n_nodes=n_query + n_db,
-            n_gallery=n_db,
-        )
-        scores, positions = rerank_against_database(
-            torch.from_numpy(queries),
-            vectors,
-            knn_values,
-            knn_indices,
-            k1=k1,
-            k2=k2,
-            iterations=iterations,
-            lamb=lamb,
-            topk=k,
-        )
-        return scores.numpy(), positions.numpy(), ids
+    def _exact_database(self) -> ExactDatabase:
+        """``(unit vectors, ids, knn values, knn indices)`` of exact mode."""
+        self._check_populated()
+        return self._search.exact_database()
 
     # -- inductive mode ------------------------------------------------------------------
 
@@ -405,46 +377,13 @@ class RerankedIndex:
                 f"graph_index holds {search_index.ntotal} vectors but the index "
                 f"holds {self.ntotal}: they must hold the same database"
             )
-        check_int(
-            self.k1,
-            "k1",
-            minimum=1,
-            maximum=self.ntotal,
-            maximum_reason=f"the index holds {self.ntotal} vectors",
-        )
-        row_budget = check_int(row_budget, "row_budget", minimum=1)
-        ids = self._database_ids()
-        stored, vectors = self._unit_database(warn_unnormalised=True)
-        to_positions = _IdsToPositions(ids)
-        if is_exact_index(search_index):
-            neighbours = knn_graph(torch.from_numpy(vectors), self.k1)[1]
-        else:
-            neighbours = np.empty((vectors.shape[0], self.k1), dtype=np.int64)
-            for start in range(0, vectors.shape[0], GRAPH_SEARCH_BATCH):
-                stop = min(vectors.shape[0], start + GRAPH_SEARCH_BATCH)
-                _, labels = search_index.search(vectors[start:stop], self.k1)
-                neighbours[start:stop] = to_positions(labels)
-        # the fingerprint of the database as the index stores it: load_graph refuses a
-        # file built for another
-        self._graph = InductiveGraph.build(
-            vectors,
-            neighbours,
-            k2=self.k2,
-            iterations=self.iterations,
-            row_budget=row_budget,
-            ids=ids,
-            fingerprint=database_fingerprint(stored, ids),
-        )
-        self._graph_positions = to_positions
-        self._cached_ntotal = self.ntotal
-        return self._graph
+        neighbours = None if graph_index is None else FaissBackend(graph_index)
+        return self._search.build_graph(neighbours, row_budget=row_budget)
 
     def save_graph(self, path) -> None:
         """Save the inductive graph (built first if needed) to ``path``."""
         self._check_populated()
-        if self._graph is None:
-            self.build_graph()
-        self._graph.save(path)
+        self._search.save_graph(path)
 
     def load_graph(self, path) -> None:
         """Load an inductive graph saved by :meth:`save_graph` for this database.
@@ -459,56 +398,7 @@ class RerankedIndex:
                 ``k1``/``k2``/``iterations``, or for another database (dimension, size,
                 ids or stored vectors differ): the message names the file.
         """
-        graph = InductiveGraph.load(path)
-        built = (graph.k1, graph.k2, graph.iterations)
-        if built != (self.k1, self.k2, self.iterations):
-            raise ValueError(
-                f"{path} was built with (k1, k2, iterations) = {built}, but this "
-                f"RerankedIndex uses {(self.k1, self.k2, self.iterations)}"
-            )
-        if graph.vectors.shape[1] != self.d:
-            raise ValueError(
-                f"{path} was built for another database: its vectors have "
-                f"dimension {graph.vectors.shape[1]}, the index's {self.d}; "
-                f"rebuild the graph"
-            )
-        ids = self._database_ids()
-        if graph.size != self.ntotal or not np.array_equal(graph.ids, ids):
-            raise ValueError(
-                f"{path} was built for another database ({graph.size} vectors; "
-                f"the index holds {self.ntotal} or different ids)"
-            )
-        if graph.fingerprint is None:
-            raise ValueError(
-                f"{path} records no fingerprint of the database it was built "
-                f"for, so it cannot be checked against this index; rebuild "
-                f"the graph with RerankedIndex.build_graph"
-            )
-        if graph.fingerprint != database_fingerprint(database_vectors(self.index), ids):
-            raise ValueError(
-                f"{path} was built for another database: the index holds as "
-                f"many vectors under the same ids, but they differ from those "
-                f"the graph was built from (re-extracted features?); rebuild "
-                f"the graph"
-            )
-        self._graph = graph
-        self._graph_positions = _IdsToPositions(graph.ids)
-        self._cached_ntotal = self.ntotal
-
-    def _search_inductive(self, queries: np.ndarray, k: int):
-        if self._graph is None:
-            self.build_graph()
-        graph = self._graph
-        shortlist = self.shortlist if self.shortlist is not None else max(10 * k, self.k1)
-        shortlist = min(shortlist, self.ntotal)
-        if shortlist < k:
-            raise ValueError(
-                f"shortlist={shortlist} is smaller than k={k}: the re-ranked "
-                f"results come from the shortlist"
-            )
-        _, labels = self.index.search(queries, shortlist)
-        scores, positions = graph.rerank(queries, self._graph_positions(labels), k, self.lamb)
-        return scores, positions, graph.ids
+        self._search.load_graph(path)
 
     # -- search --------------------------------------------------------------------------
 
@@ -537,16 +427,13 @@ class RerankedIndex:
             maximum=self.ntotal,
             maximum_reason=f"the index holds {self.ntotal} vectors",
         )
-        if self.mode == "exact":
-            scores, positions, ids = self._search_exact(queries, k)
-        else:
-            scores, positions, ids = self._search_inductive(queries, k)
-        found = positions >= 0
-        labels = np.where(found, ids[np.maximum(positions, 0)], -1)
+        hits = self._search.search(queries, k)
         if self.metric_type == faiss.METRIC_L2:
-            distances = np.where(found, 2.0 - 2.0 * scores, np.inf).astype(np.float32)
+            distances = np.where(hits.found, 2.0 - 2.0 * hits.scores, np.inf)
         else:
-            distances = np.where(found, scores, -np.inf).astype(np.float32)
+            distances = np.where(hits.found, hits.scores, -np.inf)
+        distances = distances.astype(np.float32)
+        labels = hits.ids
         if array_type == "torch":
             return torch.from_numpy(distances).to(device), torch.from_numpy(labels).to(device)
         return distances, labels

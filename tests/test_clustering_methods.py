@@ -262,7 +262,9 @@ def test_triton_knn_gives_the_same_distances(kernel_device):
 
 def entries(matrix) -> dict:
     coo = matrix.tocoo()
-    return dict(zip(zip(coo.row.tolist(), coo.col.tolist()), coo.data.tolist()))
+    return dict(
+        zip(zip(coo.row.tolist(), coo.col.tolist(), strict=True), coo.data.tolist(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("distance", [gnn_distance, cosine_distance])

@@ -82,9 +82,7 @@ def cluster_methods(features, identities, args) -> list[ClusterRow]:
     rows = []
     for method in args.methods:
         eps = getattr(args, f"eps_{method}")
-        rho = None if eps is not None else args.rho
-        if method == "jaccard" and eps is None and args.rho is None:
-            eps, rho = 0.6, None
+        rho = None if eps is not None else args.rho  # neither: the method's default
         start = time.perf_counter()
         found = cluster(
             features,
@@ -178,8 +176,8 @@ def add_cluster_command(commands, add_gnn_options) -> None:
         type=float,
         default=None,
         help="radius by the rho rule (share of the closest pairs; the projects use "
-        "1.6e-3) for every method without its own --eps-*; default: 1.6e-3 for gnn and "
-        "cosine, and --eps-jaccard 0.6",
+        "1.6e-3) for every method without its own --eps-*; default: eps 0.6 for "
+        "jaccard, 0.1 for gnn, rho 1.6e-3 for cosine",
     )
     for method in METHODS:
         parser.add_argument(

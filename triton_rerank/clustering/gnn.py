@@ -36,8 +36,8 @@ from .inputs import (
 
 # The largest GNN distance: 1 - s with s >= -lamb >= -1.
 LARGEST_DISTANCE = 2.0
-# Pairs kept by default: d < 0.7, as for the Jaccard distance (a pair of features of
-# one identity scores well above 0.3 after propagation; see docs/clustering.md).
+# Pairs kept by default: d < 0.7, as for the Jaccard distance (the radius DBSCAN needs
+# is smaller: pairs of one identity score well above 0.3 after propagation).
 DEFAULT_MAX_DISTANCE = 0.7
 
 
