@@ -9,19 +9,9 @@ import pytest
 from compare import clustered
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from triton_rerank.app.cli import main
+from tests.test_cli import run_main
 from triton_rerank.app.synthetic import clustered_vectors
 from triton_rerank.clustering import pseudo_labels
-
-
-def run_main(argv, capsys):
-    """``main(argv)`` in this process: ``(exit status, stdout, stderr)``."""
-    try:
-        status = main(argv)
-    except SystemExit as exit_:  # argparse's usage errors
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 @pytest.fixture

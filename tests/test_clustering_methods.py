@@ -87,6 +87,16 @@ def test_gnn_distance_matches_the_dense_oracle(data):
     assert labels.max() >= 1  # several clusters: the comparison means something
 
 
+def test_jaccard_distance_on_fashion_mnist_matches_the_dense_oracle():
+    x = fashion_subset()
+    dense = jaccard_distance_reference(checks.unit_rows(x), k1=30, k2=6)
+    sparse = jaccard_distance(x, k1=30, k2=6)
+    assert_sparse_matches_dense(sparse, dense, 0.7, 1e-6)
+    labels = pseudo_labels(x, eps=0.6, k1=30, k2=6)
+    np.testing.assert_array_equal(labels, dbscan_dense(dense, 0.6))
+    assert labels.max() >= 1
+
+
 @pytest.mark.parametrize(
     "k1, k2, iterations, lamb", [(10, 1, 2, 0.3), (12, 4, 1, 0.0), (8, 3, 3, 1.0), (26, 7, 0, 0.5)]
 )
