@@ -279,7 +279,11 @@ def table(reports: dict, command: str) -> str:
                 f"{r['plain_recall_of_exact']:.1%} -> {r['reranked_recall_of_exact']:.1%} | "
                 f"{r['build_seconds']:.1f} s | {r['build_peak_rss_mb']:,.0f} MB |"
             )
-        lines += ["", "Re-ranked time per query batch (shortlist search + re-ranking):"]
+        lines += [
+            "",
+            "Re-ranked time per batch of queries: the shortlist search timed alone, and the "
+            "rest (re-ranked total minus it; 0 where the two timings are within noise):",
+        ]
         for database in DATABASES:
             r = reports[f"{database}-{name}"]
             lines.append(
