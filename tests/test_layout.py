@@ -32,6 +32,8 @@ MAY_IMPORT = {
     "cpu": {"base"},
     "gpu": {"base"},
     "database": {"base", "cpu"},
+    # Ray is imported lazily inside it, so importing the package never needs Ray
+    "distributed": {"base", "cpu", "database"},
     "clustering": {"base", "cpu", "gpu", "api"},
     "api": {"base", "cpu", "gpu"},
     "evaluation": {"base", "cpu", "api"},

@@ -84,7 +84,27 @@ MEMBERS = (
     "rev_w",
     "checksum",
 )
-SCALARS = ("format", "k1", "k2", "iterations", "row_budget")
+# A shard of a sharded graph (``triton_rerank.distributed``) is a graph file whose rows
+# are the shard's nodes: the same members plus where the shard sits in the database.
+SHARD_MEMBERS = (
+    *MEMBERS[:-1],
+    "shard_index",
+    "shard_count",
+    "shard_offset",
+    "database_size",
+    "checksum",
+)
+SCALARS = (
+    "format",
+    "k1",
+    "k2",
+    "iterations",
+    "row_budget",
+    "shard_index",
+    "shard_count",
+    "shard_offset",
+    "database_size",
+)
 STRINGS = ("fingerprint", "checksum")
 
 # Slack on the value ranges, for float32 rounding (similarities of unit rows, normalised
@@ -159,30 +179,32 @@ def database_fingerprint(vectors: np.ndarray, ids: np.ndarray) -> str:
     )
 
 
-def content_checksum(members: Mapping[str, np.ndarray]) -> str:
-    """The checksum of a graph file's content: a digest of every member of
-    :data:`MEMBERS` but ``checksum`` (name, dtype, shape and bytes), in that order.
+def content_checksum(members: Mapping[str, np.ndarray], names: tuple = MEMBERS) -> str:
+    """The checksum of a graph file's content: a digest of every member of ``names``
+    (:data:`MEMBERS`, or :data:`SHARD_MEMBERS` for a shard) but ``checksum`` (name,
+    dtype, shape and bytes), in that order.
 
     Members may be arrays of any dtype and shape (the digest is defined for every file).
     """
     parts = []
-    for name in MEMBERS[:-1]:
+    for name in names[:-1]:
         array = np.asarray(members[name])
         header = f"{name}\0{array.dtype.str}\0{array.shape}\0".encode()
         parts += [struct.pack("<q", len(header)), header, _raw_bytes(array)]
     return _digest(parts)
 
 
-def write_graph_file(path, members: Mapping[str, object]) -> None:
-    """Write a graph file: ``members`` (every name of :data:`MEMBERS` but ``format`` and
-    ``checksum``) plus the format and the checksum, uncompressed.
+def write_graph_file(path, members: Mapping[str, object], names: tuple = MEMBERS) -> None:
+    """Write a graph file: ``members`` (every name of ``names`` but ``format`` and
+    ``checksum``) plus the format and the checksum, uncompressed. ``names``:
+    :data:`MEMBERS`, or :data:`SHARD_MEMBERS` for a shard of a sharded graph.
 
     The file is written next to ``path`` under a temporary name, then renamed, so that an
     interrupted save never leaves a truncated file at ``path``.
     """
     path = Path(path)
     arrays = {"format": np.int64(GRAPH_FORMAT)}
-    for name in MEMBERS[1:-1]:
+    for name in names[1:-1]:
         value = members[name]
         if name in SCALARS:
             arrays[name] = np.int64(value)
@@ -190,7 +212,7 @@ def write_graph_file(path, members: Mapping[str, object]) -> None:
             arrays[name] = np.str_(value)
         else:
             arrays[name] = np.ascontiguousarray(value)
-    arrays["checksum"] = np.str_(content_checksum(arrays))
+    arrays["checksum"] = np.str_(content_checksum(arrays, names))
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(temporary, "xb") as f:  # np.savez would append ".npz" to a bare path
@@ -213,6 +235,27 @@ def read_graph_file(path) -> dict[str, np.ndarray]:
         GraphFileError: not a graph archive, another format (rebuild the graph), a
             member missing, unexpected, damaged or breaking a rule, or a wrong checksum.
     """
+    return _read_validated(path, MEMBERS)
+
+
+def read_graph_shard_file(path) -> dict[str, np.ndarray]:
+    """Read and validate one shard of a sharded graph (members :data:`SHARD_MEMBERS`).
+
+    The rules are those of a whole graph with ``g`` the shard's rows: its nodes are
+    positions ``shard_offset .. shard_offset + g - 1`` of a database of ``database_size``
+    rows, so the positions in ``knn_indices``, ``m_indices`` and ``rev_rows`` lie in
+    ``[0, database_size)`` and each kNN row lists its own position; ``caller_position`` is
+    ``0 .. g-1`` in order. How many lists hold each node (``rev_indptr``) depends on every
+    shard: the set is checked together when it is opened
+    (``triton_rerank.distributed.graph_shards``).
+
+    Raises:
+        FileNotFoundError, GraphFileError: as :func:`read_graph_file`.
+    """
+    return _read_validated(path, SHARD_MEMBERS)
+
+
+def _read_validated(path, names: tuple) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no graph file at {path}")
@@ -227,9 +270,9 @@ def read_graph_file(path) -> dict[str, np.ndarray]:
     except _READ_ERRORS as error:
         raise GraphFileError(path, f"truncated or not an .npz archive ({error})") from None
     with archive:
-        members = _read_members(archive, path)
-    _check_members(members, path)
-    if str(members["checksum"]) != content_checksum(members):
+        members = _read_members(archive, path, names)
+    _check_members(members, path, sharded=names is SHARD_MEMBERS)
+    if str(members["checksum"]) != content_checksum(members, names):
         raise GraphFileError(
             path,
             "its checksum does not match its content: the file was "
@@ -238,16 +281,16 @@ def read_graph_file(path) -> dict[str, np.ndarray]:
     return members
 
 
-def _read_members(archive, path: Path) -> dict[str, np.ndarray]:
+def _read_members(archive, path: Path, names: tuple) -> dict[str, np.ndarray]:
     """Every member of an open ``.npz`` archive, after the format and the member names."""
     try:
-        names = archive.zip.namelist()
+        entries = archive.zip.namelist()
     except _READ_ERRORS as error:
         raise GraphFileError(path, f"truncated or not an .npz archive ({error})") from None
-    repeated = [name for name, count in Counter(names).items() if count > 1]
+    repeated = [name for name, count in Counter(entries).items() if count > 1]
     if repeated:
         raise GraphFileError(path, f"member {repeated[0]!r} appears more than once")
-    present = {name.removesuffix(".npy") for name in names if name.endswith(".npy")}
+    present = {name.removesuffix(".npy") for name in entries if name.endswith(".npy")}
     if "format" not in present:
         raise GraphFileError(path, "missing member 'format'")
     version = _read_member(archive, "format", path)
@@ -260,13 +303,13 @@ def _read_members(archive, path: Path) -> dict[str, np.ndarray]:
             f"{path} has graph format {int(version)}; this version reads "
             f"format {GRAPH_FORMAT}: rebuild the graph"
         )
-    for name in MEMBERS:
+    for name in names:
         if name not in present:
             raise GraphFileError(path, f"missing member {name!r}")
-    for name in names:
-        if name.removesuffix(".npy") not in MEMBERS or not name.endswith(".npy"):
-            raise GraphFileError(path, f"unexpected member {name.removesuffix('.npy')!r}")
-    return {name: _read_member(archive, name, path) for name in MEMBERS}
+    for member in entries:
+        if member.removesuffix(".npy") not in names or not member.endswith(".npy"):
+            raise GraphFileError(path, f"unexpected member {member.removesuffix('.npy')!r}")
+    return {name: _read_member(archive, name, path) for name in names}
 
 
 def _read_member(archive, name: str, path: Path) -> np.ndarray:
@@ -386,8 +429,9 @@ class _Checker:
             self.fail(f"member {name!r} decreases (offsets must be non-decreasing)")
 
 
-def _check_members(members: Mapping[str, np.ndarray], path: Path) -> None:
-    """Check every member against the rules of the module doc."""
+def _check_members(members: Mapping[str, np.ndarray], path: Path, *, sharded: bool) -> None:
+    """Check every member against the rules of the module doc (of
+    :func:`read_graph_shard_file` when ``sharded``)."""
     check = _Checker(members, path)
     k1 = check.scalar("k1", 1)
     k2 = check.scalar("k2", 1, k1, f"k1 = {k1}")
@@ -403,6 +447,12 @@ def _check_members(members: Mapping[str, np.ndarray], path: Path) -> None:
             f"and d >= 1, got {_describe(vectors)}"
         )
     g, d = vectors.shape
+    offset, size = 0, g  # the shard's first position and the database's size
+    if sharded:
+        count = check.scalar("shard_count", 1)
+        check.scalar("shard_index", 0, count - 1, f"shard_count - 1 = {count - 1}")
+        offset = check.scalar("shard_offset", 0)
+        size = check.scalar("database_size", offset + g)
     check.array("vectors", np.float32, (g, d), "(g, d)")
     check.finite("vectors", vectors)
     norms = np.linalg.norm(vectors, axis=1)
@@ -426,12 +476,18 @@ def _check_members(members: Mapping[str, np.ndarray], path: Path) -> None:
     values = check.array("knn_values", np.float32, (g, k1), knn_shape)
     indices = check.array("knn_indices", np.int64, (g, k1), knn_shape)
     check.within(
-        "knn_indices", indices, -1, g - 1, f"positions must lie in [0, {g}), or be -1 for none"
+        "knn_indices",
+        indices,
+        -1,
+        size - 1,
+        f"positions must lie in [0, {size}), or be -1 for none",
     )
     missing = indices < 0
     if (missing[:, :-1] & ~missing[:, 1:]).any():
         check.fail("member 'knn_indices' has a missing entry (-1) before a valid one")
-    if not (indices == np.arange(g)[:, None]).any(axis=1).all():
+    if sharded and not np.array_equal(position, np.arange(g)):
+        check.fail("member 'caller_position' of a shard must be 0 .. g-1 in order")
+    if not (indices == offset + np.arange(g)[:, None]).any(axis=1).all():
         check.fail("member 'knn_indices' has a row that does not list its own node")
     if not np.array_equal(np.isneginf(values), missing):
         check.fail("member 'knn_values' must be -inf exactly where 'knn_indices' is -1")
@@ -465,14 +521,19 @@ def _check_members(members: Mapping[str, np.ndarray], path: Path) -> None:
             check.fail(
                 "member 'm_indptr' has a round that does not start where the previous one ends"
             )
-        if (m_indptr[:, g] - m_indptr[:, 0] != m_indptr[:, 2 * g] - m_indptr[:, g]).any():
+        # (a shard's A_r.T rows hold the entries of every shard naming its nodes: the
+        # halves match over the whole set, checked when the set is opened)
+        if (
+            not sharded
+            and (m_indptr[:, g] - m_indptr[:, 0] != m_indptr[:, 2 * g] - m_indptr[:, g]).any()
+        ):
             check.fail(
                 "member 'm_indptr' has a round whose A_r and A_r.T halves hold "
                 "different numbers of entries"
             )
     elif nnz:
         check.fail(f"member 'm_indices' must be empty when there are no rounds, holds {nnz}")
-    check.within("m_indices", m_indices, 0, g - 1, f"node positions must lie in [0, {g})")
+    check.within("m_indices", m_indices, 0, size - 1, f"node positions must lie in [0, {size})")
     check.finite("m_values", m_values)
     check.within(
         "m_values", m_values, 0, 1 + _TOLERANCE, "entries of normalised rows lie in [0, 1]"
@@ -497,11 +558,13 @@ def _check_members(members: Mapping[str, np.ndarray], path: Path) -> None:
     rev_w = check.array("rev_w", np.float32, (n_edges,), f"(E,) = ({n_edges},) like 'rev_rows'")
     check.offsets("rev_indptr", rev_indptr, n_edges, "E = len(rev_rows)")
     w_idx = top_k2_weights(values, indices, k2)[0]
-    if not np.array_equal(np.diff(rev_indptr), np.bincount(w_idx.ravel(), minlength=g)):
+    if not sharded and not np.array_equal(
+        np.diff(rev_indptr), np.bincount(w_idx.ravel(), minlength=g)
+    ):
         check.fail(
             "member 'rev_indptr' does not match the top-k2 lists: row n must list "
             "every node whose top-k2 holds n"
         )
-    check.within("rev_rows", rev_rows, 0, g - 1, f"node positions must lie in [0, {g})")
+    check.within("rev_rows", rev_rows, 0, size - 1, f"node positions must lie in [0, {size})")
     check.finite("rev_w", rev_w)
     check.within("rev_w", rev_w, 0, 1 + _TOLERANCE, "weights are squared similarities in [0, 1]")

@@ -1,0 +1,249 @@
+"""The distributed build of the inductive database graph on a Ray cluster.
+
+The database is given as shards; shard t holds global positions ``offsets[t] ..
+offsets[t + 1] - 1`` (shards in order). One
+:class:`~triton_rerank.distributed.build_worker.ShardBuilder` actor per shard holds its
+vectors. The driver runs the steps of
+``InductiveGraph.build`` shard by shard, moving data between actors through Ray's object
+store (it never gathers the graph itself):
+
+1. ``knn``: each shard's vectors are searched on every shard (canonical top-k1 per
+   shard, global positions) and the owner merges the lists under the tie rule: the
+   lists of a single-host canonical kNN when the shard searches are exact.
+2. ``reverse``: the rows of ``W.T`` (the reverse top-k2 lists), exchanged between shards.
+3. per propagation round r: ``round{r}-t``, the rows of ``A_r.T`` exchanged; then
+   ``aggregate{r}``, each shard pulling the rows ``M_r[n] = A_r[n] + A_r.T[n]`` of its
+   nodes' top-k2 neighbours from their owners and computing its rows of ``A_{r+1}`` (cut
+   to the row budget) and their norms (the last round: the norms only).
+4. ``write``: each shard writes its graph file (:mod:`triton_rerank.distributed.graph_shards`).
+
+Faults: actors are started with ``max_restarts`` and their tasks with
+``max_task_retries``; a restarted actor reads its shard again and its saved steps back
+(see ``build_worker``), and the retried task gives the same result. The driver records
+each finished step in ``progress.json`` in the work folder: if the driver dies, its
+actors die with it, and calling :func:`build_sharded_graph` again with the same
+``work_dir`` resumes after the last finished step.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..cpu.propagation import locality_order
+from .build_worker import ShardBuilder
+from .graph_shards import ShardedGraph, shard_file_name
+from .shards import as_source, read_source
+
+PROGRESS = "progress.json"
+
+
+def ray_module():
+    """``ray``, imported on first use (the ``ray`` extra), with a clear error without it."""
+    try:
+        import ray
+    except ImportError as error:  # pragma: no cover - exercised only without ray
+        raise ImportError(
+            "triton_rerank.distributed needs Ray: pip install 'triton-rerank[ray]'"
+        ) from error
+    return ray
+
+
+def _shard_sizes(sources) -> list[int]:
+    """Rows per shard, reading each source once on the driver only when needed."""
+    sizes = []
+    for source in sources:
+        if source.kind == "array":
+            sizes.append(int(np.asarray(source.data[0]).shape[0]))
+        elif source.kind == "npy":
+            sizes.append(int(np.load(source.data, mmap_mode="r").shape[0]))
+        elif source.kind == "blocks":
+            ray = ray_module()
+            sizes.append(sum(len(b["id"]) for b in ray.get(list(source.data))))
+        else:
+            sizes.append(int(read_source(source)[1].shape[0]))
+    return sizes
+
+
+def _one_or_many(refs, count: int) -> list:
+    return [refs] if count == 1 else list(refs)
+
+
+def build_sharded_graph(
+    shards,
+    out_dir,
+    *,
+    k1: int = 26,
+    k2: int = 7,
+    iterations: int = 2,
+    row_budget: int = 128,
+    work_dir=None,
+    max_restarts: int = -1,
+    actor_options: dict | None = None,
+    single_host_order: bool = True,
+    on_step: Callable | None = None,
+) -> ShardedGraph:
+    """Build the inductive graph of a sharded database on the Ray cluster ``ray.init``
+    connected to (see the module doc).
+
+    Args:
+        shards: the shards in order: ``[n_t, d]`` arrays, ``(vectors, ids)`` pairs,
+            ``.npy`` or FAISS index file paths, or
+            :class:`~triton_rerank.distributed.shards.ShardSource` (``sources_from_dataset``
+            for a Ray Dataset).
+        out_dir: folder for the shard files and the manifest (every node must see it).
+        k1, k2, iterations, row_budget: as ``InductiveGraph.build``.
+        work_dir: checkpoint folder (every node must see it); a rerun with the same one
+            resumes. Default: a new temporary folder.
+        max_restarts: how often Ray restarts a dead shard actor (-1: always).
+        actor_options: extra ``ray.remote`` options of the actors (e.g. ``num_cpus``,
+            ``memory``); default ``{"num_cpus": 0, "scheduling_strategy": "SPREAD"}``
+            (shards spread over the nodes; their kernels use the node's cores).
+        single_host_order: order the entries of transposed rows as the single-host
+            build numbers its nodes (its locality order, computed on the driver from
+            every kNN list: ``G * k1`` int64), so that the rows equal the single-host
+            rows. False: by global position, nothing gathered on the driver; the rows
+            then differ from the single-host ones only in which of several equal
+            entries at a row's budget are kept.
+        on_step: called as ``on_step(step, actors)`` once a step's tasks are submitted,
+            before the driver waits for them (progress reports; the fault tests kill an
+            actor there).
+
+    Returns:
+        The :class:`~triton_rerank.distributed.graph_shards.ShardedGraph`; ``report``
+        attributes are in its manifest folder's ``build_report.json`` (seconds per step,
+        peak RSS per worker, the steps resumed).
+    """
+    ray = ray_module()
+    sources = [as_source(s) for s in shards]
+    n_shards = len(sources)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = (
+        Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="rerank-build-"))
+    )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    sizes = _shard_sizes(sources)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    if not 1 <= k2 <= k1 <= offsets[-1]:
+        raise ValueError(
+            f"need 1 <= k2 <= k1 <= database size, got k1={k1}, k2={k2}, size {offsets[-1]}"
+        )
+    params = {"k1": k1, "k2": k2, "iterations": iterations, "row_budget": row_budget}
+    done = _resumable_steps(work_dir / PROGRESS, params, sizes)
+    resumed = list(done)
+
+    options = {"num_cpus": 0, "scheduling_strategy": "SPREAD", **(actor_options or {})}
+    remote = ray.remote(ShardBuilder).options(
+        max_restarts=max_restarts, max_task_retries=-1 if max_restarts else 0, **options
+    )
+    # array shards go to the object store once; the driver's reference keeps them alive
+    # for actor restarts
+    placed = [s if s.kind != "array" else type(s)(s.kind, ray.put(s.data)) for s in sources]
+    actors = [
+        remote.remote(t, placed[t], offsets.tolist(), work_dir=str(work_dir), **params)
+        for t in range(n_shards)
+    ]
+    seconds = {}
+
+    def step(name: str, launch: Callable[[], list]) -> None:
+        if name in done:
+            return
+        start = time.perf_counter()
+        refs = launch()
+        if on_step is not None:
+            on_step(name, actors)
+        ray.get(refs)
+        seconds[name] = time.perf_counter() - start
+        done.append(name)
+        (work_dir / PROGRESS).write_text(
+            json.dumps({"params": params, "sizes": sizes, "done": done})
+        )
+
+    try:
+        step("knn", lambda: _knn(actors, k1))
+        step("order", lambda: _order(actors, work_dir, offsets, single_host_order))
+        step("reverse", lambda: _exchange(actors, "weight_parts", "assemble_reverse"))
+        n_rounds = 0 if k2 == 1 else iterations
+        for r in range(n_rounds):
+            step(
+                f"round{r}-t",
+                lambda r=r: _exchange(actors, "round_parts", "assemble_round_transpose", r),
+            )
+            step(f"aggregate{r}", lambda r=r: _aggregate(actors, r))
+        files = tuple(out_dir / shard_file_name(t, n_shards) for t in range(n_shards))
+        step(
+            "write",
+            lambda: [a.write_shard.remote(str(f)) for a, f in zip(actors, files, strict=True)],
+        )
+        rss = ray.get([a.rss_mb.remote() for a in actors])
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    graph = ShardedGraph(out_dir, files, tuple(int(o) for o in offsets), **params)
+    graph.write_manifest()
+    report = {"seconds": seconds, "worker_peak_rss_mb": rss, "resumed": resumed, "sizes": sizes}
+    (out_dir / "build_report.json").write_text(json.dumps(report, indent=1))
+    return graph
+
+
+def _resumable_steps(progress: Path, params: dict, sizes: list[int]) -> list[str]:
+    """The steps a previous run of the same build finished (none for another build)."""
+    if not progress.is_file():
+        return []
+    saved = json.loads(progress.read_text())
+    if saved.get("params") != params or saved.get("sizes") != sizes:
+        return []
+    return list(saved["done"])
+
+
+def _knn(actors, k1: int) -> list:
+    vectors = [a.vectors.remote() for a in actors]
+    return [
+        owner.merge_knn.remote(*[searcher.search.remote(vectors[s], k1) for searcher in actors])
+        for s, owner in enumerate(actors)
+    ]
+
+
+def _order(actors, work_dir: Path, offsets: np.ndarray, single_host_order: bool) -> list:
+    """Write ``order.npy``: the key of each global position in transposed rows."""
+    size = int(offsets[-1])
+    if single_host_order:
+        ray = ray_module()
+        indices = np.concatenate(ray.get([a.knn_indices.remote() for a in actors]))
+        own = np.arange(size, dtype=np.int64)[:, None]
+        order = locality_order(np.where(indices >= 0, indices, own))
+        keys = np.empty(size, dtype=np.int64)
+        keys[order] = np.arange(size, dtype=np.int64)
+    else:
+        keys = np.arange(size, dtype=np.int64)
+    np.save(work_dir / "order.npy", keys)
+    return []
+
+
+def _exchange(actors, split: str, assemble: str, *args) -> list:
+    """Each shard splits a transpose by owner (``split``); each owner assembles its parts."""
+    n = len(actors)
+    parts = [
+        _one_or_many(getattr(a, split).options(num_returns=n).remote(*args), n) for a in actors
+    ]
+    return [
+        getattr(owner, assemble).remote(*args, *[parts[s][t] for s in range(n)])
+        for t, owner in enumerate(actors)
+    ]
+
+
+def _aggregate(actors, r: int) -> list:
+    n = len(actors)
+    needs = [_one_or_many(a.needed_nodes.options(num_returns=n).remote(), n) for a in actors]
+    return [
+        a.aggregate.remote(
+            r, *[owner.round_rows.remote(r, needs[s][t]) for t, owner in enumerate(actors)]
+        )
+        for s, a in enumerate(actors)
+    ]
