@@ -248,11 +248,22 @@ def _bound_cases(rng):
     return np.concatenate([x, y]).astype(np.float32)
 
 
-def test_the_error_bounds_hold():
+def _rounding_and_errors(nodes, way: str):
+    """The bfloat16 copy and the bounds: from torch (``canonical``) or from the CPU
+    path's one pass (``knn.bf16_copy``, what ``knn_graph`` uses)."""
+    if way == "torch":
+        rounding = canonical.bf16_rounding(nodes)
+        return rounding, graph_module.ProductErrors.of(nodes, rounding)
+    rounding, norms = graph_module.bf16_copy(nodes)
+    return rounding, graph_module.ProductErrors.of(nodes, rounding, norms)
+
+
+@pytest.mark.parametrize("way", ["torch", "one pass"])
+def test_the_error_bounds_hold(way):
     nodes = torch.from_numpy(_bound_cases(np.random.default_rng(9)))
     exact = nodes.double() @ nodes.double().T
-    rounding = canonical.bf16_rounding(nodes)
-    errors = graph_module.ProductErrors.of(nodes, rounding)
+    rounding, errors = _rounding_and_errors(nodes, way)
+    assert torch.equal(rounding[0], nodes.to(torch.bfloat16))
     # float32 products (torch's own blocking) and the canonical values
     fp32 = (nodes @ nodes.T).double()
     assert torch.all((fp32 - exact).abs().max(dim=1).values <= errors.fp32)
@@ -265,7 +276,7 @@ def test_the_error_bounds_hold():
     assert torch.all((low - exact).abs() <= slack + errors.bf16[:, None])
     # and the bounds are not uselessly loose on unit rows
     unit_rows = torch.from_numpy(data("gaussian", np.random.default_rng(10), 200, 512, 1))
-    unit_errors = graph_module.ProductErrors.of(unit_rows, canonical.bf16_rounding(unit_rows))
+    _, unit_errors = _rounding_and_errors(unit_rows, way)
     assert float(unit_errors.bf16.max()) < 6e-3 and float(unit_errors.fp32.max()) < 1e-4
 
 

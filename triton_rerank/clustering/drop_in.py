@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from .inputs import row_count
 from .jaccard import DEFAULT_MAX_DISTANCE, jaccard_distance, jaccard_upper_triangle
 
 # The largest N returned dense by default: a [N, N] float32 matrix of 1 GiB.
@@ -65,8 +66,7 @@ def compute_jaccard_distance(
     start = time.perf_counter()
     if print_flag:
         print("Computing jaccard distance...")
-    shape = tuple(getattr(target_features, "shape", None) or np.shape(target_features))
-    n = shape[0] if len(shape) == 2 else 0  # bad shapes are reported by jaccard.py
+    n = row_count(target_features)
     if dense is None:
         dense = n <= DENSE_MAX_ITEMS
     if dense:

@@ -48,6 +48,13 @@ def checked_max_distance(max_distance, largest: float) -> float:
     return float(max_distance)
 
 
+def row_count(features) -> int:
+    """N of ``[N, d]`` features before they are checked (0 for other shapes, which the
+    distances then report), without copying them off their device."""
+    shape = tuple(getattr(features, "shape", None) or np.shape(features))
+    return shape[0] if len(shape) == 2 else 0
+
+
 def knn_backend(features, backend: str) -> str:
     """``"cpu"`` or ``"triton"``: where the kNN lists of ``features`` are computed
     (``"auto"``: the Triton kernels for CUDA tensors, the CPU path otherwise; as
@@ -101,8 +108,8 @@ def upper_pairs_from_scores(
     Args:
         n: N.
         score_rows: ``score_rows(start, stop, out)`` writes the float32 scores of rows
-            ``start:stop`` against every node into ``out [stop - start, N]`` (zeroed on
-            entry).
+            ``start:stop`` against every node into ``out [stop - start, N]``, every
+            entry (``out`` holds the previous block's values on entry).
         max_distance: pairs whose float32 distance ``1 - s`` is below it are kept.
         block_bytes: memory of one block (default ``limits.SCORE_BLOCK_BYTES``).
         max_pairs: keep only the ``max_pairs`` smallest non-zero distances (and every
@@ -116,8 +123,8 @@ def upper_pairs_from_scores(
     block_bytes = limits.SCORE_BLOCK_BYTES if block_bytes is None else block_bytes
     rows_per_block = int(max(1, min(n, block_bytes // (4 * n))))
     buffer = np.empty(rows_per_block * n, np.float32)
-    kept_rows, kept_cols, kept_vals = [np.empty(0, np.int64)], [np.empty(0, np.int64)], []
-    kept_vals.append(np.empty(0, np.float32))
+    kept_rows, kept_cols = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    kept_vals = [np.empty(0, np.float32)]
     n_kept = 0
     # the float32 cutoff with d < cutoff exactly when d < max_distance (for float32 d)
     cutoff = np.float32(max_distance)
@@ -141,7 +148,6 @@ def upper_pairs_from_scores(
     for start in range(0, n, rows_per_block):
         stop = min(n, start + rows_per_block)
         block = buffer[: (stop - start) * n].reshape(stop - start, n)
-        block[:] = 0.0
         score_rows(start, stop, block)
         distance = np.subtract(np.float32(1.0), block, out=block)
         for r in range(stop - start):  # the lower triangle and the diagonal are not kept

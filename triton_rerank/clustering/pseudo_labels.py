@@ -18,6 +18,7 @@ from .. import checks
 from .cosine import cosine_distance
 from .eps import DEFAULT_RHO, TooFewStoredPairs, checked_rho, eps_from_rho
 from .gnn import gnn_distance
+from .inputs import row_count
 from .jaccard import jaccard_distance
 
 METHODS = ("jaccard", "gnn", "cosine")
@@ -51,20 +52,24 @@ def eps_by_rho(features, method: str, rho: float, **options):
     when that stores too few pairs.
 
     Returns:
-        ``(eps, distances)``: the radius and the sparse matrix it came from.
+        ``(eps, distances, complete_below)``: the radius, the sparse matrix it came from,
+        and a distance below which that matrix stores every pair.
     """
     if method != "jaccard":
-        shape = tuple(getattr(features, "shape", None) or np.shape(features))
-        n = shape[0] if shape else 0  # bad shapes are reported by the distance
+        n = row_count(features)
         most = int(np.round(rho * (n * (n - 1) // 2))) + 1
         distances = method_distance(features, method, LARGEST[method], max_pairs=most, **options)
-        return eps_from_rho(distances, rho), distances
+        # max_pairs keeps every pair up to the largest one kept (ties included)
+        largest_kept = np.float32(distances.data.max(initial=0.0))
+        complete_below = float(np.nextafter(largest_kept, np.float32(np.inf)))
+        return eps_from_rho(distances, rho), distances, complete_below
+    max_distance = FIRST_MAX_DISTANCE[method]
     try:
-        distances = jaccard_distance(features, max_distance=FIRST_MAX_DISTANCE[method], **options)
-        return eps_from_rho(distances, rho), distances
+        distances = jaccard_distance(features, max_distance=max_distance, **options)
+        return eps_from_rho(distances, rho), distances, max_distance
     except TooFewStoredPairs:
         distances = jaccard_distance(features, max_distance=1.0, **options)
-        return eps_from_rho(distances, rho, unstored=1.0), distances
+        return eps_from_rho(distances, rho, unstored=1.0), distances, 1.0
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ def cluster(
             eps = DEFAULT_EPS[method]
         else:
             rho = checked_rho(DEFAULT_RHO if rho is None else rho)
-            eps, distances = eps_by_rho(features, method, rho, **options)
+            eps, distances, complete_below = eps_by_rho(features, method, rho, **options)
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number, got {eps!r}")
     eps = float(eps)
@@ -118,9 +123,8 @@ def cluster(
     # DBSCAN compares the float32 distances with eps in float32 (numpy's weak Python
     # scalars): it needs every pair with float32 distance <= float32(eps)
     cutoff = float(np.nextafter(np.float32(eps), np.float32(np.inf)))
-    # every pair up to the largest stored distance is stored (by construction of the
-    # matrices): the one from the rho rule serves when float32(eps) is within that
-    if distances is None or np.float32(eps) > distances.data.max(initial=0.0):
+    # the rho rule's matrix serves when it holds every pair DBSCAN needs
+    if distances is None or not np.float32(eps) < complete_below:
         distances = method_distance(features, method, min(cutoff, LARGEST[method]), **options)
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(distances)
     return Clustering(labels.astype(np.int64), eps, int(distances.nnz))

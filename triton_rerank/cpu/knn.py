@@ -137,12 +137,11 @@ def bf16_copy(nodes: torch.Tensor):
     """
     x_bf16 = nodes.to(torch.bfloat16)
     low_bits = x_bf16.view(torch.int16).numpy().view(np.uint16)
-    norms, rounded_norms, error_norms = rounding_norms(nodes.numpy(), low_bits)
-    scale = canonical.norm_slack(nodes.shape[1])
-    as_tensor = torch.from_numpy
-    return (x_bf16, as_tensor(rounded_norms * scale), as_tensor(error_norms * scale)), as_tensor(
-        norms * scale
+    scale = canonical.norm_slack(nodes.shape[1])  # rounds each norm up past its error
+    norms, rounded_norms, error_norms = (
+        torch.from_numpy(v * scale) for v in rounding_norms(nodes.numpy(), low_bits)
     )
+    return (x_bf16, rounded_norms, error_norms), norms
 
 
 def _strips(start: int, stop: int, rows_per_strip: int):
