@@ -6,6 +6,10 @@ peak RSS is its own), features in (unit rows) to results out:
 
 - ``gemm``: the plain float32 torch upper-triangle product of ``U = [Xq; Xg]`` in
   2,048-row strips, nothing else (the floor the issue compares against);
+- ``products``: only the matrix products ``ours`` does with the automatic pass: float32
+  query strips against every node (they are also the ``[q, g]`` base of the score) and
+  the gallery's upper triangle in bfloat16 (float32 where bf16 is not native), in
+  2,048-row strips: the floor of ``ours`` before any selection, propagation or scoring;
 - ``ours``: ``gnn_rerank`` with the fast pass chosen automatically (bf16 here) and
   forced to float32 (``TRITON_RERANK_KNN_PRECISION=fp32``), full ``[q, g]`` scores and
   ``topk=100``;
@@ -32,7 +36,7 @@ import time
 import numpy as np
 from common import benchmark_parser, machine, median_report, peak_rss_mb, publish, run_child
 
-METHODS = ("gemm", "ours")
+METHODS = ("gemm", "products", "ours")
 PRECISION_VARIABLE = "TRITON_RERANK_KNN_PRECISION"
 REPEATS = 3
 STRIP_ROWS = 2048
@@ -52,6 +56,20 @@ def run_method(method: str, data_path: str, topk: int | None) -> dict:
         start = time.perf_counter()
         for a in range(0, nodes.shape[0], STRIP_ROWS):
             torch.matmul(nodes[a : a + STRIP_ROWS], nodes[a:].T)
+    elif method == "products":
+        from triton_rerank.cpu.knn_precision import knn_precision
+
+        nodes = torch.from_numpy(np.concatenate([xq, xg]))
+        fast = torch.bfloat16 if knn_precision() == "bf16" else torch.float32
+        torch.matmul(nodes[:64], nodes[:256].T)
+        torch.matmul(nodes[:64].to(fast), nodes[:256].to(fast).T)
+        n_query = xq.shape[0]
+        start = time.perf_counter()
+        for a in range(0, n_query, STRIP_ROWS):
+            torch.matmul(nodes[a : a + STRIP_ROWS], nodes[a:].T)
+        gallery = nodes[n_query:].to(fast)
+        for a in range(0, gallery.shape[0], STRIP_ROWS):
+            torch.matmul(gallery[a : a + STRIP_ROWS], gallery[a:].T)
     else:
         gnn_rerank(xq[:4], xg[:60], k1=8, k2=3)
         gnn_rerank(xq[:4], xg[:60], k1=8, k2=3, topk=5)
@@ -142,6 +160,7 @@ def main() -> None:
         print("Market shape ...", file=sys.stderr, flush=True)
         runs = results["market"]
         runs["gemm"] = repeated("gemm", paths["market"], None, repeats)
+        runs["products (floor of ours)"] = repeated("products", paths["market"], None, repeats)
         for topk in (None, 100):
             label = "full" if topk is None else f"top{topk}"
             runs[f"ours auto {label}"] = repeated("ours", paths["market"], topk, repeats)

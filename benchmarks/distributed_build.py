@@ -127,6 +127,7 @@ def child_sharded_build(data: Path, out: Path, shard_counts: list[int]) -> dict:
             "peak_rss_mb": peak_rss_mb(),
             "worker_peak_rss_mb": report["worker_peak_rss_mb"],
             "step_seconds": report["seconds"],
+            "worker_peak_rss_mb_after": report["worker_peak_rss_mb_after"],
             "shard_file_bytes": [os.path.getsize(f) for f in sorted(folder.glob("*.npz"))],
         }
     ray.shutdown()

@@ -38,6 +38,10 @@ Modes:
   default, the graph's neighbour lists) come from the index's own search, so store
   unit vectors (``faiss.normalize_L2``) to make its neighbours the cosine ones;
   building the graph over other vectors warns (``UnnormalisedVectorsWarning``).
+  With ``shortlist_seeds=s`` the index is searched for ``s`` results only and the
+  shortlist is grown from them through the graph's neighbour lists (another shortlist,
+  so other results; see :mod:`triton_rerank.database.reranked_search`): an IVF search
+  for 100 results costs far less than one for 1,000.
 
 Both modes run on :class:`~triton_rerank.database.reranked_search.RerankedSearch`, the code
 path the Milvus and LanceDB adapters share; :class:`FaissBackend` is the FAISS
@@ -241,6 +245,10 @@ class RerankedIndex:
         mode: ``"exact"`` or ``"inductive"``.
         shortlist: inductive mode's candidates per query (default ``max(10 * k, k1)``,
             at most ``ntotal``).
+        shortlist_seeds: inductive mode without a filter: search only this many
+            results (e.g. ``k``) and grow the shortlist from them through the graph's
+            neighbour lists (``RerankedSearch``'s module doc); default: the whole
+            shortlist from the search.
         backend: ``"auto"`` or ``"cpu"``: the adapter runs the CPU path (CUDA tensors
             are computed on the CPU and returned on their device; ``"torch"`` is the
             deprecated old name of ``"cpu"``).
@@ -256,6 +264,7 @@ class RerankedIndex:
         lamb: float = 0.3,
         mode: str = "exact",
         shortlist: int | None = None,
+        shortlist_seeds: int | None = None,
         backend: str = "auto",
     ):
         if not isinstance(index, faiss.Index):
@@ -281,12 +290,14 @@ class RerankedIndex:
             lamb=lamb,
             mode=mode,
             shortlist=shortlist,
+            shortlist_seeds=shortlist_seeds,
             on_change="rebuild",
             unit_vectors_advice="add faiss.normalize_L2-ed vectors instead",
         )
         self.k1, self.k2 = self._search.k1, self._search.k2
         self.iterations, self.lamb = self._search.iterations, self._search.lamb
         self.shortlist = self._search.shortlist
+        self.shortlist_seeds = self._search.shortlist_seeds
         self.index = index
         self.mode = mode
         self.backend = backend

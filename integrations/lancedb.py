@@ -35,7 +35,9 @@ Modes (:mod:`triton_rerank.database.reranked_search`, shared with FAISS and Milv
   neighbour lists from the table's own search, or the canonical kNN computed locally
   when the column has no vector index, so that searches are exhaustive), saved beside
   the table (:meth:`RerankedTable.save_graph`, checked by :meth:`RerankedTable.load_graph`),
-  and each query is re-ranked against a ``shortlist`` from the table's search.
+  and each query is re-ranked against a ``shortlist`` from the table's search, or (with
+  ``shortlist_seeds=s``) grown from its top ``s`` through the graph's neighbour lists
+  (:mod:`triton_rerank.database.reranked_search`).
 
 ``where`` is LanceDB's SQL filter, applied before the vector search (prefilter):
 candidates only come from the rows it keeps, the neighbourhood structure is that of the
@@ -329,6 +331,10 @@ class RerankedTable:
         mode: ``"exact"`` or ``"inductive"``.
         shortlist: inductive mode's candidates per query (default ``max(10 * k, k1)``,
             at most the row count).
+        shortlist_seeds: inductive mode without a filter: search only this many
+            results (e.g. ``k``) and grow the shortlist from them through the graph's
+            neighbour lists (``RerankedSearch``'s module doc); default: the whole
+            shortlist from the search.
         on_change: inductive mode after the table's rows changed: ``"error"``
             (:class:`~triton_rerank.database.reranked_search.DatabaseChangedError`) or
             ``"rebuild"`` the graph within the next search.
@@ -349,6 +355,7 @@ class RerankedTable:
         lamb: float = 0.3,
         mode: str = "exact",
         shortlist: int | None = None,
+        shortlist_seeds: int | None = None,
         on_change: str = "error",
         nprobes: int | None = None,
         refine_factor: int | None = None,
@@ -371,6 +378,7 @@ class RerankedTable:
             lamb=lamb,
             mode=mode,
             shortlist=shortlist,
+            shortlist_seeds=shortlist_seeds,
             on_change=on_change,
             unit_vectors_advice="store L2-normalised vectors, or search with metric='cosine'",
         )

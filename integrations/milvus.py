@@ -37,7 +37,10 @@ Modes (:mod:`triton_rerank.database.reranked_search`, shared with FAISS and Lanc
   computed locally for a ``FLAT`` index), saved beside the collection
   (:meth:`save_graph`, validated by :meth:`load_graph`), and each query is re-ranked
   against a ``shortlist`` of candidates from the collection's search. The cost per
-  query does not grow with the collection.
+  query does not grow with the collection. Milvus's search cost grows with ``limit``:
+  ``shortlist_seeds=s`` searches ``s`` results only (e.g. ``s = limit``) and grows the
+  shortlist from them through the graph's neighbour lists (another shortlist, so other
+  results; :mod:`triton_rerank.database.reranked_search`).
 
 Filters: ``filter`` is passed to Milvus; candidates only come from the rows it keeps,
 while the neighbourhood structure is that of the whole collection (exact mode scores
@@ -292,6 +295,10 @@ class RerankedCollection:
         mode: ``"exact"`` or ``"inductive"``.
         shortlist: inductive mode's candidates per query (default ``max(10 * k, k1)``,
             at most the row count and 16384).
+        shortlist_seeds: inductive mode without a filter: search only this many
+            results (e.g. ``k``) and grow the shortlist from them through the graph's
+            neighbour lists (``RerankedSearch``'s module doc); default: the whole
+            shortlist from the search.
         on_change: inductive mode after rows were inserted or deleted: ``"error"``
             (:class:`~triton_rerank.database.reranked_search.DatabaseChangedError`) or
             ``"rebuild"`` the graph within the next search.
@@ -311,6 +318,7 @@ class RerankedCollection:
         lamb: float = 0.3,
         mode: str = "exact",
         shortlist: int | None = None,
+        shortlist_seeds: int | None = None,
         on_change: str = "error",
         search_params: dict | None = None,
     ):
@@ -325,6 +333,7 @@ class RerankedCollection:
             lamb=lamb,
             mode=mode,
             shortlist=shortlist,
+            shortlist_seeds=shortlist_seeds,
             on_change=on_change,
             unit_vectors_advice="store L2-normalised vectors, or index the field with COSINE",
         )

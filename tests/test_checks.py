@@ -154,6 +154,35 @@ def test_array_kinds_users_pass_are_re_ranked_like_float32(make):
     np.testing.assert_allclose(ours, want, rtol=0, atol=1e-6)
 
 
+def with_entries(x, row, values):
+    x = x.copy()
+    x[row, : len(values)] = values
+    return x
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [[np.nan], [1.0, np.inf], [np.inf, -np.inf], [-np.inf]],
+    ids=["one NaN", "one inf", "inf and -inf", "one -inf"],
+)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_a_single_non_finite_entry_is_found(entries, normalize):
+    with pytest.raises(
+        ValueError, match=r"gallery contains NaN or inf in 1 row\(s\), first at row 5"
+    ):
+        gnn_rerank(XQ, with_entries(XG, 5, entries), k1=5, k2=3, normalize=normalize)
+
+
+def test_finite_rows_whose_sum_overflows_are_accepted():
+    # float32 row sums overflow here (the fast finiteness check's sum), the values do not
+    positive = np.abs(XG)
+    huge = positive.copy()
+    huge[3] *= np.float32(2.0**126)
+    assert not np.isfinite(huge[3].sum()) and np.isfinite(huge).all()
+    want = gnn_rerank(XQ, positive, k1=5, k2=3)
+    np.testing.assert_array_equal(gnn_rerank(XQ, huge, k1=5, k2=3), want)
+
+
 def test_zero_rows_are_fine_without_normalisation():
     scores = gnn_rerank(XQ, with_row(XG, 3, 0.0), k1=5, k2=3, normalize=False)
     assert np.isfinite(scores).all()

@@ -21,13 +21,21 @@ from triton_rerank.database.graph_file import (  # noqa: E402
 )
 from triton_rerank.distributed.batch_job import rerank_dataset  # noqa: E402
 from triton_rerank.distributed.build import build_sharded_graph  # noqa: E402
+from triton_rerank.distributed.build_worker import ShardBuilder  # noqa: E402
 from triton_rerank.distributed.graph_shards import open_sharded_graph  # noqa: E402
 from triton_rerank.distributed.serving import ShardedSearch  # noqa: E402
-from triton_rerank.distributed.shards import ShardSource, sources_from_dataset  # noqa: E402
+from triton_rerank.distributed.shards import (  # noqa: E402
+    ShardSource,
+    as_source,
+    sources_from_dataset,
+)
 from triton_rerank.integrations.faiss import RerankedIndex  # noqa: E402
 
 N, D, K = 2000, 32, 10
 PARAMS = {"k1": 10, "k2": 4, "iterations": 2, "row_budget": 32}
+# several batches per shard in the kNN join and the aggregation (the defaults hold a
+# whole shard of these tests in one batch)
+BATCHES = {"knn_rows": 300, "aggregate_rows": 256}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,7 +70,7 @@ def single_host(data):
 def two_shards(data, tmp_path_factory):
     """A 2-shard graph of the database, built once for the tests that only read it."""
     folder = tmp_path_factory.mktemp("two_shards")
-    build_sharded_graph(split(data[0], 2), folder, **PARAMS)
+    build_sharded_graph(split(data[0], 2), folder, **PARAMS, **BATCHES)
     return folder
 
 
@@ -144,7 +152,9 @@ def test_faiss_index_files_and_a_ray_dataset_give_the_same_graph(data, single_ho
     assert_same_graph(tmp_path / "from_faiss", graph)
 
     rows = ray.data.from_items([{"id": i, "vector": v} for i, v in enumerate(xb)])
-    build_sharded_graph(sources_from_dataset(rows, 3), tmp_path / "from_dataset", **PARAMS)
+    build_sharded_graph(
+        sources_from_dataset(rows, 3), tmp_path / "from_dataset", **PARAMS, **BATCHES
+    )
     assert_same_graph(tmp_path / "from_dataset", graph)
 
     # the batch job: (D, I) per block, the same as one search of the whole set
@@ -166,6 +176,38 @@ def test_faiss_index_files_and_a_ray_dataset_give_the_same_graph(data, single_ho
     assert_same_results((np.concatenate(distances)[order], np.concatenate(labels)[order]), expected)
 
 
+def test_ivf_shards_keep_every_candidate_that_can_be_in_the_lists(data, tmp_path):
+    """Approximate inner-product shard indexes: the two-pass kNN join (float32 products,
+    then canonical values of the candidates that can be in the top-k1 only) gives the
+    lists of the one-pass join, which rescores every shard's candidates (run here by
+    ShardBuilder itself, outside Ray)."""
+    xb, _ = data
+    paths = []
+    for t, part in enumerate(split(xb, 2)):
+        index = faiss.index_factory(D, "IVF8,Flat", faiss.METRIC_INNER_PRODUCT)
+        index.train(part)
+        index.add(part)
+        index.nprobe = 2
+        paths.append(str(tmp_path / f"ivf{t}.faiss"))
+        faiss.write_index(index, paths[-1])
+    sharded = build_sharded_graph(paths, tmp_path / "graph", **PARAMS, **BATCHES)
+    graph_params = {name: PARAMS[name] for name in ("k1", "k2", "iterations", "row_budget")}
+    builders = [
+        ShardBuilder(
+            t, as_source(p), sharded.offsets, **graph_params, work_dir=str(tmp_path / "ref")
+        )
+        for t, p in enumerate(paths)
+    ]
+    assert all(b.search_kind() == "products" for b in builders)
+    for owner, path in zip(builders, sharded.files, strict=True):
+        lists = [b.search(owner.vectors(), PARAMS["k1"]) for b in builders]  # every candidate
+        owner.merge_knn(0, owner.g, *lists)
+        expected = owner._step("knn-0")
+        m = read_graph_shard_file(path)
+        np.testing.assert_array_equal(m["knn_indices"], expected["indices"])
+        np.testing.assert_array_equal(m["knn_values"], expected["values"])
+
+
 def test_a_shard_actor_killed_during_the_build_changes_nothing(data, single_host, tmp_path):
     xb, _ = data
     graph, _ = single_host
@@ -176,7 +218,7 @@ def test_a_shard_actor_killed_during_the_build_changes_nothing(data, single_host
             ray.kill(actors[1], no_restart=False)
             killed.append(step)
 
-    build_sharded_graph(split(xb, 2), tmp_path / "graph", on_step=kill_during, **PARAMS)
+    build_sharded_graph(split(xb, 2), tmp_path / "graph", on_step=kill_during, **PARAMS, **BATCHES)
     assert killed == ["knn", "aggregate0"]
     assert_same_graph(tmp_path / "graph", graph)
 
@@ -209,9 +251,16 @@ def test_a_rerun_resumes_after_the_driver_stopped(data, single_host, tmp_path):
 
     with pytest.raises(DriverStopped):
         build_sharded_graph(
-            split(xb, 2), tmp_path / "graph", work_dir=tmp_path / "work", on_step=stop, **PARAMS
+            split(xb, 2),
+            tmp_path / "graph",
+            work_dir=tmp_path / "work",
+            on_step=stop,
+            **PARAMS,
+            **BATCHES,
         )
-    build_sharded_graph(split(xb, 2), tmp_path / "graph", work_dir=tmp_path / "work", **PARAMS)
+    build_sharded_graph(
+        split(xb, 2), tmp_path / "graph", work_dir=tmp_path / "work", **PARAMS, **BATCHES
+    )
     report = (tmp_path / "graph" / "build_report.json").read_text()
     assert (
         '"resumed": [\n  "knn",\n  "order",\n  "reverse",\n  "round0-t",\n  "aggregate0"\n ]'

@@ -238,6 +238,29 @@ def test_inductive_mode_pads_short_shortlists(clustered):
     assert np.all(np.diff(short.astype(int), axis=1) >= 0)  # padding comes last
 
 
+def test_shortlist_seeds_grow_the_shortlist_through_the_graph(clustered):
+    xq, xb = clustered
+    index = id_map(xb)
+    reranked = RerankedIndex(index, mode="inductive", shortlist=150, shortlist_seeds=20, **PARAMS)
+    D, I = reranked.search(xq, 10)
+    # the same graph, re-ranking the grown shortlist of the index's own top 20
+    graph = reranked._graph
+    ids = faiss.vector_to_array(index.id_map)
+    _, seed_ids = index.search(xq, 20)
+    seeds = np.argsort(ids)[np.searchsorted(np.sort(ids), seed_ids)]
+    unit = reranked._search.check_queries(xq)[0]  # the queries as the adapter reads them
+    scores, positions = graph.rerank_grown(unit, seeds, 10, PARAMS["lamb"], 150)
+    np.testing.assert_array_equal(I, ids[positions])
+    np.testing.assert_array_equal(D, scores)
+    # the default takes the whole shortlist from the search: other results, as good
+    _, default = RerankedIndex(index, mode="inductive", shortlist=150, **PARAMS).search(xq, 10)
+    _, exact = RerankedIndex(index, **PARAMS).search(xq, 10)
+    assert not np.array_equal(I, default)
+    assert list_recall(I, exact) >= 0.85 and list_recall(default, exact) >= 0.85
+    with pytest.raises(ValueError, match="shortlist_seeds"):
+        RerankedIndex(index, mode="inductive", shortlist_seeds=0)
+
+
 def test_graph_save_and_load_round_trip(tmp_path, clustered):
     xq, xb = clustered
     index = id_map(xb)

@@ -96,3 +96,50 @@ def test_neighbour_lists_from_an_approximate_search_are_repaired():
         )
         assert np.all(np.diff(values[node][valid]) <= 0)
         assert np.all(np.isneginf(values[node][~valid]))
+
+
+def grown_reference(xb, lists, queries, seeds, shortlist):
+    """Dense reference of a grown shortlist: per query the ``shortlist`` rows most similar
+    to it (float64, ties by smaller position) among its seeds and their kNN lists, in the
+    order they are met (seeds, then each seed's list), -1 padded."""
+    rows = []
+    for q, row in zip(queries, seeds, strict=True):
+        pool = list(dict.fromkeys([s for s in row if s >= 0]))
+        for s in list(pool):
+            pool += [u for u in lists[s] if u >= 0 and u not in pool]
+        pool = np.array(pool)
+        sims = xb[pool].astype(np.float64) @ q.astype(np.float64)
+        if len(pool) > shortlist:
+            order = np.lexsort((pool, -sims))
+            cut = np.sort(-sims)
+            # no near-tie at the cut: float32 and float64 similarities keep the same rows
+            assert cut[shortlist] - cut[shortlist - 1] > 1e-5
+            pool = pool[np.sort(order[:shortlist])]
+        rows.append(pool)
+    out = np.full((len(queries), max(len(r) for r in rows)), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+@pytest.mark.parametrize("shortlist", [40, 1000])
+def test_grown_shortlists_rerank_as_the_reference_shortlist(database, shortlist):
+    queries, xb = database
+    _, indices = exact_lists(xb, 8)
+    graph = InductiveGraph.build(xb, indices, k2=3, iterations=2)
+    lists = scored_neighbour_lists(xb, indices)[1]  # the graph's lists, in positions
+    # more seeds than the k1 - 1 nearest whose lists the re-ranking adds anyway
+    seeds = np.argsort(-(queries @ xb.T), axis=1, kind="stable")[:, :12]
+    grown = grown_reference(xb, lists, queries, seeds, shortlist)
+    assert grown.shape[1] > 12  # the lists add rows
+    if shortlist == 40:
+        assert (grown >= 0).sum(axis=1).max() == 40  # the cut was taken
+    scores, positions = graph.rerank_grown(queries, seeds, 15, 0.3, shortlist)
+    want_scores, want_positions = graph.rerank(queries, grown, 15, 0.3)
+    np.testing.assert_array_equal(positions, want_positions)
+    np.testing.assert_array_equal(scores, want_scores)
+    # padding and repeated seeds change nothing
+    padded = np.concatenate([seeds, seeds[:, :2], np.full((len(seeds), 3), -1)], axis=1)
+    again = graph.rerank_grown(queries, padded, 15, 0.3, shortlist)
+    np.testing.assert_array_equal(again[1], positions)
+    np.testing.assert_array_equal(again[0], scores)

@@ -129,6 +129,24 @@ def test_inductive_mode_equals_the_faiss_inductive_mode(db, data, shortlist):
     np.testing.assert_array_equal(D, 1 - want_d)
 
 
+def test_shortlist_seeds_equal_the_faiss_inductive_mode(db, data):
+    xq, xb, ids = data
+    table = make_table(db, xb, ids)
+    reranked = RerankedTable(table, mode="inductive", shortlist=300, shortlist_seeds=10, **PARAMS)
+    D, I = reranked.search_arrays(xq, 10)
+    stored, stored_ids = by_id(xb, ids)
+    want_d, want_i = faiss_inductive(xq, stored, 10, shortlist=300, shortlist_seeds=10)
+    np.testing.assert_array_equal(I, stored_ids[want_i])
+    np.testing.assert_array_equal(D, 1 - want_d)
+    # filtered searches take their shortlist from the search (the graph cannot filter)
+    default = RerankedTable(table, mode="inductive", shortlist=60, **PARAMS)
+    reranked = RerankedTable(table, mode="inductive", shortlist=60, shortlist_seeds=10, **PARAMS)
+    want = default.search_arrays(xq, 8, where="cat = 1")
+    got = reranked.search_arrays(xq, 8, where="cat = 1")
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+
 def test_inductive_mode_over_a_vector_index_searches_the_neighbour_lists(db, data):
     xq, xb, ids = data
     table = make_table(db, xb, ids)

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..cpu.kernels.aggregate import count_row_nnz, fill_rows, row_norms
 from ..cpu.kernels.canonical import canonical_list_values
-from ..cpu.kernels.inductive_scores import rerank_shortlists
+from ..cpu.kernels.inductive_scores import rerank_grown_shortlists, rerank_shortlists
 from ..cpu.kernels.transpose import transpose
 from ..cpu.knn import sorted_neighbour_lists
 from ..cpu.propagation import locality_order, top_k2_weights
@@ -298,6 +298,31 @@ class InductiveGraph:
             equal scores by smaller position; ``-inf`` / -1 where fewer than k candidates.
             Positions are the caller's (those of ``vectors`` given to :meth:`build`).
         """
+        return self._rerank(queries, candidates, k, lamb, None)
+
+    def rerank_grown(
+        self, queries: np.ndarray, seeds: np.ndarray, k: int, lamb: float, shortlist: int
+    ):
+        """Re-rank each query's shortlist grown from ``seeds`` through the graph: the
+        ``shortlist`` database nodes most similar to the query (float32 cosine, equal
+        similarities by smaller position) among its seeds and their kNN lists
+        (``knn_indices``, ``k1`` each); all of them when fewer. The shortlist is then
+        re-ranked as :meth:`rerank` re-ranks given candidates: ``rerank_grown(q, s, k,
+        lamb, L)`` equals ``rerank(q, grown, k, lamb)`` for that grown shortlist.
+
+        Args:
+            queries: ``[b, d]`` float32 unit rows.
+            seeds: ``[b, s]`` int64 database positions (-1 = none; repeats count once),
+                e.g. the top-``s`` of a search.
+            k, lamb: as :meth:`rerank`.
+            shortlist: the most candidates kept from the grown pool (``>= 1``).
+
+        Returns:
+            As :meth:`rerank`.
+        """
+        return self._rerank(queries, seeds, k, lamb, int(shortlist))
+
+    def _rerank(self, queries, candidates, k: int, lamb: float, shortlist: int | None):
         n_batch = queries.shape[0]
         scores = np.full((n_batch, k), -np.inf, dtype=np.float32)
         nodes = np.full((n_batch, k), -1, dtype=np.int64)
@@ -307,7 +332,7 @@ class InductiveGraph:
         candidate_nodes = np.where(
             candidates >= 0, self._internal_id[np.maximum(candidates, 0)], -1
         )
-        rerank_shortlists(
+        arrays = (
             np.ascontiguousarray(queries, dtype=np.float32),
             candidate_nodes,
             self.caller_position,
@@ -328,10 +353,11 @@ class InductiveGraph:
             self.row_budget,
             np.float32(lamb),
             np.float32(NORM_EPS),
-            numba.get_num_threads(),
-            scores,
-            nodes,
         )
+        if shortlist is None:
+            rerank_shortlists(*arrays, numba.get_num_threads(), scores, nodes)
+        else:
+            rerank_grown_shortlists(*arrays, shortlist, numba.get_num_threads(), scores, nodes)
         return scores, np.where(nodes >= 0, self.caller_position[np.maximum(nodes, 0)], -1)
 
     @cached_property

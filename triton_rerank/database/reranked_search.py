@@ -16,6 +16,23 @@ store's inputs and outputs.
   re-ranked against its shortlist from the backend's search
   (:mod:`triton_rerank.database.inductive`).
 
+Inductive shortlists: by default each query's ``shortlist`` candidates are the top
+``shortlist`` of the backend's search. With ``shortlist_seeds=s`` the backend is asked
+for its top ``s`` only (the *seeds*, e.g. ``s = k``: the plain search itself), and the
+shortlist is grown from them through the frozen graph: the ``shortlist`` rows most
+similar to the query among the seeds and their ``k1``-nearest-neighbour lists (all of
+them when fewer: at most ``s * (k1 + 1)``), their similarities computed from the
+graph's own copy of the unit vectors (no extra memory, no vectors read from the
+store). Results then differ from those of the default (another shortlist: it misses
+the rows of the search's top ``shortlist`` that no seed lists, and may hold rows the
+search missed), but the re-ranking of the grown shortlist is the same as of any given
+one (:meth:`InductiveGraph.rerank_grown
+<triton_rerank.database.inductive.InductiveGraph.rerank_grown>`). Stores whose search
+cost grows with the result count (Milvus, an IVF index's heap at k = 1,000) search
+``s`` results instead of ``shortlist``. With a filter the graph cannot tell which rows
+the filter keeps, so filtered searches take their shortlist from the search as by
+default (``shortlist_seeds`` is not used).
+
 Similarity is cosine: stored vectors and queries are L2-normalised. Positions (rows of
 the database) follow the backend's :meth:`~triton_rerank.database.search_backend.SearchBackend.ids`
 order; graph files record the ids as int64 codes (:func:`id_codes`).
@@ -193,6 +210,10 @@ class RerankedSearch:
         mode: ``"exact"`` or ``"inductive"``.
         shortlist: inductive mode's candidates per query from the backend's search
             (default ``max(10 * k, k1)``, at most the number of rows).
+        shortlist_seeds: inductive mode without a filter: take only this many results
+            from the backend's search and grow the shortlist from them through the
+            graph (see the module doc); None (default): the whole shortlist from the
+            search.
         on_change: what inductive mode does when the data changed since its graph was
             built or loaded: ``"rebuild"`` the graph, or raise ``"error"``
             (:class:`DatabaseChangedError`). Exact mode always re-reads the data.
@@ -210,6 +231,7 @@ class RerankedSearch:
         lamb: float = 0.3,
         mode: str = "exact",
         shortlist: int | None = None,
+        shortlist_seeds: int | None = None,
         on_change: str = "rebuild",
         unit_vectors_advice: str = "store L2-normalised vectors instead",
     ):
@@ -229,6 +251,11 @@ class RerankedSearch:
         self.iterations = check_int(iterations, "iterations", minimum=0)
         self.lamb = check_unit_interval(lamb, "lamb")
         self.shortlist = None if shortlist is None else check_int(shortlist, "shortlist", minimum=1)
+        self.shortlist_seeds = (
+            None
+            if shortlist_seeds is None
+            else check_int(shortlist_seeds, "shortlist_seeds", minimum=1)
+        )
         self.backend = backend
         self.mode = mode
         self.on_change = on_change
@@ -572,10 +599,15 @@ class RerankedSearch:
                 f"shortlist={shortlist} is smaller than k={k}: the re-ranked results come "
                 f"from the shortlist"
             )
-        hits = self.backend.search(queries, shortlist, filter=filter)
+        grown = filter is None and self.shortlist_seeds is not None
+        searched = min(self.shortlist_seeds, count) if grown else shortlist
+        hits = self.backend.search(queries, searched, filter=filter)
         candidates, unknown = positions_of(hits.ids, hits.found)
         if unknown.any():
             self._changed_during_search("its search returned")
+        if grown:
+            scores, positions = graph.rerank_grown(queries, candidates, k, self.lamb, shortlist)
+            return self._hits(scores, positions, positions >= 0, positions_of.ids)
         if filter is None:
             scores, positions = graph.rerank(queries, candidates, k, self.lamb)
             return self._hits(scores, positions, positions >= 0, positions_of.ids)

@@ -9,13 +9,19 @@ store (it never gathers the graph itself):
 
 1. ``knn``: each shard's vectors are searched on every shard (canonical top-k1 per
    shard, global positions) and the owner merges the lists under the tie rule: the
-   lists of a single-host canonical kNN when the shard searches are exact.
+   lists of a single-host canonical kNN when the shard searches are exact. With
+   approximate inner-product indexes, two passes: float32 candidates from every shard,
+   then canonical values only for those that can be in the top-k1 (see ``_knn``).
 2. ``reverse``: the rows of ``W.T`` (the reverse top-k2 lists), exchanged between shards.
 3. per propagation round r: ``round{r}-t``, the rows of ``A_r.T`` exchanged; then
    ``aggregate{r}``, each shard pulling the rows ``M_r[n] = A_r[n] + A_r.T[n]`` of its
    nodes' top-k2 neighbours from their owners and computing its rows of ``A_{r+1}`` (cut
    to the row budget) and their norms (the last round: the norms only).
 4. ``write``: each shard writes its graph file (:mod:`triton_rerank.distributed.graph_shards`).
+
+The kNN join and the aggregation run in batches of each shard's rows (``knn_rows``,
+``aggregate_rows``), two waves of batches in flight, so that what a worker holds beyond
+its own rows is bounded by the batch sizes, not by the database.
 
 Faults: actors are started with ``max_restarts`` and their tasks with
 ``max_task_retries``; a restarted actor reads its shard again and its saved steps back
@@ -30,13 +36,13 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ..cpu.propagation import locality_order
-from .build_worker import ShardBuilder
+from .build_worker import AGGREGATE_ROWS, KNN_ROWS, ShardBuilder, batch_bounds
 from .graph_shards import ShardedGraph, shard_file_name
 from .shards import as_source, read_source
 
@@ -87,6 +93,8 @@ def build_sharded_graph(
     actor_options: dict | None = None,
     single_host_order: bool = True,
     on_step: Callable | None = None,
+    knn_rows: int = KNN_ROWS,
+    aggregate_rows: int = AGGREGATE_ROWS,
 ) -> ShardedGraph:
     """Build the inductive graph of a sharded database on the Ray cluster ``ray.init``
     connected to (see the module doc).
@@ -113,11 +121,14 @@ def build_sharded_graph(
         on_step: called as ``on_step(step, actors)`` once a step's tasks are submitted,
             before the driver waits for them (progress reports; the fault tests kill an
             actor there).
+        knn_rows, aggregate_rows: a shard's rows per batch of the kNN join and of the
+            aggregation: what a worker holds beyond its own rows (queries and lists of one
+            batch; the pulled rows of one batch) scales with these, not with the database.
 
     Returns:
         The :class:`~triton_rerank.distributed.graph_shards.ShardedGraph`; ``report``
         attributes are in its manifest folder's ``build_report.json`` (seconds per step,
-        peak RSS per worker, the steps resumed).
+        peak RSS per worker, at the end and after each step, the steps resumed).
     """
     ray = ray_module()
     sources = [as_source(s) for s in shards]
@@ -146,27 +157,44 @@ def build_sharded_graph(
     # for actor restarts
     placed = [s if s.kind != "array" else type(s)(s.kind, ray.put(s.data)) for s in sources]
     actors = [
-        remote.remote(t, placed[t], offsets.tolist(), work_dir=str(work_dir), **params)
+        remote.remote(
+            t,
+            placed[t],
+            offsets.tolist(),
+            work_dir=str(work_dir),
+            knn_rows=knn_rows,
+            aggregate_rows=aggregate_rows,
+            **params,
+        )
         for t in range(n_shards)
     ]
     seconds = {}
+    # each worker's peak RSS once the actors have started, and after each step (VmHWM:
+    # the step where a worker's peak grows is the one to look at)
+    rss_after = {"start": ray.get([a.rss_mb.remote() for a in actors])}
 
-    def step(name: str, launch: Callable[[], list]) -> None:
+    def step(name: str, launch: Callable[[], Iterator[list]]) -> None:
+        """Run a step: ``launch()`` yields waves of task references; two waves are in
+        flight at a time (bounded memory in the object store and in the actors)."""
         if name in done:
             return
         start = time.perf_counter()
-        refs = launch()
-        if on_step is not None:
-            on_step(name, actors)
-        ray.get(refs)
+        previous: list = []
+        for n_wave, wave in enumerate(launch()):
+            if n_wave == 0 and on_step is not None:
+                on_step(name, actors)
+            ray.get(previous)
+            previous = wave
+        ray.get(previous)
         seconds[name] = time.perf_counter() - start
+        rss_after[name] = ray.get([a.rss_mb.remote() for a in actors])
         done.append(name)
         (work_dir / PROGRESS).write_text(
             json.dumps({"params": params, "sizes": sizes, "done": done})
         )
 
     try:
-        step("knn", lambda: _knn(actors, k1))
+        step("knn", lambda: _knn(actors, sizes, k1, knn_rows))
         step("order", lambda: _order(actors, work_dir, offsets, single_host_order))
         step("reverse", lambda: _exchange(actors, "weight_parts", "assemble_reverse"))
         n_rounds = 0 if k2 == 1 else iterations
@@ -175,11 +203,13 @@ def build_sharded_graph(
                 f"round{r}-t",
                 lambda r=r: _exchange(actors, "round_parts", "assemble_round_transpose", r),
             )
-            step(f"aggregate{r}", lambda r=r: _aggregate(actors, r))
+            step(f"aggregate{r}", lambda r=r: _aggregate(actors, sizes, r, aggregate_rows))
         files = tuple(out_dir / shard_file_name(t, n_shards) for t in range(n_shards))
         step(
             "write",
-            lambda: [a.write_shard.remote(str(f)) for a, f in zip(actors, files, strict=True)],
+            lambda: iter(
+                [[a.write_shard.remote(str(f)) for a, f in zip(actors, files, strict=True)]]
+            ),
         )
         rss = ray.get([a.rss_mb.remote() for a in actors])
     finally:
@@ -187,7 +217,13 @@ def build_sharded_graph(
             ray.kill(actor)
     graph = ShardedGraph(out_dir, files, tuple(int(o) for o in offsets), **params)
     graph.write_manifest()
-    report = {"seconds": seconds, "worker_peak_rss_mb": rss, "resumed": resumed, "sizes": sizes}
+    report = {
+        "seconds": seconds,
+        "worker_peak_rss_mb": rss,
+        "worker_peak_rss_mb_after": rss_after,
+        "resumed": resumed,
+        "sizes": sizes,
+    }
     (out_dir / "build_report.json").write_text(json.dumps(report, indent=1))
     return graph
 
@@ -202,15 +238,48 @@ def _resumable_steps(progress: Path, params: dict, sizes: list[int]) -> list[str
     return list(saved["done"])
 
 
-def _knn(actors, k1: int) -> list:
-    vectors = [a.vectors.remote() for a in actors]
-    return [
-        owner.merge_knn.remote(*[searcher.search.remote(vectors[s], k1) for searcher in actors])
-        for s, owner in enumerate(actors)
-    ]
+def _interleave(per_shard: list[list]) -> Iterator[tuple[int, object]]:
+    """``(shard, item)`` taking one item of each shard's list in turn."""
+    for n in range(max(len(items) for items in per_shard)):
+        for t, items in enumerate(per_shard):
+            if n < len(items):
+                yield t, items[n]
 
 
-def _order(actors, work_dir: Path, offsets: np.ndarray, single_host_order: bool) -> list:
+def _knn(actors, sizes: list[int], k1: int, rows: int) -> Iterator[list]:
+    """Waves of the kNN join: a batch of each shard's rows (``rows``) is searched on
+    every shard and merged by its owner; then each owner joins its batches.
+
+    When every shard has an approximate inner-product index, a batch's search is two
+    passes: every shard's candidates with their float32 products, the owner's choice of
+    those that can be in the canonical top-k1 (``ShardBuilder.select``), and their
+    canonical values from their shards: about k1 canonical values per query instead of
+    k1 per query and shard, the same lists."""
+    ray = ray_module()
+    n = len(actors)
+    products = all(kind == "products" for kind in ray.get([a.search_kind.remote() for a in actors]))
+    batches = [batch_bounds(g, rows) for g in sizes]
+    wave = []
+    for s, (lo, hi) in _interleave(batches):
+        owner = actors[s]
+        queries = owner.vectors.remote(lo, hi)
+        if products:
+            found = [searcher.candidates.remote(queries, k1) for searcher in actors]
+            kept = _one_or_many(owner.select.options(num_returns=n).remote(k1, *found), n)
+            lists = [a.rescore.remote(queries, kept[t], k1) for t, a in enumerate(actors)]
+        else:
+            lists = [searcher.search.remote(queries, k1) for searcher in actors]
+        wave.append(owner.merge_knn.remote(lo, hi, *lists))
+        if len(wave) == n:
+            yield wave
+            wave = []
+    if wave:
+        yield wave
+    yield []  # every batch done before the join
+    yield [a.finish_knn.remote() for a in actors]
+
+
+def _order(actors, work_dir: Path, offsets: np.ndarray, single_host_order: bool):
     """Write ``order.npy``: the key of each global position in transposed rows."""
     size = int(offsets[-1])
     if single_host_order:
@@ -218,32 +287,43 @@ def _order(actors, work_dir: Path, offsets: np.ndarray, single_host_order: bool)
         indices = np.concatenate(ray.get([a.knn_indices.remote() for a in actors]))
         own = np.arange(size, dtype=np.int64)[:, None]
         order = locality_order(np.where(indices >= 0, indices, own))
+        del indices
         keys = np.empty(size, dtype=np.int64)
         keys[order] = np.arange(size, dtype=np.int64)
     else:
         keys = np.arange(size, dtype=np.int64)
     np.save(work_dir / "order.npy", keys)
-    return []
+    yield []
 
 
-def _exchange(actors, split: str, assemble: str, *args) -> list:
+def _exchange(actors, split: str, assemble: str, *args) -> Iterator[list]:
     """Each shard splits a transpose by owner (``split``); each owner assembles its parts."""
     n = len(actors)
     parts = [
         _one_or_many(getattr(a, split).options(num_returns=n).remote(*args), n) for a in actors
     ]
-    return [
+    yield [
         getattr(owner, assemble).remote(*args, *[parts[s][t] for s in range(n)])
         for t, owner in enumerate(actors)
     ]
 
 
-def _aggregate(actors, r: int) -> list:
+def _aggregate(actors, sizes: list[int], r: int, rows: int) -> Iterator[list]:
+    """Waves of round r's aggregation: a batch of each shard's rows (``rows``)
+    pulls its neighbours' rows from their owners and is aggregated; then each shard joins
+    its batches."""
     n = len(actors)
-    needs = [_one_or_many(a.needed_nodes.options(num_returns=n).remote(), n) for a in actors]
-    return [
-        a.aggregate.remote(
-            r, *[owner.round_rows.remote(r, needs[s][t]) for t, owner in enumerate(actors)]
-        )
-        for s, a in enumerate(actors)
-    ]
+    batches = [batch_bounds(g, rows) for g in sizes]
+    wave = []
+    for s, (lo, hi) in _interleave(batches):
+        a = actors[s]
+        needs = _one_or_many(a.needed_nodes.options(num_returns=n).remote(lo, hi), n)
+        blocks = [owner.round_rows.remote(r, needs[t]) for t, owner in enumerate(actors)]
+        wave.append(a.aggregate.remote(r, lo, hi, *blocks))
+        if len(wave) == n:
+            yield wave
+            wave = []
+    if wave:
+        yield wave
+    yield []  # every batch done before the join
+    yield [a.finish_aggregate.remote(r) for a in actors]

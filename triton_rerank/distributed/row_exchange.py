@@ -3,14 +3,29 @@
 A shard owns the rows of its nodes (global positions ``offset .. offset + g - 1``); the
 column ids inside rows are global positions. The transpose of the rows every shard
 holds (``A.T``, ``W.T``) is exchanged: each shard splits the transpose of its own rows by
-the owner of the column (:func:`transpose_parts`), and each owner concatenates the
-parts it receives in shard order (:func:`assemble_transpose`), so that within a row the
-entries are by ascending global source, as the single-host transpose orders them.
+the owner of the column (:func:`transpose_parts`, a stable counting sort by column that
+visits the rows by ascending source key), and each owner merges the parts it receives
+(:func:`assemble_transpose`), so that within a row the entries are by ascending source
+key (the single-host node number, or the global position), as the single-host
+transpose orders them. Both are linear in the entries moved (numba loops, no sort of
+the entries).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from ..cpu.kernels.jit import njit
+
+
+@njit(nogil=True)
+def _take(indptr, indices, values, rows, out_indptr, out_indices, out_values):
+    for i in range(rows.shape[0]):
+        a, b = indptr[rows[i]], indptr[rows[i] + 1]
+        o = out_indptr[i]
+        for p in range(b - a):
+            out_indices[o + p] = indices[a + p]
+            out_values[o + p] = values[a + p]
 
 
 def take_rows(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, rows: np.ndarray):
@@ -23,14 +38,28 @@ def take_rows(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, rows:
     Returns:
         ``(counts [m] int64, indices [sum counts], values [sum counts])``.
     """
-    starts, stops = indptr[rows], indptr[rows + 1]
-    counts = stops - starts
-    total = int(counts.sum())
-    # entry e of the output comes from starts[row of e] + its rank within the row
-    row_of = np.repeat(np.arange(rows.shape[0]), counts)
-    first = np.cumsum(counts) - counts
-    source = starts[row_of] + np.arange(total, dtype=np.int64) - first[row_of]
-    return counts, indices[source], values[source]
+    indptr = np.asarray(indptr, dtype=np.int64)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    counts = indptr[rows + 1] - indptr[rows]
+    out_indptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=out_indptr[1:])
+    out_indices = np.empty(out_indptr[-1], dtype=indices.dtype)
+    out_values = np.empty(out_indptr[-1], dtype=values.dtype)
+    _take(indptr, indices, values, rows, out_indptr, out_indices, out_values)
+    return counts, out_indices, out_values
+
+
+@njit(nogil=True)
+def _scatter_by_column(visit, indptr, indices, values, row_offset, cursor, out_sources, out_values):
+    """Counting-sort scatter: the entries of rows ``visit`` (in that order) to their
+    columns' slots (``cursor [G]``: each column's next free slot, advanced)."""
+    for i in range(visit.shape[0]):
+        row = visit[i]
+        for p in range(indptr[row], indptr[row + 1]):
+            q = cursor[indices[p]]
+            cursor[indices[p]] = q + 1
+            out_sources[q] = row + row_offset
+            out_values[q] = values[p]
 
 
 def transpose_parts(
@@ -52,26 +81,69 @@ def transpose_parts(
         source_keys: ``[G]`` int64 the order of sources within a row (None: positions).
 
     Returns:
-        A list of T parts ``(counts [g_t] int64, sources [e_t] int64 global rows,
-        values [e_t] float32)``: part t holds the entries of columns shard t owns, by
-        column then by ascending source key.
+        A list of T parts ``(counts [g_t] int64, sources [e_t] global rows (int32 for
+        int32 ``indices``, else int64), values [e_t] float32)``: part t holds the entries
+        of columns shard t owns, by column then by ascending source key.
     """
-    counts = np.diff(indptr)
-    sources = np.repeat(np.arange(counts.shape[0], dtype=np.int64) + row_offset, counts)
-    columns = np.asarray(indices, dtype=np.int64)
+    g = indptr.shape[0] - 1
+    size = int(offsets[-1])
+    counts = np.bincount(np.asarray(indices), minlength=size).astype(np.int64)
+    cursor = np.zeros(size, dtype=np.int64)
+    np.cumsum(counts[:-1], out=cursor[1:])
     if source_keys is None:
-        order = np.argsort(columns, kind="stable")  # entries are by source already
+        visit = np.arange(g, dtype=np.int64)
     else:
-        order = np.lexsort((source_keys[sources], columns))
-    columns, sources, values = columns[order], sources[order], values[order]
-    bounds = np.searchsorted(columns, offsets)
+        visit = np.argsort(source_keys[row_offset : row_offset + g], kind="stable")
+    # int32 sources for int32 rows (the rounds' rows; every position fits: G < 2^31)
+    sources = np.empty(indices.shape[0], dtype=np.int32 if indices.dtype == np.int32 else np.int64)
+    out_values = np.empty(indices.shape[0], dtype=np.float32)
+    _scatter_by_column(
+        visit,
+        np.asarray(indptr, dtype=np.int64),
+        indices,
+        np.asarray(values, dtype=np.float32),
+        np.int64(row_offset),
+        cursor,
+        sources,
+        out_values,
+    )
     parts = []
     for t in range(offsets.shape[0] - 1):
-        lo, hi = bounds[t], bounds[t + 1]
-        size = int(offsets[t + 1] - offsets[t])
-        per_column = np.bincount(columns[lo:hi] - offsets[t], minlength=size).astype(np.int64)
-        parts.append((per_column, sources[lo:hi], np.ascontiguousarray(values[lo:hi])))
+        lo, hi = int(offsets[t]), int(offsets[t + 1])
+        start, stop = int(counts[:lo].sum()), int(counts[:hi].sum())
+        parts.append((counts[lo:hi].copy(), sources[start:stop], out_values[start:stop]))
     return parts
+
+
+@njit(nogil=True)
+def _place_part(part_counts, sources, part_values, cursor, out_indices, out_values):
+    """Append row n's run of one part at ``cursor[n]`` (advanced) for every row n."""
+    p = 0
+    for n in range(part_counts.shape[0]):
+        o = cursor[n]
+        for e in range(part_counts[n]):
+            out_indices[o + e] = sources[p]
+            out_values[o + e] = part_values[p]
+            p += 1
+        cursor[n] = o + part_counts[n]
+
+
+@njit(nogil=True)
+def _sort_rows_by_key(indptr, keys, indices, values):
+    """Each row's entries by ascending ``keys`` of their column id (keys distinct)."""
+    for n in range(indptr.shape[0] - 1):
+        lo, hi = indptr[n], indptr[n + 1]
+        if hi - lo < 2:
+            continue
+        row_keys = np.empty(hi - lo, dtype=np.int64)
+        for p in range(lo, hi):
+            row_keys[p - lo] = keys[indices[p]]
+        order = np.argsort(row_keys)
+        row_indices = indices[lo:hi].copy()
+        row_values = values[lo:hi].copy()
+        for p in range(hi - lo):
+            indices[lo + p] = row_indices[order[p]]
+            values[lo + p] = row_values[order[p]]
 
 
 def assemble_transpose(parts, index_dtype=np.int64, source_keys: np.ndarray | None = None):
@@ -85,26 +157,28 @@ def assemble_transpose(parts, index_dtype=np.int64, source_keys: np.ndarray | No
 
     Returns:
         ``(indptr [g + 1] int64, indices [nnz], values [nnz] float32)``: row n holds
-        the entries of every part for n, by ascending source key.
+        the entries of every part for n, by ascending source key. Each part is copied
+        into place in turn (no concatenation of the parts).
     """
-    counts = np.stack([p[0] for p in parts])  # [T, g]
-    g = counts.shape[1]
+    g = parts[0][0].shape[0]
+    totals = np.zeros(g, dtype=np.int64)
+    for part_counts, _, _ in parts:
+        totals += part_counts
     indptr = np.zeros(g + 1, dtype=np.int64)
-    np.cumsum(counts.sum(axis=0), out=indptr[1:])
+    np.cumsum(totals, out=indptr[1:])
+    del totals
     indices = np.empty(indptr[-1], dtype=index_dtype)
     values = np.empty(indptr[-1], dtype=np.float32)
-    before = np.cumsum(counts, axis=0) - counts  # entries of earlier parts per row
-    for s, (part_counts, sources, part_values) in enumerate(parts):
-        row_of = np.repeat(np.arange(g), part_counts)
-        rank = (
-            np.arange(sources.shape[0], dtype=np.int64)
-            - (np.cumsum(part_counts) - part_counts)[row_of]
+    cursor = indptr[:-1].copy()
+    for part_counts, sources, part_values in parts:
+        _place_part(
+            np.asarray(part_counts, dtype=np.int64),
+            sources,
+            np.asarray(part_values, dtype=np.float32),
+            cursor,
+            indices,
+            values,
         )
-        where = indptr[row_of] + before[s][row_of] + rank
-        indices[where] = sources
-        values[where] = part_values
     if source_keys is not None and len(parts) > 1:  # merge the parts' runs by key
-        row_of = np.repeat(np.arange(g), np.diff(indptr))
-        order = np.lexsort((source_keys[indices], row_of))
-        indices, values = indices[order], values[order]
+        _sort_rows_by_key(indptr, np.asarray(source_keys, dtype=np.int64), indices, values)
     return indptr, indices, values

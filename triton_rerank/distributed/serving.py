@@ -32,10 +32,11 @@ import numpy as np
 
 from ..checks import check_unit_rows
 from ..cpu.kernels.inductive_scores import rerank_shortlists
+from ..cpu.kernels.jit import njit
 from ..database.graph_file import read_graph_shard_file
 from ..limits import NORM_EPS
 from .build import ray_module
-from .build_worker import peak_rss_mb
+from .build_worker import peak_rss_mb, use_node_cores
 from .graph_shards import open_sharded_graph
 from .row_exchange import take_rows
 from .shard_search import merge_top_k, rescored_top_k, shard_top_k
@@ -56,6 +57,7 @@ class ShardServer:
     """
 
     def __init__(self, graph_file: str, index_file: str | None = None):
+        use_node_cores()
         m = read_graph_shard_file(graph_file)
         self.offset = int(m["shard_offset"])
         self.g = m["vectors"].shape[0]
@@ -98,29 +100,75 @@ class ShardServer:
         return out
 
 
-class _Records:
-    """The records gathered for one batch, by global position."""
+@njit(nogil=True)
+def _place_mapped(rows, counts, src_indices, src_values, local_of, indptr, indices, values):
+    """Row i of a gathered part (``counts [m]`` entries each, global column ids) becomes
+    local row ``rows[i]``, its column ids renumbered by ``local_of [G]``."""
+    p = 0
+    for i in range(rows.shape[0]):
+        o = indptr[rows[i]]
+        for e in range(counts[i]):
+            indices[o + e] = local_of[src_indices[p]]
+            values[o + e] = src_values[p]
+            p += 1
 
-    def __init__(self):
-        self.nodes = np.zeros(0, dtype=np.int64)
+
+class _Records:
+    """The records gathered for one batch, by global position.
+
+    ``slot [G]`` int64 is each node's row in the gathered records (parts in order; -1 =
+    not gathered): lookups are gathers, not sorts. The G-sized lookup arrays live on the
+    driver only (8 bytes a database row).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.slot = np.full(size, -1, dtype=np.int64)
+        self.count = 0
         self.parts: list[tuple[np.ndarray, dict]] = []
+        self._concatenated: dict[str, np.ndarray] = {}
 
     def missing(self, nodes: np.ndarray) -> np.ndarray:
-        nodes = np.unique(nodes[nodes >= 0])
-        return nodes[~np.isin(nodes, self.nodes)]
+        """The distinct nodes of ``nodes`` (any shape, -1 = none) not gathered yet, sorted."""
+        mark = np.zeros(self.size, dtype=bool)
+        nodes = np.asarray(nodes).ravel()
+        mark[nodes[nodes >= 0]] = True
+        mark[self.slot >= 0] = False
+        return np.flatnonzero(mark)
 
     def add(self, nodes: np.ndarray, records: dict) -> None:
         self.parts.append((nodes, records))
-        self.nodes = np.concatenate([self.nodes, nodes])
+        self.slot[nodes] = self.count + np.arange(nodes.shape[0], dtype=np.int64)
+        self.count += nodes.shape[0]
+        self._concatenated = {}
 
     def rows_of(self, name: str, nodes: np.ndarray) -> np.ndarray:
         """Column ids of the rows ``name`` (e.g. ``"a0"``, ``"rev"``) of gathered ``nodes``."""
+        mark = np.zeros(self.size, dtype=bool)
+        mark[nodes] = True
         columns = []
         for part_nodes, records in self.parts:
             counts, indices, _ = records[name]
-            keep = np.isin(part_nodes, nodes)
-            columns.append(indices[np.repeat(keep, counts)])
+            columns.append(indices[np.repeat(mark[part_nodes], counts)])
         return np.concatenate(columns).astype(np.int64) if columns else np.zeros(0, np.int64)
+
+    def similarities(self, queries: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+        """``[b, L]`` float32 products of each query ``[b, d]`` with the vectors of its
+        gathered ``nodes [b, L]`` (``-inf`` for -1), without copying the vectors out."""
+        if "vectors" not in self._concatenated:
+            self._concatenated["vectors"] = np.concatenate([r["vectors"] for _, r in self.parts])
+        slots = np.where(nodes >= 0, self.slot[np.maximum(nodes, 0)], -1)
+        out = np.empty(nodes.shape, dtype=np.float32)
+        _similarities_kernel(queries, self._concatenated["vectors"], slots, out)
+        return out
+
+    def field(self, name: str, nodes: np.ndarray) -> np.ndarray:
+        """``records[name]`` of gathered ``nodes [b, L]`` (-1 = none gives zeros / -1)."""
+        if name not in self._concatenated:
+            self._concatenated[name] = np.concatenate([r[name] for _, r in self.parts])
+        out = self._concatenated[name][self.slot[np.maximum(nodes, 0)]]
+        out[nodes < 0] = -1 if out.dtype.kind == "i" else 0
+        return out
 
 
 class ShardedSearch:
@@ -223,17 +271,14 @@ class ShardedSearch:
             on_scatter(self.actors)
         _, shortlist = merge_top_k(ray.get(refs), width)
 
-        records = _Records()
+        records = _Records(size)
         self._gather(records, shortlist.ravel())
-        vectors = self._field(records, "vectors", shortlist)
-        near = _nearest(queries, vectors, shortlist, k1 - 1)
-        knn = self._field(records, "knn_indices", near)
+        near = _nearest(records.similarities(queries, shortlist), shortlist, k1 - 1)
+        knn = records.field("knn_indices", near)
         candidates = np.concatenate([shortlist, knn.reshape(len(queries), -1)], axis=1)
         self._gather(records, candidates.ravel())
         # the query's top-k2 among C (C holds the shortlist: its boundary is no higher)
-        top = _nearest(
-            queries, self._field(records, "vectors", candidates), candidates, k2 - 1, width
-        )
+        top = _nearest(records.similarities(queries, candidates), candidates, k2 - 1, width)
         top = np.unique(top[top >= 0])
         frontier = np.unique(candidates[candidates >= 0])
         for r in range(self.n_rounds - 1):
@@ -256,35 +301,31 @@ class ShardedSearch:
             self._gather(records, frontier)
         return self._score(records, queries, shortlist, k)
 
-    @staticmethod
-    def _field(records: _Records, name: str, nodes: np.ndarray) -> np.ndarray:
-        """``records[name]`` of ``nodes [b, L]`` (gathered; -1 = none gives zeros / -1)."""
-        order = np.concatenate([p for p, _ in records.parts])
-        values = np.concatenate([r[name] for _, r in records.parts])
-        sorter = np.argsort(order)
-        where = sorter[np.searchsorted(order, np.maximum(nodes, 0), sorter=sorter)]
-        out = values[where]
-        fill = -1 if out.dtype.kind == "i" else 0
-        out[nodes < 0] = fill
-        return out
-
     def _score(self, records: _Records, queries, shortlist, k: int):
         """Renumber the gathered records into a local graph and run the kernel."""
         graph, n_rounds = self.graph, self.n_rounds
         fetched = np.concatenate([p for p, _ in records.parts])
         parts = [r for _, r in records.parts]
-        columns = [fetched] + [p["knn_indices"].ravel() for p in parts]
-        columns += [p["rev"][1] for p in parts]
-        for r in range(n_rounds):
-            columns += [p[f"a{r}"][1] for p in parts] + [p[f"t{r}"][1] for p in parts]
-        nodes = np.unique(np.concatenate(columns).astype(np.int64))
-        nodes = nodes[nodes >= 0]
+        # the local nodes: every gathered node and every column id of a gathered record
+        mark = np.zeros(graph.size, dtype=bool)
+        mark[fetched] = True
+        for p in parts:
+            knn = p["knn_indices"]
+            mark[knn[knn >= 0]] = True
+            mark[p["rev"][1]] = True
+            for r in range(n_rounds):
+                mark[p[f"a{r}"][1]] = True
+                mark[p[f"t{r}"][1]] = True
+        nodes = np.flatnonzero(mark)
+        del mark
         n = nodes.shape[0]
-        local = np.searchsorted(nodes, fetched)
+        local_of = np.full(graph.size, -1, dtype=np.int64)
+        local_of[nodes] = np.arange(n, dtype=np.int64)
+        local = local_of[fetched]
 
         def local_ids(global_ids):
             g = np.asarray(global_ids, dtype=np.int64)
-            return np.where(g >= 0, np.searchsorted(nodes, np.maximum(g, 0)), -1)
+            return np.where(g >= 0, local_of[np.maximum(g, 0)], -1)
 
         d = queries.shape[1]
         vectors = np.zeros((n, d), dtype=np.float32)
@@ -307,16 +348,12 @@ class ShardedSearch:
             np.cumsum(counts, out=indptr[1:])
             indices = np.empty(indptr[-1], dtype=dtype)
             values = np.empty(indptr[-1], dtype=np.float32)
-            # parts hold their nodes' rows in order; place each node's run
-            for p, part_local in zip(
-                parts, np.split(local, np.cumsum([len(q["ids"]) for q in parts])[:-1]), strict=True
-            ):
+            start = 0
+            for p in parts:  # each part holds its nodes' rows in order
                 c, i, v = p[name]
-                row_of = np.repeat(part_local, c)
-                rank = np.arange(c.sum(), dtype=np.int64) - np.repeat(np.cumsum(c) - c, c)
-                where = indptr[row_of] + rank
-                indices[where] = local_ids(i)
-                values[where] = v
+                stop = start + c.shape[0]
+                _place_mapped(local[start:stop], c, i, v, local_of, indptr, indices, values)
+                start = stop
             return indptr, indices, values
 
         m_indptr = np.zeros((n_rounds, 2 * n + 1), dtype=np.int64)
@@ -363,15 +400,28 @@ class ShardedSearch:
         return scores, np.where(out >= 0, ids[np.maximum(out, 0)], -1)
 
 
-def _nearest(queries, vectors, nodes: np.ndarray, count: int, among: int | None = None):
-    """``[b, L]`` nodes (-1 elsewhere) whose float32 similarity to their query is within
-    :data:`NEAR_MARGIN` of the query's ``count``-th largest among its first ``among``
-    nodes (default all): a superset of the kernel's ``count`` nearest."""
+def _nearest(sims: np.ndarray, nodes: np.ndarray, count: int, among: int | None = None):
+    """``[b, L]`` nodes (-1 elsewhere) whose float32 similarity ``sims [b, L]`` to their
+    query (``-inf`` for none) is within :data:`NEAR_MARGIN` of the query's ``count``-th
+    largest among its first ``among`` nodes (default all): a superset of the kernel's
+    ``count`` nearest."""
     if count <= 0:
         return np.full_like(nodes, -1)
-    sims = np.einsum("bd,bld->bl", queries, vectors)
-    sims[nodes < 0] = -np.inf
     first = sims[:, : among or nodes.shape[1]]
     count = min(count, first.shape[1])
     boundary = -np.partition(-first, count - 1, axis=1)[:, count - 1 : count]
     return np.where(sims >= boundary - NEAR_MARGIN, nodes, -1)
+
+
+@njit(nogil=True)
+def _similarities_kernel(queries, vectors, slots, out):
+    for b in range(slots.shape[0]):
+        for c in range(slots.shape[1]):
+            j = slots[b, c]
+            if j < 0:
+                out[b, c] = -np.inf
+                continue
+            total = np.float32(0.0)
+            for e in range(queries.shape[1]):
+                total += queries[b, e] * vectors[j, e]
+            out[b, c] = total

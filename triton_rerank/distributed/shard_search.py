@@ -118,3 +118,47 @@ def merge_top_k(lists, k: int):
     positions = np.concatenate([p for _, p in lists], axis=1)
     values, positions = sorted_neighbour_lists(values, positions)
     return values[:, :k], positions[:, :k]
+
+
+def product_error(queries: np.ndarray, stored_norm: float, stored_shift: float, unit_norm: float):
+    """``[q]`` float64: a bound on ``|f - canonical(q, j)|`` for every row j of a shard,
+    where f is a float32 inner product of query q with the row as an index stores it
+    (any summation order), canonical the value of the row's unit copy.
+
+    Args:
+        queries: ``[q, d]`` float32 unit rows.
+        stored_norm: the largest norm of the rows as stored (rounded up).
+        stored_shift: the largest ``|stored_j - unit_j|`` (rounded up).
+        unit_norm: the largest norm of the unit rows (rounded up).
+    """
+    dim = canonical.checked_dim(queries.shape[1])
+    norms = canonical.row_norms(torch.from_numpy(np.require(queries, np.float32, ["C", "W"])))
+    error = (
+        canonical.fp32_product_error(norms, stored_norm, dim)
+        + norms * stored_shift
+        + canonical.canonical_error(norms, unit_norm, dim)
+    )
+    return error.numpy() * (1 + 1e-6)
+
+
+def select_candidates(lists, errors: np.ndarray, k: int) -> list[np.ndarray]:
+    """Which searched candidates can be in a query's canonical top-``k``.
+
+    ``lists``: per shard ``(products [q, c] float32, positions [q, c] int64)`` (``-inf``
+    / -1 = none); ``errors [q]``: :func:`product_error` (the largest over the shards).
+    With ``p_k`` the k-th largest product of the query, at least k candidates have a
+    canonical value of at least ``p_k - e``, so a candidate whose product is below
+    ``p_k - 2e`` is beaten by k others: only the rest need their canonical value (the
+    canonical top-k of the kept ones is that of all candidates, ties included).
+
+    Returns:
+        Per shard ``[q, c]`` int64 the positions kept (-1 elsewhere).
+    """
+    products = np.concatenate([p for p, _ in lists], axis=1)
+    if products.shape[1] > k:
+        kth = -np.partition(-products, k - 1, axis=1)[:, k - 1]
+        floor = kth.astype(np.float64) - 2 * errors
+        floor[~np.isfinite(kth)] = -np.inf
+    else:
+        floor = np.full(products.shape[0], -np.inf)
+    return [np.where((p.astype(np.float64) >= floor[:, None]) & (i >= 0), i, -1) for p, i in lists]

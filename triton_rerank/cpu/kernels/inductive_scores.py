@@ -20,6 +20,12 @@ while the database's own rows stay as they were computed without it. For query
 
 Each query touches its candidates, their neighbours and a few hundred reverse
 edges: the cost does not grow with the database size.
+
+Grown shortlists (:func:`rerank_grown_shortlists`): the rows of ``cand_pos`` are
+*seeds* (e.g. a short search); the shortlist is the ``shortlist`` items most similar to
+the query among the seeds and the frozen kNN lists of every seed (by float32 cosine,
+equal similarities by smaller key; all of them when fewer), in the order they are met
+(seeds first, then each seed's list), and re-ranked as a given shortlist is.
 """
 
 from __future__ import annotations
@@ -87,6 +93,37 @@ def _top_by_value(values, keys, m, chosen):
     return n_chosen
 
 
+@njit()
+def _keep_most_similar(pos, sims, keys, n, m, seen, picked, tie):
+    """Keep, in place and in their order, the ``m`` of ``pos[:n]`` (similarities
+    ``sims``, keys ``keys``) most similar to the query, equal similarities by smaller
+    key; unmark the dropped ones in ``seen``. Returns the number kept (``min(n, m)``)."""
+    if n <= m:
+        return n
+    for c in range(n):
+        picked[c] = sims[c]
+    floor = kth_largest(picked[:n], m)
+    n_above = 0
+    n_tie = 0
+    for c in range(n):
+        if sims[c] > floor:
+            n_above += 1
+        elif sims[c] == floor:
+            tie[n_tie] = keys[c]
+            n_tie += 1
+    # of the items at the floor, those with the m - n_above smallest keys stay
+    tie_keys = np.sort(tie[:n_tie])
+    last_key = tie_keys[m - n_above - 1]
+    kept = 0
+    for c in range(n):
+        if sims[c] > floor or (sims[c] == floor and keys[c] <= last_key):
+            pos[kept], sims[kept], keys[kept] = pos[c], sims[c], keys[c]
+            kept += 1
+        else:
+            seen[pos[c]] = -1
+    return kept
+
+
 @njit(nogil=True)
 def _rerank_queries(
     start,
@@ -111,17 +148,20 @@ def _rerank_queries(
     row_budget,
     lamb,
     eps,
+    grow,
     out_val,
     out_pos,
 ):
-    """:func:`rerank_shortlists` for queries ``start .. stop - 1``."""
+    """:func:`rerank_shortlists` (``grow == 0``) or :func:`rerank_grown_shortlists`
+    (shortlist ``grow``) for queries ``start .. stop - 1``."""
     n_db = vectors.shape[0]
     k1 = knn_idx.shape[1]
     k2 = w_idx.shape[1]
     top = out_val.shape[1]
     self_id = n_db
     # sparse accumulators over the database nodes plus the query (id g):
-    # x = the query's current row, y = its column, mq = M_r[q], z = M_{R-1} @ x
+    # x = the query's current row, y = its column, mq = M_r[q]; dense: z = M_{R-1} @ x
+    # and a copy of M_{R-1}[q] (both zero between queries)
     x_acc = np.zeros(n_db + 1, np.float32)
     x_stamp = np.full(n_db + 1, -1, np.int64)
     x_cols = np.empty(n_db + 1, np.int64)
@@ -131,13 +171,16 @@ def _rerank_queries(
     mq_acc = np.zeros(n_db + 1, np.float32)
     mq_stamp = np.full(n_db + 1, -1, np.int64)
     mq_cols = np.empty(n_db + 1, np.int64)
-    z_acc = np.zeros(n_db + 1, np.float32)
-    z_stamp = np.full(n_db + 1, -1, np.int64)
+    z_dense = np.zeros(n_db + 1, np.float32)
+    mq_dense = np.zeros(n_db + 1, np.float32)
+    kept = np.empty(n_db + 1, np.int64)
     seen = np.full(n_db, -1, np.int64)
     picked = np.empty(n_db + 1, np.float32)
     # per query: the candidates (shortlist, then the added kNN lists), their similarities,
     # keys and scores; the query's nearest candidates and the ranked results
-    capacity = cand_pos.shape[1] + max(k1 - 1, 0) * k1
+    width = cand_pos.shape[1] * (1 + k1) if grow > 0 else cand_pos.shape[1]
+    capacity = width + max(k1 - 1, 0) * k1
+    tie = np.empty(width if grow > 0 else 0, np.int64)
     pos = np.empty(capacity, np.int64)
     sims = np.empty(capacity, np.float32)
     keys = np.empty(capacity, np.int64)
@@ -152,12 +195,24 @@ def _rerank_queries(
         n_short = 0
         for c in range(cand_pos.shape[1]):
             u = cand_pos[i, c]
-            if u >= 0:
+            if u >= 0 and (grow == 0 or seen[u] != stamp):  # (seeds without repeats)
                 pos[n_short] = u
                 keys[n_short] = tie_keys[u]
                 seen[u] = stamp
                 n_short += 1
+        if grow > 0:
+            # the pool: the seeds and their kNN lists; the shortlist: its most similar
+            n_seeds = n_short
+            for c in range(n_seeds):
+                for u in knn_idx[pos[c]]:
+                    if u >= 0 and seen[u] != stamp:
+                        seen[u] = stamp
+                        pos[n_short] = u
+                        keys[n_short] = tie_keys[u]
+                        n_short += 1
         _similarities(queries[i], vectors, pos[:n_short], sims[:n_short])
+        if grow > 0:
+            n_short = _keep_most_similar(pos, sims, keys, n_short, grow, seen, picked, tie)
         n_near = _top_by_value(sims[:n_short], keys[:n_short], k1 - 1, order)
         n_valid = n_short
         for t in range(n_near):
@@ -261,36 +316,46 @@ def _rerank_queries(
                 for p in range(n_x):
                     picked[p] = x_acc[x_cols[p]]
                 floor = kth_largest(picked[:n_x], row_budget)
+            # (dense rows, zero outside the entries written here and reset below: the
+            # scoring reads them at random, without the accumulators' stamps)
+            n_kept = 0
             for p in range(n_x):
                 e = x_cols[p]
-                if e == self_id or x_acc[e] < floor:
-                    continue
+                if e != self_id and x_acc[e] >= floor:
+                    kept[n_kept] = e
+                    n_kept += 1
+            for p in range(n_kept):
+                e = kept[p]
                 x_e = x_acc[e]
-                for half in (e, e + n_db):
-                    for s in range(base[half], base[half + 1]):
-                        n = m_indices[s]
-                        if z_stamp[n] != stamp:
-                            z_stamp[n] = stamp
-                            z_acc[n] = 0.0
-                        z_acc[n] += x_e * m_values[s]
+                for s in range(base[e], base[e + 1]):
+                    z_dense[m_indices[s]] += x_e * m_values[s]
+                for s in range(base[e + n_db], base[e + n_db + 1]):
+                    z_dense[m_indices[s]] += x_e * m_values[s]
+            for p in range(n_mq):
+                mq_dense[mq_cols[p]] = mq_acc[mq_cols[p]]
             self_value = _get(self_id, x_acc, x_stamp, stamp)
             # <A_R[q], M_{R-1}[q]>: the term of the candidates that take q into
             # their own top-k2 (in place of their k2-th neighbour)
             x_dot_mq = np.float32(0.0)
             for p in range(n_x):
                 e = x_cols[p]
-                x_dot_mq += x_acc[e] * _get(e, mq_acc, mq_stamp, stamp - 1)
+                x_dot_mq += x_acc[e] * mq_dense[e]
             for c in range(n_valid):
                 j = pos[c]
                 takes_query = sims[c] >= k2th_value[j]
                 total = sims[c] * sims[c] * x_dot_mq if takes_query else np.float32(0.0)
                 for t in range(k2 - 1 if takes_query else k2):
                     n = w_idx[j, t]
-                    total += w_val[j, t] * (
-                        _get(n, z_acc, z_stamp, stamp)
-                        + self_value * _get(n, mq_acc, mq_stamp, stamp - 1)
-                    )
+                    total += w_val[j, t] * (z_dense[n] + self_value * mq_dense[n])
                 scores[c] = inv_norm[last, j] * total
+            for p in range(n_kept):
+                e = kept[p]
+                for s in range(base[e], base[e + 1]):
+                    z_dense[m_indices[s]] = 0.0
+                for s in range(base[e + n_db], base[e + n_db + 1]):
+                    z_dense[m_indices[s]] = 0.0
+            for p in range(n_mq):
+                mq_dense[mq_cols[p]] = 0.0
         for c in range(n_valid):
             scores[c] = (np.float32(1.0) - lamb) * scores[c] + lamb * sims[c]
         n_ranked = _top_by_value(scores[:n_valid], keys[:n_valid], top, ranked)
@@ -375,6 +440,74 @@ def rerank_shortlists(
         row_budget,
         lamb,
         eps,
+        0,
+        out_val,
+        out_pos,
+        max_chunks=n_tasks,
+    )
+
+
+def rerank_grown_shortlists(
+    queries,
+    seeds,
+    tie_keys,
+    vectors,
+    knn_idx,
+    w_idx,
+    w_val,
+    kth_value,
+    k2th_value,
+    m_indptr,
+    m_indices,
+    m_values,
+    inv_norm,
+    rev_indptr,
+    rev_rows,
+    rev_w,
+    n_rounds,
+    row_budget,
+    lamb,
+    eps,
+    shortlist,
+    n_tasks,
+    out_val,
+    out_pos,
+):
+    """:func:`rerank_shortlists` of shortlists grown from seeds through the kNN lists
+    (see the module doc): each query's shortlist is the ``shortlist`` nodes most similar
+    to it among its seeds and their ``knn_idx`` rows (all of them when fewer).
+
+    Args:
+        seeds: ``[b, s]`` int64 database nodes (-1 = none; repeats count once).
+        shortlist: the largest shortlist, ``>= 1``.
+        the others: as :func:`rerank_shortlists` (``knn_idx`` is used in every case).
+    """
+    if shortlist < 1:
+        raise ValueError(f"shortlist must be at least 1, got {shortlist}")
+    parallel_chunks(
+        _rerank_queries,
+        seeds.shape[0],
+        queries,
+        seeds,
+        tie_keys,
+        vectors,
+        knn_idx,
+        w_idx,
+        w_val,
+        kth_value,
+        k2th_value,
+        m_indptr,
+        m_indices,
+        m_values,
+        inv_norm,
+        rev_indptr,
+        rev_rows,
+        rev_w,
+        n_rounds,
+        row_budget,
+        lamb,
+        eps,
+        shortlist,
         out_val,
         out_pos,
         max_chunks=n_tasks,
