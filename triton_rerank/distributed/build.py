@@ -259,24 +259,20 @@ def _knn(actors, sizes: list[int], k1: int, rows: int) -> Iterator[list]:
     n = len(actors)
     products = all(kind == "products" for kind in ray.get([a.search_kind.remote() for a in actors]))
     batches = [batch_bounds(g, rows) for g in sizes]
-    wave = []
-    for s, (lo, hi) in _interleave(batches):
-        owner = actors[s]
-        queries = owner.vectors.remote(lo, hi)
-        if products:
-            found = [searcher.candidates.remote(queries, k1) for searcher in actors]
-            kept = _one_or_many(owner.select.options(num_returns=n).remote(k1, *found), n)
-            lists = [a.rescore.remote(queries, kept[t], k1) for t, a in enumerate(actors)]
-        else:
-            lists = [searcher.search.remote(queries, k1) for searcher in actors]
-        wave.append(owner.merge_knn.remote(lo, hi, *lists))
-        if len(wave) == n:
-            yield wave
-            wave = []
-    if wave:
-        yield wave
-    yield []  # every batch done before the join
-    yield [a.finish_knn.remote() for a in actors]
+
+    def batch_tasks():
+        for s, (lo, hi) in _interleave(batches):
+            owner = actors[s]
+            queries = owner.vectors.remote(lo, hi)
+            if products:
+                found = [searcher.candidates.remote(queries, k1) for searcher in actors]
+                kept = _one_or_many(owner.select.options(num_returns=n).remote(k1, *found), n)
+                lists = [a.rescore.remote(queries, kept[t], k1) for t, a in enumerate(actors)]
+            else:
+                lists = [searcher.search.remote(queries, k1) for searcher in actors]
+            yield owner.merge_knn.remote(lo, hi, *lists)
+
+    return _in_waves(batch_tasks(), n, lambda: [a.finish_knn.remote() for a in actors])
 
 
 def _order(actors, work_dir: Path, offsets: np.ndarray, single_host_order: bool):
@@ -314,16 +310,28 @@ def _aggregate(actors, sizes: list[int], r: int, rows: int) -> Iterator[list]:
     its batches."""
     n = len(actors)
     batches = [batch_bounds(g, rows) for g in sizes]
+
+    def batch_tasks():
+        for s, (lo, hi) in _interleave(batches):
+            a = actors[s]
+            needs = _one_or_many(a.needed_nodes.options(num_returns=n).remote(lo, hi), n)
+            blocks = [owner.round_rows.remote(r, needs[t]) for t, owner in enumerate(actors)]
+            yield a.aggregate.remote(r, lo, hi, *blocks)
+
+    return _in_waves(batch_tasks(), n, lambda: [a.finish_aggregate.remote(r) for a in actors])
+
+
+def _in_waves(tasks: Iterator, size: int, finish) -> Iterator[list]:
+    """The step's waves: ``tasks`` (object refs, submitted as the iterator is advanced)
+    ``size`` at a time, an empty wave (every batch done before the join), then the
+    join's refs from ``finish()``."""
     wave = []
-    for s, (lo, hi) in _interleave(batches):
-        a = actors[s]
-        needs = _one_or_many(a.needed_nodes.options(num_returns=n).remote(lo, hi), n)
-        blocks = [owner.round_rows.remote(r, needs[t]) for t, owner in enumerate(actors)]
-        wave.append(a.aggregate.remote(r, lo, hi, *blocks))
-        if len(wave) == n:
+    for task in tasks:
+        wave.append(task)
+        if len(wave) == size:
             yield wave
             wave = []
     if wave:
         yield wave
-    yield []  # every batch done before the join
-    yield [a.finish_aggregate.remote(r) for a in actors]
+    yield []
+    yield finish()

@@ -388,6 +388,8 @@ def rerank_shortlists(
     n_tasks,
     out_val,
     out_pos,
+    *,
+    grow=0,
 ):
     """Top-k re-ranked candidates of each query (its shortlist, plus the kNN lists of
     the shortlisted items most similar to it).
@@ -416,6 +418,8 @@ def rerank_shortlists(
             g + 1 entries).
         out_val: ``[b, k]`` float32 output, ``-inf`` where fewer than k candidates.
         out_pos: ``[b, k]`` int64 output positions, -1 where fewer than k candidates.
+        grow: 0, or (:func:`rerank_grown_shortlists`) grow each shortlist from
+            ``cand_pos`` as seeds to at most ``grow`` nodes.
     """
     parallel_chunks(
         _rerank_queries,
@@ -440,7 +444,7 @@ def rerank_shortlists(
         row_budget,
         lamb,
         eps,
-        0,
+        grow,
         out_val,
         out_pos,
         max_chunks=n_tasks,
@@ -484,9 +488,7 @@ def rerank_grown_shortlists(
     """
     if shortlist < 1:
         raise ValueError(f"shortlist must be at least 1, got {shortlist}")
-    parallel_chunks(
-        _rerank_queries,
-        seeds.shape[0],
+    rerank_shortlists(
         queries,
         seeds,
         tie_keys,
@@ -507,8 +509,8 @@ def rerank_grown_shortlists(
         row_budget,
         lamb,
         eps,
-        shortlist,
+        n_tasks,
         out_val,
         out_pos,
-        max_chunks=n_tasks,
+        grow=shortlist,
     )
