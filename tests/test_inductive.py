@@ -143,3 +143,29 @@ def test_grown_shortlists_rerank_as_the_reference_shortlist(database, shortlist)
     again = graph.rerank_grown(queries, padded, 15, 0.3, shortlist)
     np.testing.assert_array_equal(again[1], positions)
     np.testing.assert_array_equal(again[0], scores)
+
+
+@pytest.mark.parametrize("k1,k2,iterations", [(10, 4, 2), (12, 5, 3)])
+def test_a_short_shortlist_scores_as_the_dense_oracle(database, k1, k2, iterations):
+    """A shortlist far smaller than the database (so the scoring reads the propagated
+    rows of neighbours that are not candidates): each candidate's score is the oracle's,
+    given a shortlist holding what the query's own row and column need (its k1 - 1
+    nearest items and every item whose list would take it)."""
+    queries, xb = database
+    values, indices = exact_lists(xb, k1)
+    graph = InductiveGraph.build(xb, indices, k2=k2, iterations=iterations, row_budget=len(xb))
+    rng = np.random.default_rng(0)
+    for q in queries:
+        sims = xb @ q
+        nearest = np.argsort(-sims, kind="stable")[: k1 - 1]
+        listing = np.flatnonzero(sims >= values[:, -1])
+        extra = rng.choice(len(xb), 5, replace=False)
+        shortlist = np.unique(np.concatenate([nearest, listing, extra]))
+        assert len(shortlist) < len(xb) // 3
+        oracle = inductive_scores_reference(
+            xb, values, indices, q, k2=k2, iterations=iterations, lamb=0.3
+        )
+        scores, positions = graph.rerank(q[None], shortlist[None], len(xb), 0.3)
+        found = positions[0] >= 0
+        assert found.sum() < len(xb) // 2
+        np.testing.assert_allclose(scores[0][found], oracle[positions[0][found]], rtol=0, atol=2e-5)

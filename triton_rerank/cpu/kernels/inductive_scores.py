@@ -34,6 +34,10 @@ import numpy as np
 
 from .aggregate import kth_largest
 from .jit import njit, parallel_chunks
+from .prefetch import prefetch
+
+# items ahead of the one worked on whose rows are prefetched (see prefetch.py)
+AHEAD = 4
 
 
 @njit()
@@ -53,10 +57,33 @@ def _get(col, acc, stamp_of, stamp):
     return acc[col] if stamp_of[col] == stamp else np.float32(0.0)
 
 
+@njit()
+def _prefetch_vector(vectors, row):
+    """Prefetch database row ``vectors[row]`` (``[g, d]`` C-contiguous)."""
+    flat = vectors.reshape(-1)
+    d = vectors.shape[1]
+    for e in range(0, d, 16):  # (16 float32 per 64-byte cache line)
+        prefetch(flat, row * d + e)
+
+
+@njit()
+def _prefetch_m_row(e, base, n_db, m_indices, m_values):
+    """Prefetch row ``M_r[e]`` (its two halves, ``A_r[e]`` and ``A_r.T[e]``)."""
+    for half in (e, e + n_db):
+        for s in range(base[half], base[half + 1], 16):
+            prefetch(m_indices, s)
+            prefetch(m_values, s)
+
+
 @njit(fastmath=True)
 def _similarities(query, vectors, positions, out):
     """``out[c]``: the float32 inner product of ``query`` with database row ``positions[c]``."""
-    for c in range(positions.shape[0]):
+    n = positions.shape[0]
+    for c in range(min(AHEAD, n)):
+        _prefetch_vector(vectors, positions[c])
+    for c in range(n):
+        if c + AHEAD < n:
+            _prefetch_vector(vectors, positions[c + AHEAD])
         s = np.float32(0.0)
         for e in range(query.shape[0]):
             s += query[e] * vectors[positions[c], e]
@@ -172,6 +199,10 @@ def _rerank_queries(
     mq_stamp = np.full(n_db + 1, -1, np.int64)
     mq_cols = np.empty(n_db + 1, np.int64)
     z_dense = np.zeros(n_db + 1, np.float32)
+    # bit n: z[n] is read by the scoring (n is in a candidate's top-k2); 1 bit per node
+    # keeps the test in cache where z itself (4 bytes per node) is not
+    needed = np.zeros((n_db >> 6) + 1, np.int64)
+    w_flat = w_idx.reshape(-1)
     mq_dense = np.zeros(n_db + 1, np.float32)
     kept = np.empty(n_db + 1, np.int64)
     seen = np.full(n_db, -1, np.int64)
@@ -324,13 +355,24 @@ def _rerank_queries(
                 if e != self_id and x_acc[e] >= floor:
                     kept[n_kept] = e
                     n_kept += 1
+            for c in range(n_valid):
+                j = pos[c]
+                for t in range(k2):
+                    n = w_idx[j, t]
+                    if n >= 0:
+                        needed[n >> 6] |= np.int64(1) << (n & 63)
+            for p in range(min(AHEAD, n_kept)):
+                _prefetch_m_row(kept[p], base, n_db, m_indices, m_values)
             for p in range(n_kept):
                 e = kept[p]
                 x_e = x_acc[e]
-                for s in range(base[e], base[e + 1]):
-                    z_dense[m_indices[s]] += x_e * m_values[s]
-                for s in range(base[e + n_db], base[e + n_db + 1]):
-                    z_dense[m_indices[s]] += x_e * m_values[s]
+                if p + AHEAD < n_kept:
+                    _prefetch_m_row(kept[p + AHEAD], base, n_db, m_indices, m_values)
+                for half in (e, e + n_db):  # A_r[e] and A_r.T[e]
+                    for s in range(base[half], base[half + 1]):
+                        m = m_indices[s]
+                        if (needed[m >> 6] >> (m & 63)) & 1:
+                            z_dense[m] += x_e * m_values[s]
             for p in range(n_mq):
                 mq_dense[mq_cols[p]] = mq_acc[mq_cols[p]]
             self_value = _get(self_id, x_acc, x_stamp, stamp)
@@ -342,18 +384,21 @@ def _rerank_queries(
                 x_dot_mq += x_acc[e] * mq_dense[e]
             for c in range(n_valid):
                 j = pos[c]
+                if c + 2 * AHEAD < n_valid:
+                    prefetch(w_flat, pos[c + 2 * AHEAD] * k2)
                 takes_query = sims[c] >= k2th_value[j]
                 total = sims[c] * sims[c] * x_dot_mq if takes_query else np.float32(0.0)
                 for t in range(k2 - 1 if takes_query else k2):
                     n = w_idx[j, t]
                     total += w_val[j, t] * (z_dense[n] + self_value * mq_dense[n])
                 scores[c] = inv_norm[last, j] * total
-            for p in range(n_kept):
-                e = kept[p]
-                for s in range(base[e], base[e + 1]):
-                    z_dense[m_indices[s]] = 0.0
-                for s in range(base[e + n_db], base[e + n_db + 1]):
-                    z_dense[m_indices[s]] = 0.0
+            for c in range(n_valid):  # z was written at the needed nodes only
+                j = pos[c]
+                for t in range(k2):
+                    n = w_idx[j, t]
+                    if n >= 0:
+                        z_dense[n] = 0.0
+                        needed[n >> 6] = 0
             for p in range(n_mq):
                 mq_dense[mq_cols[p]] = 0.0
         for c in range(n_valid):
