@@ -19,7 +19,12 @@ while the database's own rows stay as they were computed without it. For query
   few hundred non-zeros.
 
 Each query touches its candidates, their neighbours and a few hundred reverse
-edges: the cost does not grow with the database size.
+edges: the cost does not grow with the database size. What grows is the cost of each
+touch: at 1M rows the arrays are far larger than the caches and the kernel waits on
+memory. So ``z`` is written only at the nodes the scoring reads (a mask of one bit per
+node, small enough to stay in cache), and the rows the next items need (database
+vectors, rows of ``M``, top-k2 lists) are prefetched a few items ahead
+(:mod:`.prefetch`).
 
 Grown shortlists (:func:`rerank_grown_shortlists`): the rows of ``cand_pos`` are
 *seeds* (e.g. a short search); the shortlist is the ``shortlist`` items most similar to
