@@ -22,8 +22,8 @@ Each query touches its candidates, their neighbours and a few hundred reverse
 edges: the cost does not grow with the database size. What grows is the cost of each
 touch: at 1M rows the arrays are far larger than the caches and the kernel waits on
 memory. So ``z`` is written only at the nodes the scoring reads (a mask of one bit per
-node, small enough to stay in cache), and the rows the next items need (database
-vectors, rows of ``M``, top-k2 lists) are prefetched a few items ahead
+node, small enough to stay in cache), and the rows the next items need (rows of ``M``,
+top-k2 lists) are prefetched a few items ahead
 (:mod:`.prefetch`).
 
 Grown shortlists (:func:`rerank_grown_shortlists`): the rows of ``cand_pos`` are
@@ -63,15 +63,6 @@ def _get(col, acc, stamp_of, stamp):
 
 
 @njit()
-def _prefetch_vector(vectors, row):
-    """Prefetch database row ``vectors[row]`` (``[g, d]`` C-contiguous)."""
-    flat = vectors.reshape(-1)
-    d = vectors.shape[1]
-    for e in range(0, d, 16):  # (16 float32 per 64-byte cache line)
-        prefetch(flat, row * d + e)
-
-
-@njit()
 def _prefetch_m_row(e, base, n_db, m_indices, m_values):
     """Prefetch row ``M_r[e]`` (its two halves, ``A_r[e]`` and ``A_r.T[e]``)."""
     for half in (e, e + n_db):
@@ -83,12 +74,7 @@ def _prefetch_m_row(e, base, n_db, m_indices, m_values):
 @njit(fastmath=True)
 def _similarities(query, vectors, positions, out):
     """``out[c]``: the float32 inner product of ``query`` with database row ``positions[c]``."""
-    n = positions.shape[0]
-    for c in range(min(AHEAD, n)):
-        _prefetch_vector(vectors, positions[c])
-    for c in range(n):
-        if c + AHEAD < n:
-            _prefetch_vector(vectors, positions[c + AHEAD])
+    for c in range(positions.shape[0]):
         s = np.float32(0.0)
         for e in range(query.shape[0]):
             s += query[e] * vectors[positions[c], e]
