@@ -71,6 +71,26 @@ def _prefetch_m_row(e, base, n_db, m_indices, m_values):
             prefetch(m_values, s)
 
 
+@njit()
+def _mark_scored_nodes(positions, w_idx, needed, z_dense, mark):
+    """Mark (``mark``) or unmark the nodes the scoring reads: the candidates' top-k2.
+
+    ``positions`` [n] candidate rows, ``w_idx`` [n_db, k2] (-1 = no neighbour),
+    ``needed`` [n_db / 64 + 1] one bit per node. Unmarking also zeroes ``z_dense``
+    [n_db] there (the only places it was written) and clears the whole word, since
+    every bit set in it belongs to a node of these same lists.
+    """
+    for j in positions:
+        for t in range(w_idx.shape[1]):
+            n = w_idx[j, t]
+            if n >= 0:
+                if mark:
+                    needed[n >> 6] |= np.int64(1) << (n & 63)
+                else:
+                    z_dense[n] = 0.0
+                    needed[n >> 6] = 0
+
+
 @njit(fastmath=True)
 def _similarities(query, vectors, positions, out):
     """``out[c]``: the float32 inner product of ``query`` with database row ``positions[c]``."""
@@ -346,12 +366,7 @@ def _rerank_queries(
                 if e != self_id and x_acc[e] >= floor:
                     kept[n_kept] = e
                     n_kept += 1
-            for c in range(n_valid):
-                j = pos[c]
-                for t in range(k2):
-                    n = w_idx[j, t]
-                    if n >= 0:
-                        needed[n >> 6] |= np.int64(1) << (n & 63)
+            _mark_scored_nodes(pos[:n_valid], w_idx, needed, z_dense, True)
             for p in range(min(AHEAD, n_kept)):
                 _prefetch_m_row(kept[p], base, n_db, m_indices, m_values)
             for p in range(n_kept):
@@ -383,13 +398,8 @@ def _rerank_queries(
                     n = w_idx[j, t]
                     total += w_val[j, t] * (z_dense[n] + self_value * mq_dense[n])
                 scores[c] = inv_norm[last, j] * total
-            for c in range(n_valid):  # z was written at the needed nodes only
-                j = pos[c]
-                for t in range(k2):
-                    n = w_idx[j, t]
-                    if n >= 0:
-                        z_dense[n] = 0.0
-                        needed[n >> 6] = 0
+            # z was written at the marked nodes only
+            _mark_scored_nodes(pos[:n_valid], w_idx, needed, z_dense, False)
             for p in range(n_mq):
                 mq_dense[mq_cols[p]] = 0.0
         for c in range(n_valid):
