@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -254,10 +255,13 @@ def main() -> None:
         del x
 
         def child(method, shards=1):
-            return run_child(
+            result = run_child(
                 script,
                 [f"--child={method}", f"--data={data}", f"--out={data}", f"--shards={shards}"],
             )
+            # each part's figures as it ends: a run stopped later still has them in its log
+            print(f"{method} {shards}: {json.dumps(result)}", file=sys.stderr, flush=True)
+            return result
 
         builds = {"single": child("single-build")}
         if args.quick:  # one process (one local cluster) for every shard count

@@ -21,6 +21,7 @@ import time
 import traceback
 import warnings
 import zipfile
+from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,7 +32,15 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from triton_rerank.app.synthetic import clustered_vectors
-from triton_rerank.database.graph_file import MEMBERS, SCALARS, STRINGS, content_checksum
+from triton_rerank.database.graph_file import (
+    MEMBERS,
+    SCALARS,
+    STRINGS,
+    ArrayParts,
+    content_checksum,
+    read_graph_file,
+    write_graph_file,
+)
 from triton_rerank.database.inductive import InductiveGraph
 from triton_rerank.integrations.faiss import RerankedIndex
 
@@ -178,6 +187,33 @@ def test_graph_with_missing_neighbours_round_trips(tmp_path, saved):
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_member_written_in_parts_makes_the_same_file(tmp_path, saved):
+    """``ArrayParts`` members (how a shard streams its rows out) give the members and the
+    checksum of the joined arrays; parts that do not add up leave no file behind."""
+    members = read_members(saved.path)
+    given = {name: members[name] for name in MEMBERS[1:-1]}
+    cuts = [0, 7, 7, members["m_indices"].shape[0] // 3, members["m_indices"].shape[0]]
+
+    def parts(name):
+        array = members[name]
+        return ArrayParts(array.dtype, array.shape[0], (array[a:b] for a, b in pairwise(cuts)))
+
+    write_graph_file(
+        tmp_path / "parts.npz",
+        {**given, "m_indices": parts("m_indices"), "m_values": parts("m_values")},
+    )
+    written = read_graph_file(tmp_path / "parts.npz")
+    for name in MEMBERS:
+        np.testing.assert_array_equal(written[name], members[name], err_msg=name)
+    short = ArrayParts(np.int32, members["m_indices"].shape[0] + 1, [members["m_indices"]])
+    with pytest.raises(ValueError, match="parts hold"):
+        write_graph_file(tmp_path / "short.npz", {**given, "m_indices": short})
+    wrong = ArrayParts(np.int64, members["m_indices"].shape[0], [members["m_indices"]])
+    with pytest.raises(ValueError, match="expected 1-D int64"):
+        write_graph_file(tmp_path / "wrong.npz", {**given, "m_indices": wrong})
+    assert sorted(os.listdir(tmp_path)) == ["parts.npz"]
 
 
 def test_missing_file_is_file_not_found(tmp_path, saved):

@@ -189,18 +189,58 @@ def content_checksum(members: Mapping[str, np.ndarray], names: tuple = MEMBERS) 
     parts = []
     for name in names[:-1]:
         array = np.asarray(members[name])
-        header = f"{name}\0{array.dtype.str}\0{array.shape}\0".encode()
-        parts += [struct.pack("<q", len(header)), header, _raw_bytes(array)]
+        parts += [*_checksum_header(name, array.dtype, array.shape), _raw_bytes(array)]
     return _digest(parts)
+
+
+def _checksum_header(name: str, dtype: np.dtype, shape: tuple) -> list[bytes]:
+    """What :func:`content_checksum` reads of a member before its bytes."""
+    header = f"{name}\0{dtype.str}\0{shape}\0".encode()
+    return [struct.pack("<q", len(header)), header]
+
+
+class ArrayParts:
+    """A 1-D member of :func:`write_graph_file` given as consecutive parts, written one
+    after another and never joined in memory (a large file's rows, round by round).
+
+    Args:
+        dtype: the member's dtype; every part must have it.
+        length: the member's length, the parts' lengths summed.
+        parts: an iterable of 1-D arrays, read once, in order (a generator may free
+            what it no longer needs between parts).
+    """
+
+    def __init__(self, dtype, length: int, parts):
+        self.dtype, self.shape, self.parts = np.dtype(dtype), (int(length),), parts
+
+    def chunks(self, name: str):
+        """The parts, each checked against the dtype, then the length checked."""
+        written = 0
+        for part in self.parts:
+            part = np.asarray(part)
+            if part.dtype != self.dtype or part.ndim != 1:
+                raise ValueError(
+                    f"member {name!r}: a part is {part.dtype} {part.shape}, "
+                    f"expected 1-D {self.dtype}"
+                )
+            written += part.shape[0]
+            yield part
+        if written != self.shape[0]:
+            raise ValueError(
+                f"member {name!r}: parts hold {written} items, expected {self.shape[0]}"
+            )
 
 
 def write_graph_file(path, members: Mapping[str, object], names: tuple = MEMBERS) -> None:
     """Write a graph file: ``members`` (every name of ``names`` but ``format`` and
     ``checksum``) plus the format and the checksum, uncompressed. ``names``:
-    :data:`MEMBERS`, or :data:`SHARD_MEMBERS` for a shard of a sharded graph.
+    :data:`MEMBERS`, or :data:`SHARD_MEMBERS` for a shard of a sharded graph. A 1-D
+    member may be an :class:`ArrayParts` (written part by part).
 
-    The file is written next to ``path`` under a temporary name, then renamed, so that an
-    interrupted save never leaves a truncated file at ``path``.
+    The members are written in order and the checksum (the last member) is computed as
+    their bytes go out, so nothing is held twice. The file is written next to ``path``
+    under a temporary name, then renamed, so that an interrupted save never leaves a
+    truncated file at ``path``.
     """
     path = Path(path)
     arrays = {"format": np.int64(GRAPH_FORMAT)}
@@ -210,17 +250,49 @@ def write_graph_file(path, members: Mapping[str, object], names: tuple = MEMBERS
             arrays[name] = np.int64(value)
         elif name in STRINGS:
             arrays[name] = np.str_(value)
+        elif isinstance(value, ArrayParts):
+            arrays[name] = value
         else:
             arrays[name] = np.ascontiguousarray(value)
-    arrays["checksum"] = np.str_(content_checksum(arrays, names))
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(temporary, "xb") as f:  # np.savez would append ".npz" to a bare path
-            np.savez(f, **arrays)
+        with (
+            open(temporary, "xb") as f,
+            zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+        ):
+            checksum = hashlib.blake2b(digest_size=32)
+            for name, value in arrays.items():
+                _write_member(archive, name, value, checksum)
+            _write_member(archive, "checksum", np.str_(checksum.hexdigest()), None)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _write_member(archive: zipfile.ZipFile, name: str, value, checksum) -> None:
+    """One ``.npy`` member (an array or :class:`ArrayParts`), its header and bytes added
+    to ``checksum`` (a hash object, or None) as :func:`content_checksum` reads them."""
+    parts = value if isinstance(value, ArrayParts) else None
+    array = None if parts is not None else np.asarray(value)
+    dtype, shape = (parts.dtype, parts.shape) if parts is not None else (array.dtype, array.shape)
+    if checksum is not None:
+        for piece in _checksum_header(name, dtype, shape):
+            checksum.update(piece)
+    with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+        if array is not None:
+            np.lib.format.write_array(member, array, allow_pickle=False)
+            chunks = [array]
+        else:
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+            np.lib.format.write_array_header_1_0(member, {**header, "shape": shape})
+            chunks = parts.chunks(name)
+        for chunk in chunks:
+            raw = _raw_bytes(chunk)
+            if parts is not None:
+                member.write(raw)
+            if checksum is not None:
+                checksum.update(raw)
 
 
 def read_graph_file(path) -> dict[str, np.ndarray]:

@@ -36,7 +36,12 @@ from ..cpu.kernels.aggregate import count_row_nnz, fill_rows, row_norms
 from ..cpu.kernels.canonical import canonical_list_values
 from ..cpu.kernels.jit import njit
 from ..cpu.knn import sorted_neighbour_lists
-from ..database.graph_file import SHARD_MEMBERS, database_fingerprint, write_graph_file
+from ..database.graph_file import (
+    SHARD_MEMBERS,
+    ArrayParts,
+    database_fingerprint,
+    write_graph_file,
+)
 from ..limits import NORM_EPS
 from .row_exchange import assemble_transpose, take_rows, transpose_parts
 from .shard_search import (
@@ -504,35 +509,33 @@ class ShardBuilder:
     # -- output --------------------------------------------------------------------------
     def write_shard(self, path: str) -> None:
         """Write this shard's graph file (``graph_file.SHARD_MEMBERS``). The rows of every
-        round are copied into the file's arrays one part at a time, each part forgotten
-        once copied (the peak is the file's content plus one part)."""
+        round go into the file part by part (``graph_file.ArrayParts``), never joined in
+        memory; each round's rows are forgotten once written (the peak is the file's
+        content, not twice the rows)."""
         knn = self._step("knn")
         rev = self._step("reverse")
-        sizes = []
+        halves = []  # (round, "a" or "t", nnz)
         for r in range(self.n_rounds):
-            a_nnz = int(self._a_rows(r)[0][-1])
-            sizes += [a_nnz, int(self._step(f"round{r}-t")["indptr"][-1])]
-        total = int(sum(sizes))
-        m_indices = np.empty(total, dtype=np.int32)
-        m_values = np.empty(total, dtype=np.float32)
+            halves += [
+                (r, "a", int(self._a_rows(r)[0][-1])),
+                (r, "t", int(self._step(f"round{r}-t")["indptr"][-1])),
+            ]
         m_indptr = np.empty((self.n_rounds, 2 * self.g + 1), dtype=np.int64)
         start = 0
-        for r in range(self.n_rounds):
-            a_indptr, a_indices, a_values = self._a_rows(r)
-            nnz = int(a_indptr[-1])
-            m_indptr[r, : self.g + 1] = a_indptr + start
-            m_indices[start : start + nnz] = a_indices
-            m_values[start : start + nnz] = a_values
-            del a_indptr, a_indices, a_values
-            self._drop(f"round{r}-a")
-            t = self._step(f"round{r}-t")
-            t_nnz = int(t["indptr"][-1])
-            m_indptr[r, self.g + 1 :] = t["indptr"][1:] + start + nnz
-            m_indices[start + nnz : start + nnz + t_nnz] = t["indices"]
-            m_values[start + nnz : start + nnz + t_nnz] = t["values"]
-            del t
-            self._drop(f"round{r}-t")
-            start += nnz + t_nnz
+        for r, half, nnz in halves:
+            indptr = self._half(r, half)[0]
+            if half == "a":
+                m_indptr[r, : self.g + 1] = indptr + start
+            else:
+                m_indptr[r, self.g + 1 :] = indptr[1:] + start
+            start += nnz
+
+        def column(which: int):
+            for r, half, _ in halves:
+                yield self._half(r, half)[which]
+                if which == 2:  # the values go out last: this half is written
+                    self._drop(f"round{r}-{half}")
+
         inv_norm = np.empty((self.n_rounds, self.g), dtype=np.float32)
         for r in range(self.n_rounds):
             inv_norm[r] = 1.0 / np.maximum(self._step(f"norms{r}")["norms"], np.float32(NORM_EPS))
@@ -550,8 +553,8 @@ class ShardBuilder:
                 "knn_values": knn["values"],
                 "knn_indices": knn["indices"],
                 "m_indptr": m_indptr,
-                "m_indices": m_indices,
-                "m_values": m_values,
+                "m_indices": ArrayParts(np.int32, start, column(1)),
+                "m_values": ArrayParts(np.float32, start, column(2)),
                 "inv_norm": inv_norm,
                 "rev_indptr": rev["indptr"],
                 "rev_rows": rev["rows"],
@@ -563,6 +566,14 @@ class ShardBuilder:
             },
             SHARD_MEMBERS,
         )
+
+    def _half(self, r: int, half: str):
+        """``(indptr, indices, values)`` of this shard's rows of ``A_r`` (``half="a"``) or
+        of ``A_r.T`` (``"t"``)."""
+        if half == "a":
+            return self._a_rows(r)
+        t = self._step(f"round{r}-t")
+        return t["indptr"], t["indices"], t["values"]
 
 
 def _returns(parts: list):
