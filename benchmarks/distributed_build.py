@@ -10,7 +10,9 @@ local cluster, ``ray.init(num_cpus=2)``, not timed):
   "inductive"). Distributed with 1, 2 and 4 shards: one ``IVF(4096/T),Flat`` index file
   per shard (nprobe 8), each shard's candidates rescored canonically and merged,
   ``build_sharded_graph``. Time of the build and peak RSS of the driver and of each
-  shard worker.
+  shard worker. With 2 and 4 shards also at nprobe ``8 / T`` per shard: the same lists
+  probed per query as the single host (at nprobe 8 per shard a T-shard join scans T
+  times the vectors), so that the comparison is of the engine, not of the search work.
 * ``serve``: 10,000 queries, top-10 from a 100-candidate shortlist (the indexes above,
   nprobe 16): queries per second of ``RerankedIndex.search`` vs ``ShardedSearch.search``
   (2 and 4 shards, batches of 1,000, both shard counts in one process), and the mean
@@ -95,7 +97,14 @@ def child_single_build(data: Path, out: Path) -> dict:
     return {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
-def child_sharded_build(data: Path, out: Path, shard_counts: list[int]) -> dict:
+def build_nprobe(n_shards: int, split_probes: bool) -> int:
+    """The shard indexes' nprobe: the single host's, or split over the shards."""
+    return max(1, BUILD_NPROBE // n_shards) if split_probes else BUILD_NPROBE
+
+
+def child_sharded_build(
+    data: Path, out: Path, shard_counts: list[int], split_probes: bool = False
+) -> dict:
     """One build per shard count, on one local cluster (fresh actors for each build)."""
     import faiss
 
@@ -108,19 +117,19 @@ def child_sharded_build(data: Path, out: Path, shard_counts: list[int]) -> dict:
         bounds = shard_bounds(n, n_shards)
         shard_paths[n_shards] = []
         for t in range(n_shards):
-            path = out / f"ivf-{n_shards}-{t}.faiss"
+            path = out / f"ivf-{n_shards}-{t}{'-split' if split_probes else ''}.faiss"
             part = np.ascontiguousarray(xb[bounds[t] : bounds[t + 1]])
-            faiss.write_index(ivf(part, max(4, lists_for(n) // n_shards), BUILD_NPROBE), str(path))
+            nprobe = build_nprobe(n_shards, split_probes)
+            faiss.write_index(ivf(part, max(4, lists_for(n) // n_shards), nprobe), str(path))
             shard_paths[n_shards].append(str(path))
     del xb
     ray = start_ray()
     results = {}
     for n_shards, paths in shard_paths.items():
-        folder = out / f"sharded-{n_shards}"
+        folder = out / f"sharded-{n_shards}{'-split' if split_probes else ''}"
         start = time.perf_counter()
-        build_sharded_graph(
-            paths, folder, **PARAMS, row_budget=ROW_BUDGET, work_dir=out / f"work-{n_shards}"
-        )
+        work = folder.with_name(f"work-{folder.name}")
+        build_sharded_graph(paths, folder, **PARAMS, row_budget=ROW_BUDGET, work_dir=work)
         seconds = time.perf_counter() - start
         report = json.loads((folder / "build_report.json").read_text())
         results[n_shards] = {
@@ -130,6 +139,7 @@ def child_sharded_build(data: Path, out: Path, shard_counts: list[int]) -> dict:
             "step_seconds": report["seconds"],
             "worker_peak_rss_mb_after": report["worker_peak_rss_mb_after"],
             "shard_file_bytes": [os.path.getsize(f) for f in sorted(folder.glob("*.npz"))],
+            "nprobe": build_nprobe(n_shards, split_probes),
         }
     ray.shutdown()
     return results
@@ -226,13 +236,14 @@ def child_equal(data: Path, out: Path) -> dict:
 def main() -> None:
     parser = benchmark_parser(__doc__.splitlines()[0], METHODS)
     parser.add_argument("--shards", default="1", help=argparse_suppress())
+    parser.add_argument("--split-probes", action="store_true", help=argparse_suppress())
     args = parser.parse_args()
     if args.child:
         data, out = Path(args.data), Path(args.out)
         call = {
             "single-build": lambda: child_single_build(data, out),
             "sharded-build": lambda: child_sharded_build(
-                data, out, [int(t) for t in args.shards.split(",")]
+                data, out, [int(t) for t in args.shards.split(",")], args.split_probes
             ),
             "single-serve": lambda: child_single_serve(data, out),
             "sharded-serve": lambda: child_sharded_serve(data, out),
@@ -254,11 +265,10 @@ def main() -> None:
         np.save(data / "subset_q.npy", x[n : n + n_subset_query])
         del x
 
-        def child(method, shards=1):
-            result = run_child(
-                script,
-                [f"--child={method}", f"--data={data}", f"--out={data}", f"--shards={shards}"],
-            )
+        def child(method, shards=1, split_probes=False):
+            options = [f"--child={method}", f"--data={data}", f"--out={data}"]
+            options += [f"--shards={shards}"] + (["--split-probes"] if split_probes else [])
+            result = run_child(script, options)
             # each part's figures as it ends: a run stopped later still has them in its log
             print(f"{method} {shards}: {json.dumps(result)}", file=sys.stderr, flush=True)
             return result
@@ -269,6 +279,8 @@ def main() -> None:
         else:  # a fresh process per build: the driver's peak RSS is its own
             for t in SHARDS:
                 builds[t] = child("sharded-build", t)[str(t)]
+            for t in SHARDS[1:]:
+                builds[f"{t} split"] = child("sharded-build", t, split_probes=True)[str(t)]
         serving = {"single": child("single-serve")}
         serving.update({int(t): s for t, s in child("sharded-serve").items()})
         equal = child("equal")
@@ -282,11 +294,17 @@ def main() -> None:
         "|---|---|---|---|---|---|",
         f"| single host | {single['seconds']:.1f} | 1.00x | {single['peak_rss_mb']:.0f} | - | - |",
     ]
-    for t in SHARDS:
-        b = builds[t]
+    rows = [(t, f"{t} shard{'s' if t > 1 else ''}") for t in SHARDS]
+    rows += [
+        (f"{t} split", f"{t} shards, nprobe {build_nprobe(t, True)} each (same probes)")
+        for t in SHARDS[1:]
+        if f"{t} split" in builds
+    ]
+    for key, label in rows:
+        b = builds[key]
         worker = max(b["worker_peak_rss_mb"])
         lines.append(
-            f"| {t} shard{'s' if t > 1 else ''} | {b['seconds']:.1f} "
+            f"| {label} | {b['seconds']:.1f} "
             f"| {b['seconds'] / single['seconds']:.2f}x | {b['peak_rss_mb']:.0f} "
             f"| {worker:.0f} | {worker / single['peak_rss_mb']:.0%} |"
         )
