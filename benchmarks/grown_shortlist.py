@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 from common import benchmark_parser, publish
-from vector_db import DATASETS, NPROBE, PARAMS, SHORTLIST, SIZES, dataset
+from vector_db import DATASETS, PARAMS, SHORTLIST, SIZES, dataset, faiss_store
 
 SEEDS = 100
 
@@ -32,10 +32,6 @@ def pool_sizes(graph_lists: np.ndarray, seeds: np.ndarray, cap: int) -> np.ndarr
 
 
 def main() -> None:
-    import faiss
-
-    from triton_rerank.integrations.faiss import RerankedIndex
-
     args = benchmark_parser(__doc__.splitlines()[0], ()).parse_args()
     lines = [
         "# Grown shortlists: candidates per query",
@@ -49,21 +45,9 @@ def main() -> None:
     payload = {}
     for name in DATASETS:
         xb, xq, _, _ = dataset(name, args.quick)
-        n_lists = SIZES[name][args.quick][2]
-        if n_lists:
-            quantizer = faiss.IndexFlatIP(xb.shape[1])
-            index = faiss.IndexIVFFlat(quantizer, xb.shape[1], n_lists, faiss.METRIC_INNER_PRODUCT)
-            index.train(xb)
-            index.add(xb)
-            index.nprobe = NPROBE
-            label = f"IVF{n_lists},Flat nprobe {NPROBE}"
-        else:
-            index = faiss.IndexFlatIP(xb.shape[1])
-            index.add(xb)
-            label = "IndexFlatIP"
-        reranked = RerankedIndex(index, mode="inductive", shortlist=SHORTLIST, **PARAMS)
+        label, plain_search, reranked, _ = faiss_store(xb, SIZES[name][args.quick][2], None)
         reranked.build_graph()
-        _, seeds = index.search(xq, SEEDS)
+        seeds = plain_search(xq, SEEDS)
         graph = reranked._graph  # rows in its internal order: map the seeds there
         internal = np.empty_like(graph.caller_position)
         internal[graph.caller_position] = np.arange(graph.caller_position.shape[0])
