@@ -282,15 +282,14 @@ def _write_member(archive: zipfile.ZipFile, name: str, value, checksum) -> None:
     with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
         if array is not None:
             np.lib.format.write_array(member, array, allow_pickle=False)
-            chunks = [array]
-        else:
-            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
-            np.lib.format.write_array_header_1_0(member, {**header, "shape": shape})
-            chunks = parts.chunks(name)
-        for chunk in chunks:
+            if checksum is not None:
+                checksum.update(_raw_bytes(array))
+            return
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(member, {**header, "shape": shape})
+        for chunk in parts.chunks(name):
             raw = _raw_bytes(chunk)
-            if parts is not None:
-                member.write(raw)
+            member.write(raw)
             if checksum is not None:
                 checksum.update(raw)
 

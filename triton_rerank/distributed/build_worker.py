@@ -514,24 +514,19 @@ class ShardBuilder:
         content, not twice the rows)."""
         knn = self._step("knn")
         rev = self._step("reverse")
-        halves = []  # (round, "a" or "t", nnz)
-        for r in range(self.n_rounds):
-            halves += [
-                (r, "a", int(self._a_rows(r)[0][-1])),
-                (r, "t", int(self._step(f"round{r}-t")["indptr"][-1])),
-            ]
+        halves = [(r, half) for r in range(self.n_rounds) for half in ("a", "t")]
         m_indptr = np.empty((self.n_rounds, 2 * self.g + 1), dtype=np.int64)
         start = 0
-        for r, half, nnz in halves:
+        for r, half in halves:
             indptr = self._half(r, half)[0]
             if half == "a":
                 m_indptr[r, : self.g + 1] = indptr + start
             else:
                 m_indptr[r, self.g + 1 :] = indptr[1:] + start
-            start += nnz
+            start += int(indptr[-1])
 
         def column(which: int):
-            for r, half, _ in halves:
+            for r, half in halves:
                 yield self._half(r, half)[which]
                 if which == 2:  # the values go out last: this half is written
                     self._drop(f"round{r}-{half}")
