@@ -255,8 +255,9 @@ def table(large: dict, subset: dict, fashion: dict, command: str) -> str:
             f"online (fastest of {REPEATS} runs each) with a {SHORTLIST:,}-candidate "
             "shortlist from the same index: its top "
             f"{SHORTLIST:,} (the default), or grown from its top {K} through the graph's "
-            f"neighbour lists (`shortlist_seeds={K}`: the {SHORTLIST:,} most similar of those "
-            f"{K} and their k1-NN lists, fewer when they hold fewer).",
+            f"neighbour lists (`shortlist_seeds={K}`: the {SHORTLIST:,} most similar of a "
+            f"pool of those {K}, their k1-NN lists and, until it holds {SHORTLIST:,}, the "
+            "lists of the last level's items, most similar first).",
             "",
             "| offline | value |",
             "|---|---:|",

@@ -17,8 +17,9 @@ For each: queries per second of the database's plain search (k = 100) and of the
 re-ranked inductive search (k = 100 from a 1,000-candidate shortlist, same index
 settings) in its two shortlist modes: the shortlist from the database's search (its
 top 1,000, the default) and the shortlist grown from the search's top 100 through the
-graph's neighbour lists (``shortlist_seeds=100``: the plain search itself, then at most
-1,000 of those 100 and their kNN lists), their ratios, mAP@100 of both (cluster or class labels),
+graph's neighbour lists (``shortlist_seeds=100``: the plain search itself, then the
+1,000 most similar of a pool grown from those 100 through the kNN lists until it holds
+1,000), their ratios, mAP@100 of both (cluster or class labels),
 recall of exact mode's top-100 (``gnn_rerank(queries, database, topk=100)``, computed
 once per dataset by the FAISS adapter's exact mode), graph build time and the process's
 peak RSS after it. GNN parameters: k1=26, k2=7, lamb=0.3, 2 iterations.
@@ -276,8 +277,9 @@ def table(reports: dict, command: str, load: str) -> str:
         f"{SHORTLIST:,}-candidate shortlist (same index settings as the plain search): "
         f"either the database search's top {SHORTLIST:,} (the default), or grown from its "
         f"top {K} through the graph's neighbour lists (`shortlist_seeds={K}`: the "
-        f"{SHORTLIST:,} most similar of those {K} and their k1-NN lists, fewer when they "
-        "hold fewer); mAP@100 by cluster or class label; recall of exact "
+        f"{SHORTLIST:,} most similar of a pool of those {K}, their k1-NN lists and, until "
+        f"it holds {SHORTLIST:,}, the lists of the last level's items, most similar "
+        "first); mAP@100 by cluster or class label; recall of exact "
         f"mode's top-{K} (`gnn_rerank(queries, database, topk={K})`). Each database and "
         "dataset ran in its own process; every timing is the fastest of "
         f"{REPEATS} runs (plain and re-ranked alike); peak RSS includes the database "

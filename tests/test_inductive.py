@@ -100,13 +100,28 @@ def test_neighbour_lists_from_an_approximate_search_are_repaired():
 
 def grown_reference(xb, lists, queries, seeds, shortlist):
     """Dense reference of a grown shortlist: per query the ``shortlist`` rows most similar
-    to it (float64, ties by smaller position) among its seeds and their kNN lists, in the
-    order they are met (seeds, then each seed's list), -1 padded."""
+    to it (float64, ties by smaller position) in a pool of its seeds and their kNN lists,
+    grown while it holds fewer than ``shortlist`` rows by the lists of the last level's
+    rows, most similar first, stopping once it holds ``shortlist``; kept in the order
+    they are met, -1 padded."""
+
     rows = []
     for q, row in zip(queries, seeds, strict=True):
         pool = list(dict.fromkeys([s for s in row if s >= 0]))
-        for s in list(pool):
-            pool += [u for u in lists[s] if u >= 0 and u not in pool]
+        level = list(pool)
+        grow_all = True  # level 1: every seed's list, whatever the pool's size
+        while level and (grow_all or len(pool) < shortlist):
+            sims = np.sort(-(xb[level].astype(np.float64) @ q.astype(np.float64)))
+            if not grow_all:
+                level = [level[i] for i in np.argsort(-(xb[level] @ q), kind="stable")]
+            start = len(pool)
+            for t, s in enumerate(level):
+                pool += [u for u in lists[s] if u >= 0 and u not in pool]
+                if not grow_all and len(pool) >= shortlist:
+                    # no near-tie where the level stops: float32 and float64 agree on it
+                    assert t + 1 == len(level) or sims[t + 1] - sims[t] > 1e-5
+                    break
+            level, grow_all = pool[start:], False
         pool = np.array(pool)
         sims = xb[pool].astype(np.float64) @ q.astype(np.float64)
         if len(pool) > shortlist:
@@ -122,25 +137,39 @@ def grown_reference(xb, lists, queries, seeds, shortlist):
     return out
 
 
-@pytest.mark.parametrize("shortlist", [40, 1000])
-def test_grown_shortlists_rerank_as_the_reference_shortlist(database, shortlist):
+@pytest.mark.parametrize(
+    "shortlist,n_seeds",
+    [
+        (40, 12),  # level 1 (the seeds' lists) holds more: the cut keeps the most similar
+        (150, 3),  # level 1 holds fewer: later levels grow the pool, stopping mid-level
+        (1000, 12),  # more than the graph reaches from the seeds: all of it
+    ],
+)
+def test_grown_shortlists_rerank_as_the_reference_shortlist(database, shortlist, n_seeds):
     queries, xb = database
     _, indices = exact_lists(xb, 8)
     graph = InductiveGraph.build(xb, indices, k2=3, iterations=2)
     lists = scored_neighbour_lists(xb, indices)[1]  # the graph's lists, in positions
-    # more seeds than the k1 - 1 nearest whose lists the re-ranking adds anyway
-    seeds = np.argsort(-(queries @ xb.T), axis=1, kind="stable")[:, :12]
+    seeds = np.argsort(-(queries @ xb.T), axis=1, kind="stable")[:, :n_seeds]
     grown = grown_reference(xb, lists, queries, seeds, shortlist)
-    assert grown.shape[1] > 12  # the lists add rows
-    if shortlist == 40:
-        assert (grown >= 0).sum(axis=1).max() == 40  # the cut was taken
-    scores, positions = graph.rerank_grown(queries, seeds, 15, 0.3, shortlist)
-    want_scores, want_positions = graph.rerank(queries, grown, 15, 0.3)
+    sizes = (grown >= 0).sum(axis=1)
+    shortlists = graph.grow_shortlists(queries, seeds, shortlist)
+    for got, want in zip(shortlists, grown, strict=True):
+        assert set(got[got >= 0]) == set(want[want >= 0])
+        assert np.all(got[(got >= 0).sum() :] == -1)
+    if shortlist < len(xb):
+        assert np.all(sizes == shortlist)  # the pool reached the shortlist and was cut
+    else:
+        assert sizes.min() > 12 * 8  # beyond the seeds' lists
+    # every candidate ranked (k = the database): the two candidate sets are compared whole
+    k = len(xb)
+    scores, positions = graph.rerank_grown(queries, seeds, k, 0.3, shortlist)
+    want_scores, want_positions = graph.rerank(queries, grown, k, 0.3)
     np.testing.assert_array_equal(positions, want_positions)
     np.testing.assert_array_equal(scores, want_scores)
     # padding and repeated seeds change nothing
     padded = np.concatenate([seeds, seeds[:, :2], np.full((len(seeds), 3), -1)], axis=1)
-    again = graph.rerank_grown(queries, padded, 15, 0.3, shortlist)
+    again = graph.rerank_grown(queries, padded, k, 0.3, shortlist)
     np.testing.assert_array_equal(again[1], positions)
     np.testing.assert_array_equal(again[0], scores)
 

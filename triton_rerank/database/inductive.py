@@ -38,7 +38,11 @@ import numpy as np
 
 from ..cpu.kernels.aggregate import count_row_nnz, fill_rows, row_norms
 from ..cpu.kernels.canonical import canonical_list_values
-from ..cpu.kernels.inductive_scores import rerank_grown_shortlists, rerank_shortlists
+from ..cpu.kernels.inductive_scores import (
+    grow_shortlists,
+    rerank_grown_shortlists,
+    rerank_shortlists,
+)
 from ..cpu.kernels.transpose import transpose
 from ..cpu.knn import sorted_neighbour_lists
 from ..cpu.propagation import locality_order, top_k2_weights
@@ -305,8 +309,11 @@ class InductiveGraph:
     ):
         """Re-rank each query's shortlist grown from ``seeds`` through the graph: the
         ``shortlist`` database nodes most similar to the query (float32 cosine, equal
-        similarities by smaller position) among its seeds and their kNN lists
-        (``knn_indices``, ``k1`` each); all of them when fewer. The shortlist is then
+        similarities by smaller position) in a pool of its seeds, their kNN lists
+        (``knn_indices``, ``k1`` each) and, while the pool holds fewer than
+        ``shortlist``, the lists of the last level's nodes, most similar first
+        (:mod:`triton_rerank.cpu.kernels.inductive_scores`); all of them when the
+        graph reaches fewer. The shortlist is then
         re-ranked as :meth:`rerank` re-ranks given candidates: ``rerank_grown(q, s, k,
         lamb, L)`` equals ``rerank(q, grown, k, lamb)`` for that grown shortlist.
 
@@ -322,19 +329,43 @@ class InductiveGraph:
         """
         return self._rerank(queries, seeds, k, lamb, int(shortlist))
 
+    def grow_shortlists(self, queries: np.ndarray, seeds: np.ndarray, shortlist: int) -> np.ndarray:
+        """The shortlists :meth:`rerank_grown` re-ranks, without re-ranking them.
+
+        Args:
+            queries: ``[b, d]`` float32 unit rows.
+            seeds: ``[b, s]`` int64 database positions (-1 = none; repeats count once).
+            shortlist: the most candidates kept from the grown pool (``>= 1``).
+
+        Returns:
+            ``[b, shortlist]`` int64 database positions, in the order the growth met
+            them (seeds first), -1 after the last when the graph reaches fewer.
+        """
+        nodes = grow_shortlists(
+            np.ascontiguousarray(queries, dtype=np.float32),
+            self._nodes(seeds),
+            self.caller_position,
+            self.vectors,
+            self.knn_indices,
+            int(shortlist),
+            numba.get_num_threads(),
+        )
+        return np.where(nodes >= 0, self.caller_position[np.maximum(nodes, 0)], -1)
+
+    def _nodes(self, positions) -> np.ndarray:
+        """``[b, L]`` database positions (-1 = none) as internal node ids."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return np.where(positions >= 0, self._internal_id[np.maximum(positions, 0)], -1)
+
     def _rerank(self, queries, candidates, k: int, lamb: float, shortlist: int | None):
         n_batch = queries.shape[0]
         scores = np.full((n_batch, k), -np.inf, dtype=np.float32)
         nodes = np.full((n_batch, k), -1, dtype=np.int64)
         w_idx, w_val = self._top_k2
         kth_value, k2th_value = self._kth_values
-        candidates = np.asarray(candidates, dtype=np.int64)
-        candidate_nodes = np.where(
-            candidates >= 0, self._internal_id[np.maximum(candidates, 0)], -1
-        )
         arrays = (
             np.ascontiguousarray(queries, dtype=np.float32),
-            candidate_nodes,
+            self._nodes(candidates),
             self.caller_position,
             self.vectors,
             self.knn_indices,

@@ -20,8 +20,10 @@ Inductive shortlists: by default each query's ``shortlist`` candidates are the t
 ``shortlist`` of the backend's search. With ``shortlist_seeds=s`` the backend is asked
 for its top ``s`` only (the *seeds*, e.g. ``s = k``: the plain search itself), and the
 shortlist is grown from them through the frozen graph: the ``shortlist`` rows most
-similar to the query among the seeds and their ``k1``-nearest-neighbour lists (all of
-them when fewer: at most ``s * (k1 + 1)``), their similarities computed from the
+similar to the query in a pool of the seeds and their ``k1``-nearest-neighbour lists,
+grown further while it holds fewer than ``shortlist`` rows by the lists of the last
+level's rows, most similar first (so the shortlist holds ``shortlist`` rows unless
+the graph around the seeds is smaller), their similarities computed from the
 graph's own copy of the unit vectors (no extra memory, no vectors read from the
 store). Results then differ from those of the default (another shortlist: it misses
 the rows of the search's top ``shortlist`` that no seed lists, and may hold rows the

@@ -28,9 +28,13 @@ top-k2 lists) are prefetched a few items ahead
 
 Grown shortlists (:func:`rerank_grown_shortlists`): the rows of ``cand_pos`` are
 *seeds* (e.g. a short search); the shortlist is the ``shortlist`` items most similar to
-the query among the seeds and the frozen kNN lists of every seed (by float32 cosine,
-equal similarities by smaller key; all of them when fewer), in the order they are met
-(seeds first, then each seed's list), and re-ranked as a given shortlist is.
+the query (by float32 cosine, equal similarities by smaller key; all of them when
+fewer) in a pool grown from the seeds through the frozen kNN lists, level by level:
+level 1 adds the lists of every seed; while the pool holds fewer than ``shortlist``
+items, the next level adds the lists of the previous level's items, most similar to
+the query first, until the pool holds ``shortlist`` (or a level adds nothing). The
+pool keeps the order items are met in (seeds first), and the shortlist is re-ranked
+as a given one is.
 """
 
 from __future__ import annotations
@@ -162,6 +166,110 @@ def _keep_most_similar(pos, sims, keys, n, m, seen, picked, tie):
     return kept
 
 
+@njit()
+def _add_list(u_list, tie_keys, pos, keys, n, seen, stamp):
+    """Append the nodes of ``u_list`` not yet ``seen`` (this ``stamp``) to the pool
+    ``pos``/``keys`` of ``n`` items; returns the new size."""
+    for u in u_list:
+        if u >= 0 and seen[u] != stamp:
+            seen[u] = stamp
+            pos[n] = u
+            keys[n] = tie_keys[u]
+            n += 1
+    return n
+
+
+@njit()
+def _grow_pool(query, vectors, knn_idx, tie_keys, pos, sims, keys, n_seeds, grow, seen, stamp):
+    """Grow the pool ``pos[:n_seeds]`` (the seeds) through the kNN lists, computing
+    every pooled item's similarity to ``query`` into ``sims``; returns the pool's size.
+
+    Level 1 adds the lists of all seeds. While the pool holds fewer than ``grow``
+    items, the next level adds the lists of the previous level's items, most similar
+    first (equal similarities by smaller key), and stops as soon as the pool holds
+    ``grow`` (so it ends under ``grow + k1``), or when a level adds nothing.
+    """
+    n = n_seeds
+    for c in range(n_seeds):
+        n = _add_list(knn_idx[pos[c]], tie_keys, pos, keys, n, seen, stamp)
+    _similarities(query, vectors, pos[:n], sims[:n])
+    level_start = n_seeds
+    while n < grow and n > level_start:
+        level_stop = n
+        by_key = np.argsort(keys[level_start:level_stop])
+        by_similarity = by_key[np.argsort(-sims[level_start:level_stop][by_key], kind="mergesort")]
+        for c in by_similarity:
+            n = _add_list(knn_idx[pos[level_start + c]], tie_keys, pos, keys, n, seen, stamp)
+            if n >= grow:
+                break
+        _similarities(query, vectors, pos[level_stop:n], sims[level_stop:n])
+        level_start = level_stop
+    return n
+
+
+@njit()
+def _pool_width(n_seeds, k1, shortlist, n_db):
+    """The most items a grown pool holds (:func:`_grow_pool`): the seeds' lists in full,
+    or under ``shortlist + k1`` once later levels add."""
+    return max(n_seeds * (1 + k1), min(shortlist, n_db) + k1)
+
+
+@njit()
+def _grown_shortlist(
+    query, seeds, vectors, knn_idx, tie_keys, shortlist, pos, sims, keys, seen, stamp, picked, tie
+):
+    """One query's grown shortlist (the module doc) into ``pos``/``sims``/``keys``, from
+    its ``seeds`` row (-1 = none; repeats count once); marks its items ``stamp`` in
+    ``seen``. Returns its size. ``pos``/``sims``/``keys``/``picked``/``tie`` have room
+    for the whole pool (:func:`_pool_width` items)."""
+    n = _add_list(seeds, tie_keys, pos, keys, 0, seen, stamp)
+    n = _grow_pool(query, vectors, knn_idx, tie_keys, pos, sims, keys, n, shortlist, seen, stamp)
+    return _keep_most_similar(pos, sims, keys, n, shortlist, seen, picked, tie)
+
+
+@njit(nogil=True)
+def _grow_queries(start, stop, queries, seeds, tie_keys, vectors, knn_idx, out):
+    """:func:`grow_shortlists` for queries ``start .. stop - 1``."""
+    shortlist = out.shape[1]
+    width = _pool_width(seeds.shape[1], knn_idx.shape[1], shortlist, vectors.shape[0])
+    pos = np.empty(width, np.int64)
+    keys = np.empty(width, np.int64)
+    sims = np.empty(width, np.float32)
+    picked = np.empty(width, np.float32)
+    tie = np.empty(width, np.int64)
+    seen = np.full(vectors.shape[0], -1, np.int64)
+    for i in range(start, stop):
+        n = _grown_shortlist(
+            queries[i], seeds[i], vectors, knn_idx, tie_keys, shortlist,
+            pos, sims, keys, seen, i, picked, tie,
+        )  # fmt: skip
+        out[i, :n] = pos[:n]
+        out[i, n:] = -1
+
+
+def grow_shortlists(queries, seeds, tie_keys, vectors, knn_idx, shortlist, n_tasks):
+    """The grown shortlists of :func:`rerank_grown_shortlists`, without the re-ranking.
+
+    Args:
+        queries: ``[b, d]`` float32 unit rows; seeds: ``[b, s]`` int64 database nodes
+            (-1 = none; repeats count once); tie_keys, vectors, knn_idx: as
+            :func:`rerank_shortlists`; shortlist: the largest shortlist, ``>= 1``;
+            n_tasks: at most this many parallel chunks of queries.
+
+    Returns:
+        ``[b, shortlist]`` int64 nodes of each shortlist in the order they were met
+        (seeds first), -1 after its last.
+    """
+    if shortlist < 1:
+        raise ValueError(f"shortlist must be at least 1, got {shortlist}")
+    out = np.empty((seeds.shape[0], shortlist), dtype=np.int64)
+    parallel_chunks(
+        _grow_queries, seeds.shape[0], queries, seeds, tie_keys, vectors, knn_idx, out,
+        max_chunks=n_tasks,
+    )  # fmt: skip
+    return out
+
+
 @njit(nogil=True)
 def _rerank_queries(
     start,
@@ -220,7 +328,7 @@ def _rerank_queries(
     picked = np.empty(n_db + 1, np.float32)
     # per query: the candidates (shortlist, then the added kNN lists), their similarities,
     # keys and scores; the query's nearest candidates and the ranked results
-    width = cand_pos.shape[1] * (1 + k1) if grow > 0 else cand_pos.shape[1]
+    width = _pool_width(cand_pos.shape[1], k1, grow, n_db) if grow > 0 else cand_pos.shape[1]
     capacity = width + max(k1 - 1, 0) * k1
     tie = np.empty(width if grow > 0 else 0, np.int64)
     pos = np.empty(capacity, np.int64)
@@ -234,36 +342,25 @@ def _rerank_queries(
         # candidates: the shortlist, plus the kNN lists of its k1 - 1 items most
         # similar to the query (they reach relevant items that the shortlist missed)
         stamp += 1
-        n_short = 0
-        for c in range(cand_pos.shape[1]):
-            u = cand_pos[i, c]
-            if u >= 0 and (grow == 0 or seen[u] != stamp):  # (seeds without repeats)
-                pos[n_short] = u
-                keys[n_short] = tie_keys[u]
-                seen[u] = stamp
-                n_short += 1
         if grow > 0:
-            # the pool: the seeds and their kNN lists; the shortlist: its most similar
-            n_seeds = n_short
-            for c in range(n_seeds):
-                for u in knn_idx[pos[c]]:
-                    if u >= 0 and seen[u] != stamp:
-                        seen[u] = stamp
-                        pos[n_short] = u
-                        keys[n_short] = tie_keys[u]
-                        n_short += 1
-        _similarities(queries[i], vectors, pos[:n_short], sims[:n_short])
-        if grow > 0:
-            n_short = _keep_most_similar(pos, sims, keys, n_short, grow, seen, picked, tie)
+            n_short = _grown_shortlist(
+                queries[i], cand_pos[i], vectors, knn_idx, tie_keys, grow,
+                pos, sims, keys, seen, stamp, picked, tie,
+            )  # fmt: skip
+        else:
+            n_short = 0
+            for c in range(cand_pos.shape[1]):
+                u = cand_pos[i, c]
+                if u >= 0:
+                    pos[n_short] = u
+                    keys[n_short] = tie_keys[u]
+                    seen[u] = stamp
+                    n_short += 1
+            _similarities(queries[i], vectors, pos[:n_short], sims[:n_short])
         n_near = _top_by_value(sims[:n_short], keys[:n_short], k1 - 1, order)
         n_valid = n_short
         for t in range(n_near):
-            for u in knn_idx[pos[order[t]]]:
-                if u >= 0 and seen[u] != stamp:
-                    seen[u] = stamp
-                    pos[n_valid] = u
-                    keys[n_valid] = tie_keys[u]
-                    n_valid += 1
+            n_valid = _add_list(knn_idx[pos[order[t]]], tie_keys, pos, keys, n_valid, seen, stamp)
         _similarities(queries[i], vectors, pos[n_short:n_valid], sims[n_short:n_valid])
         # the query's own neighbours: by similarity, equal similarities by smaller key
         n_nbr = _top_by_value(sims[:n_valid], keys[:n_valid], k1 - 1, order)
