@@ -62,11 +62,8 @@ def main() -> None:
         graph = reranked._graph
         shortlists = graph.grow_shortlists(xq, seeds, SHORTLIST)  # (unit rows)
         grown = (shortlists >= 0).sum(axis=1)
-        # the first level, in the graph's internal order (its kNN lists are in it)
-        internal = np.empty_like(graph.caller_position)
-        internal[graph.caller_position] = np.arange(graph.caller_position.shape[0])
-        nodes = np.where(seeds >= 0, internal[np.maximum(seeds, 0)], -1)
-        first = first_level_sizes(graph.knn_indices, nodes, SHORTLIST)
+        # the first level, in the graph's internal node ids (its kNN lists are in them)
+        first = first_level_sizes(graph.knn_indices, graph._nodes(seeds), SHORTLIST)
         payload[name] = {"index": label, "sizes": grown.tolist(), "first_level": first.tolist()}
         for what, sizes in (("grown", grown), ("first level only", first)):
             lines.append(

@@ -104,15 +104,14 @@ def grown_reference(xb, lists, queries, seeds, shortlist):
     grown while it holds fewer than ``shortlist`` rows by the lists of the last level's
     rows, most similar first, stopping once it holds ``shortlist``; kept in the order
     they are met, -1 padded."""
-
     rows = []
     for q, row in zip(queries, seeds, strict=True):
         pool = list(dict.fromkeys([s for s in row if s >= 0]))
         level = list(pool)
         grow_all = True  # level 1: every seed's list, whatever the pool's size
         while level and (grow_all or len(pool) < shortlist):
-            sims = np.sort(-(xb[level].astype(np.float64) @ q.astype(np.float64)))
             if not grow_all:
+                sims = np.sort(-(xb[level].astype(np.float64) @ q.astype(np.float64)))
                 level = [level[i] for i in np.argsort(-(xb[level] @ q), kind="stable")]
             start = len(pool)
             for t, s in enumerate(level):

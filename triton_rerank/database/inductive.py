@@ -350,12 +350,16 @@ class InductiveGraph:
             int(shortlist),
             numba.get_num_threads(),
         )
-        return np.where(nodes >= 0, self.caller_position[np.maximum(nodes, 0)], -1)
+        return self._positions(nodes)
 
     def _nodes(self, positions) -> np.ndarray:
         """``[b, L]`` database positions (-1 = none) as internal node ids."""
         positions = np.asarray(positions, dtype=np.int64)
         return np.where(positions >= 0, self._internal_id[np.maximum(positions, 0)], -1)
+
+    def _positions(self, nodes: np.ndarray) -> np.ndarray:
+        """``[b, L]`` internal node ids (-1 = none) as database positions."""
+        return np.where(nodes >= 0, self.caller_position[np.maximum(nodes, 0)], -1)
 
     def _rerank(self, queries, candidates, k: int, lamb: float, shortlist: int | None):
         n_batch = queries.shape[0]
@@ -389,7 +393,7 @@ class InductiveGraph:
             rerank_shortlists(*arrays, numba.get_num_threads(), scores, nodes)
         else:
             rerank_grown_shortlists(*arrays, shortlist, numba.get_num_threads(), scores, nodes)
-        return scores, np.where(nodes >= 0, self.caller_position[np.maximum(nodes, 0)], -1)
+        return scores, self._positions(nodes)
 
     @cached_property
     def _top_k2(self):

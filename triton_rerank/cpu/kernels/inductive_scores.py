@@ -247,6 +247,11 @@ def _grow_queries(start, stop, queries, seeds, tie_keys, vectors, knn_idx, out):
         out[i, n:] = -1
 
 
+def _check_shortlist(shortlist) -> None:
+    if shortlist < 1:
+        raise ValueError(f"shortlist must be at least 1, got {shortlist}")
+
+
 def grow_shortlists(queries, seeds, tie_keys, vectors, knn_idx, shortlist, n_tasks):
     """The grown shortlists of :func:`rerank_grown_shortlists`, without the re-ranking.
 
@@ -260,8 +265,7 @@ def grow_shortlists(queries, seeds, tie_keys, vectors, knn_idx, shortlist, n_tas
         ``[b, shortlist]`` int64 nodes of each shortlist in the order they were met
         (seeds first), -1 after its last.
     """
-    if shortlist < 1:
-        raise ValueError(f"shortlist must be at least 1, got {shortlist}")
+    _check_shortlist(shortlist)
     out = np.empty((seeds.shape[0], shortlist), dtype=np.int64)
     parallel_chunks(
         _grow_queries, seeds.shape[0], queries, seeds, tie_keys, vectors, knn_idx, out,
@@ -629,8 +633,7 @@ def rerank_grown_shortlists(
         shortlist: the largest shortlist, ``>= 1``.
         the others: as :func:`rerank_shortlists` (``knn_idx`` is used in every case).
     """
-    if shortlist < 1:
-        raise ValueError(f"shortlist must be at least 1, got {shortlist}")
+    _check_shortlist(shortlist)
     rerank_shortlists(
         queries,
         seeds,
