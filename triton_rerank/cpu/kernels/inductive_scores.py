@@ -95,14 +95,35 @@ def _mark_scored_nodes(positions, w_idx, needed, z_dense, mark):
                     needed[n >> 6] = 0
 
 
-@njit(fastmath=True)
+# partial sums of a similarity: its terms e, e + LANES, e + 2 LANES... go to partial
+# sum e (the compiler may run the lanes in one vector register; their order is fixed;
+# _similarities adds the 8 pairwise)
+LANES = 8
+
+
+@njit()
 def _similarities(query, vectors, positions, out):
-    """``out[c]``: the float32 inner product of ``query`` with database row ``positions[c]``."""
+    """``out[c]``: the float32 inner product of ``query`` with database row ``positions[c]``.
+
+    Summed in a fixed order (``LANES`` interleaved partial sums, added pairwise) and
+    compiled without fastmath: reassociation would let every place the compiler inlines
+    this into sum in its own order, and one pair's similarity would then differ in the
+    last bit between call sites and builds (e.g. with numba's bounds checks on).
+    """
+    d = query.shape[0]
+    n_full = d - d % LANES
+    partial = np.zeros(LANES, np.float32)
     for c in range(positions.shape[0]):
-        s = np.float32(0.0)
-        for e in range(query.shape[0]):
-            s += query[e] * vectors[positions[c], e]
-        out[c] = s
+        row = vectors[positions[c]]
+        partial[:] = 0.0
+        for e in range(0, n_full, LANES):
+            for lane in range(LANES):
+                partial[lane] += query[e + lane] * row[e + lane]
+        for e in range(n_full, d):
+            partial[e - n_full] += query[e] * row[e]
+        out[c] = ((partial[0] + partial[1]) + (partial[2] + partial[3])) + (
+            (partial[4] + partial[5]) + (partial[6] + partial[7])
+        )
 
 
 @njit()
