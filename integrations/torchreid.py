@@ -276,9 +276,17 @@ def evaluate(
 
     The same numbers as torchreid's engine (``_evaluate``: distances with ``metric``,
     optional ``re_ranking``, ``evaluate_rank``), computed the fast way: ``"gnn"`` runs
-    :func:`triton_rerank.gnn_rerank` on the features directly (no distance matrices;
-    equal to the engine inside :func:`use_gnn_reranking` with ``normalize_feature=True``),
+    :func:`triton_rerank.gnn_rerank` on the features directly (no distance matrices),
     and the metrics come from :func:`triton_rerank.evaluation.metrics.evaluate`.
+
+    Equal to the engine inside :func:`use_gnn_reranking` with ``normalize_feature=True``
+    wherever torchreid's fp32 distance matrices rank each row's neighbours as the
+    features do (and no final scores tie). They may not where two neighbours'
+    similarities differ by less than the distances' rounding (about 1e-7 of
+    ``|x|^2 + |y|^2``): nearly collinear features, such as a random-weight network's
+    (cosines around 0.9995), can swap a pair at a k1 or k2 boundary there, and the
+    engine's mAP moves in the 5th digit. From features the kNN is exact (the canonical
+    similarity and its tie rule).
 
     Args:
         qf, gf: ``[q, d]`` / ``[g, d]`` features (numpy or torch, any float dtype; tensors

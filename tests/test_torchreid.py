@@ -123,6 +123,15 @@ def engine_evaluate(engine, loaders, rerank):
     )
 
 
+def engine_distance_matrices(qf, gf):
+    """The engine's ``distmat``, ``distmat_qq``, ``distmat_gg`` (``normalize_feature=True``,
+    torchreid's default squared euclidean metric), as numpy arrays."""
+    qn = torch.nn.functional.normalize(qf, dim=1)
+    gn = torch.nn.functional.normalize(gf, dim=1)
+    distance = torchreid_module("metrics").compute_distance_matrix
+    return [distance(a, b).numpy() for a, b in ((qn, gn), (qn, qn), (gn, gn))]
+
+
 def test_engine_uses_gnn_reranking_and_restores_the_original(engine_setup, capsys):
     engine, loaders, features = engine_setup
     engine_module = torchreid_module("engine.engine")
@@ -136,9 +145,15 @@ def test_engine_uses_gnn_reranking_and_restores_the_original(engine_setup, capsy
         printed = capsys.readouterr().out
     assert engine_module.re_ranking is original
 
-    cmc, expected_map = evaluate(*features, rerank="gnn", **GNN)
+    # GNN re-ranking of the very matrices the engine computes (from features, see
+    # test_engine_equals_evaluate_on_features_whose_distances_are_exact: the fp32
+    # distances of these random-weight features, cosines ~0.9995, reorder a few
+    # neighbours)
+    qf, gf, *labels = features
+    expected = evaluate_scores(-re_ranking(*engine_distance_matrices(qf, gf), **GNN), *labels)
+    expected_map = expected.mAP
     assert mAP == pytest.approx(expected_map, abs=1e-6)
-    assert rank1 == pytest.approx(cmc[0], abs=1e-6) and reported_rank1 == rank1
+    assert rank1 == pytest.approx(expected.cmc[0], abs=1e-6) and reported_rank1 == rank1
     assert f"mAP: {expected_map:.1%}" in printed
     assert abs(mAP - plain_map) > 1e-3, "re-ranking did not change the ranking"
     _, none_map = evaluate(*features, rerank="none")
@@ -178,18 +193,57 @@ def test_drop_in_equals_gnn_rerank_on_exact_features(metric, to_distance):
 
 def test_drop_in_on_engine_features_is_the_similarity_pipeline(engine_setup):
     _, _, (qf, gf, *labels) = engine_setup
-    qn = torch.nn.functional.normalize(qf, dim=1)
-    gn = torch.nn.functional.normalize(gf, dim=1)
-    distance = torchreid_module("metrics").compute_distance_matrix
-    matrices = [distance(a, b).numpy() for a, b in ((qn, gn), (qn, qn), (gn, gn))]
+    matrices = engine_distance_matrices(qf, gf)
     dist = re_ranking(*matrices, **GNN)
     similarities = [1 - m / 2 for m in matrices]
     np.testing.assert_allclose(
         dist, 2 - 2 * gnn_rerank_similarities(*similarities, **GNN), atol=1e-5
     )
-    # from features instead of rounded distances: the same accuracy
-    _, features_map = evaluate(qf, gf, *labels, rerank="gnn", **GNN)
-    assert evaluate_scores(-dist, *labels).mAP == pytest.approx(features_map, abs=1e-6)
+
+
+SIGN_DIMENSIONS = 64  # a power of 4: normalised sign rows hold +-1/8, exactly
+
+
+def sign_features(features, center, projection):
+    """``[n, 64]`` float32 rows of +-1: the signs of the centred features projected onto
+    fixed directions. L2-normalised they hold +-1/8, so their dot products (multiples of
+    1/64) and torchreid's squared distances are exact in fp32."""
+    projected = (features - center) @ projection
+    return torch.where(projected >= 0, 1.0, -1.0)
+
+
+class SignFeatures(torch.nn.Module):
+    """The engine's model with :func:`sign_features` on its output."""
+
+    def __init__(self, model, center, projection):
+        super().__init__()
+        self.model, self.center, self.projection = model, center, projection
+
+    def forward(self, images):
+        return sign_features(self.model(images), self.center, self.projection)
+
+
+def test_engine_equals_evaluate_on_features_whose_distances_are_exact(engine_setup):
+    engine, loaders, (qf, gf, *labels) = engine_setup
+    center = torch.cat([qf, gf]).mean(dim=0)
+    generator = torch.Generator().manual_seed(0)
+    projection = torch.randn(qf.shape[1], SIGN_DIMENSIONS, generator=generator)
+    model = engine.model
+    engine.model = SignFeatures(model, center, projection)
+    try:
+        with use_gnn_reranking(**GNN):
+            rank1, mAP = engine_evaluate(engine, loaders, rerank=True)
+        _, plain_map = engine_evaluate(engine, loaders, rerank=False)
+    finally:
+        engine.model = model
+    signs = [torch.nn.functional.normalize(sign_features(f, center, projection)) for f in (qf, gf)]
+    distances = 2 - 2 * gnn_rerank(*signs, **GNN).numpy()  # euclidean scale, as the engine's
+    # coarse features tie many final distances, which torchreid's evaluate_rank orders by
+    # its own (unstable) argsort: its metrics of the features' re-ranked distances
+    cmc, features_map = torchreid_module("metrics").evaluate_rank(distances, *labels)
+    assert mAP == pytest.approx(features_map, abs=1e-6)
+    assert rank1 == pytest.approx(cmc[0], abs=1e-6)
+    assert abs(mAP - plain_map) > 1e-3, "re-ranking did not change the ranking"
 
 
 def test_unnormalised_features_warn_once(engine_setup):
