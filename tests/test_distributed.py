@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -66,12 +67,38 @@ def single_host(data):
     return graph, reranked.search(xq, K)
 
 
+def torch_loaded(actor) -> bool:
+    """Whether the actor's process has imported torch."""
+    return ray.get(actor.__ray_call__.remote(lambda self: "torch" in sys.modules))
+
+
+# per build of `two_shards`: whether each actor had loaded torch once its last step ran
+ACTORS_LOADED_TORCH = []
+
+
 @pytest.fixture(scope="module")
 def two_shards(data, tmp_path_factory):
     """A 2-shard graph of the database, built once for the tests that only read it."""
     folder = tmp_path_factory.mktemp("two_shards")
-    build_sharded_graph(split(data[0], 2), folder, **PARAMS, **BATCHES)
+
+    def before_write(step, actors):
+        if step == "write":  # every other step has run
+            ACTORS_LOADED_TORCH.extend(torch_loaded(a) for a in actors)
+
+    build_sharded_graph(split(data[0], 2), folder, **PARAMS, **BATCHES, on_step=before_write)
     return folder
+
+
+def test_shard_actors_never_load_torch(data, two_shards):
+    """The build and serving actors run on numpy, numba and FAISS only: torch would add
+    about 480 MB to each worker's resident memory."""
+    assert ACTORS_LOADED_TORCH == [False, False]
+    search = ShardedSearch(two_shards, lamb=0.3)
+    try:
+        search.search(data[1], K)
+        assert [torch_loaded(a) for a in search.actors] == [False, False]
+    finally:
+        search.close()
 
 
 def split(x, n_shards):
@@ -291,3 +318,26 @@ def test_npy_files_and_arrays_mix_as_shards(tmp_path, data):
     source = ShardSource("npy", str(tmp_path / "a.npy"))
     sharded = build_sharded_graph([source, xb[1000:]], tmp_path / "graph", **PARAMS)
     assert sharded.offsets == (0, 1000, N)
+
+
+def test_shard_vectors_are_checked_and_normalised_as_the_library_does():
+    """A shard's unit rows are the canonical ones, bit for bit, and bad shard vectors are
+    refused with the problem named."""
+    from triton_rerank.checks import check_unit_rows
+    from triton_rerank.distributed.shards import checked_unit_rows
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((50, 17)) * np.logspace(-30, 30, 50)[:, None]).astype(np.float32)
+    np.testing.assert_array_equal(checked_unit_rows(x), check_unit_rows(x, "x", 17)[0])
+    bad = x.copy()
+    bad[7, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf in 1 row.*first at row 7"):
+        checked_unit_rows(bad)
+    bad = x.copy()
+    bad[[4, 9]] = 0.0
+    with pytest.raises(ValueError, match="2 zero-norm row.*first at row 4"):
+        checked_unit_rows(bad)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        checked_unit_rows(x[0])
+    with pytest.raises(ValueError, match="is empty"):
+        checked_unit_rows(x[:0])

@@ -35,8 +35,16 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that take tensors: the bounds also take numpy
+# arrays (row_norms, the *_error functions, certify_threshold), so a process that checks
+# numpy rows only (a shard actor of the distributed build) never loads torch.
 
 FP32_UNIT = 2.0**-24  # unit roundoff of float32 (round to nearest)
 BF16_UNIT = 2.0**-8  # unit roundoff of bfloat16
@@ -54,6 +62,8 @@ def _gamma(n: int, unit: float) -> float:
 
 def _power_of_two(exponent: torch.Tensor) -> torch.Tensor:
     """``2.0 ** exponent`` in float64, built from its bits (exact; -1022 <= exponent <= 1023)."""
+    import torch
+
     return torch.bitwise_left_shift(exponent.to(torch.int64) + 1023, 52).view(torch.float64)
 
 
@@ -71,6 +81,8 @@ def unit_rows(x: torch.Tensor, out: torch.Tensor) -> None:
             pass).
         out: ``[n, d]`` float32 on x's device.
     """
+    import torch
+
     if x.device.type == "cpu" and out.is_contiguous() and _numba_installed():
         # the one import of the CPU backend from here (tests/test_layout.py allows it):
         # the same arithmetic in one numba pass, instead of d torch steps over the rows
@@ -84,6 +96,8 @@ def unit_rows(x: torch.Tensor, out: torch.Tensor) -> None:
 
 def unit_rows_with_torch(x: torch.Tensor, out: torch.Tensor) -> None:
     """:func:`unit_rows` with torch operations (any device; the CUDA path)."""
+    import torch
+
     for start in range(0, x.shape[0], _UNIT_ROWS_PER_CHUNK):
         stop = min(x.shape[0], start + _UNIT_ROWS_PER_CHUNK)
         rows = x[start:stop].to(torch.float64)
@@ -109,8 +123,17 @@ def norm_slack(dim: int) -> float:
     return 1 + (dim + 4) * FP64_UNIT
 
 
-def row_norms(x: torch.Tensor) -> torch.Tensor:
-    """``[n]`` float64 L2 norms of the rows of ``x``, rounded up, for bounds."""
+def row_norms(x):
+    """``[n]`` float64 L2 norms of the rows of ``x`` (a tensor, or a numpy array: then a
+    numpy array), rounded up, for bounds."""
+    if isinstance(x, np.ndarray):
+        norms = np.empty(x.shape[0], dtype=np.float64)
+        for start in range(0, x.shape[0], _NORM_ROWS_PER_CHUNK):
+            rows = x[start : start + _NORM_ROWS_PER_CHUNK].astype(np.float64)
+            norms[start : start + _NORM_ROWS_PER_CHUNK] = np.linalg.norm(rows, axis=1)
+        return norms * norm_slack(x.shape[1])
+    import torch
+
     norms = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], _NORM_ROWS_PER_CHUNK):
         rows = x[start : start + _NORM_ROWS_PER_CHUNK].to(torch.float64)
@@ -118,8 +141,9 @@ def row_norms(x: torch.Tensor) -> torch.Tensor:
     return norms * norm_slack(x.shape[1])
 
 
-def canonical_error(x_norms: torch.Tensor, y_norm: float, dim: int) -> torch.Tensor:
-    """``[n]``: a bound on ``|canonical(i, j) - <u_i, u_j>|`` over all j.
+def canonical_error(x_norms, y_norm: float, dim: int):
+    """``[n]``: a bound on ``|canonical(i, j) - <u_i, u_j>|`` over all j (a tensor or a
+    numpy array, as ``x_norms``).
 
     The float64 sum of d exact products is off by at most ``gamma_d(2**-53) |u_i| |u_j|``
     (Cauchy-Schwarz bounds the sum of the products' magnitudes); the final rounding to
@@ -135,11 +159,12 @@ def canonical_error(x_norms: torch.Tensor, y_norm: float, dim: int) -> torch.Ten
     return relative * x_norms * y_norm + 2.0**-149
 
 
-def fp32_product_error(x_norms: torch.Tensor, y_norm: float, dim: int) -> torch.Tensor:
-    """``[n]``: a bound on ``|fp32 product(i, j) - <u_i, u_j>|`` over all j, for a float32
-    matrix product of the rows in any summation order, with or without fused multiply-adds
-    and with or without flush-to-zero of subnormals (d products and d - 1 sums, each
-    rounded by at most ``2**-24`` of its magnitude, or by ``2**-126`` when flushed)."""
+def fp32_product_error(x_norms, y_norm: float, dim: int):
+    """``[n]`` (a tensor or a numpy array, as ``x_norms``): a bound on ``|fp32 product(i, j)
+    - <u_i, u_j>|`` over all j, for a float32 matrix product of the rows in any summation
+    order, with or without fused multiply-adds and with or without flush-to-zero of
+    subnormals (d products and d - 1 sums, each rounded by at most ``2**-24`` of its
+    magnitude, or by ``2**-126`` when flushed)."""
     return _gamma(dim + 1, FP32_UNIT) * x_norms * y_norm + 2 * (dim + 1) * FP32_TINY
 
 
@@ -150,6 +175,8 @@ def bf16_rounding(x: torch.Tensor):
         ``(x_bf16 [n, d] bfloat16, rounded_norms [n] float64, error_norms [n] float64)``:
         the copy, ``|bf16(u_i)|`` and ``|bf16(u_i) - u_i|`` (both slightly rounded up).
     """
+    import torch
+
     x_bf16 = x.to(torch.bfloat16)
     rounded_norms = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     error_norms = torch.empty_like(rounded_norms)
@@ -200,12 +227,15 @@ def bf16_output_slack(last_values: torch.Tensor) -> torch.Tensor:
     return last_values.abs() * BF16_OUTPUT_RELATIVE + BF16_OUTPUT_ABSOLUTE
 
 
-def certify_threshold(
-    last_values: torch.Tensor, fast_error: torch.Tensor, canonical_errors: torch.Tensor
-) -> torch.Tensor:
+def certify_threshold(last_values, fast_error, canonical_errors):
     """``[n]`` float64: above this, a canonical value beats every column the fast pass left
     out: ``a + fast_error + canonical_error``, rounded up (``a`` = the fast-pass value of
-    the row's last kept candidate)."""
+    the row's last kept candidate). Tensors, or numpy arrays (then a numpy array)."""
+    if isinstance(last_values, np.ndarray):
+        threshold = last_values.astype(np.float64) + fast_error + canonical_errors
+        return np.nextafter(threshold, np.inf)
+    import torch
+
     threshold = last_values.to(torch.float64) + fast_error + canonical_errors
     return torch.nextafter(
         threshold, torch.tensor(math.inf, dtype=torch.float64, device=threshold.device)

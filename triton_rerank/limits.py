@@ -10,7 +10,10 @@ constant that modules import by name.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported only for a CUDA device (see available_bytes)
+    import torch
 
 # Floor of a row's L2 norm in propagation: a row of norm 0 stays 0 instead of NaN.
 NORM_EPS = 1e-12
@@ -45,6 +48,8 @@ def available_bytes(device: torch.device | None = None) -> int | None:
     """Memory a new buffer can take now: free GPU memory on a CUDA device, else the host's
     ``MemAvailable`` (Linux); None where it cannot be read."""
     if device is not None and device.type == "cuda":
+        import torch  # loaded already: the caller holds a torch device
+
         return int(torch.cuda.mem_get_info(device)[0])
     try:
         with open("/proc/meminfo") as f:

@@ -296,7 +296,7 @@ def gnn_rerank_similarities(
             entries (or entries that overflow float32 once scaled), naming the matrix and
             the row; bad hyper-parameters.
     """
-    from .cpu.knn import NeighbourLists
+    from .cpu.neighbour_lists import NeighbourLists
     from .cpu.pipeline import scores_from_lists
 
     scale, offset = _check_affine(scale, offset)

@@ -33,64 +33,14 @@ import numpy as np
 import torch
 
 from .. import canonical, limits
-from ..topk import sort_by_value_then_index
 from .kernels.canonical import (
     canonical_topk_above,
     offer_to_columns,
     rescore_candidates,
     rounding_norms,
 )
-from .kernels.knn_select import update_from_columns, update_from_rows
 from .knn_precision import knn_precision
-
-# Extra candidates per row of the fast pass: enough for the certificate to prove every
-# row of re-ID features in practice (the bfloat16 error bound is about 4e-3 on unit rows,
-# the float32 one about d * 6e-8); see benchmarks/results/cpu_knn.md for the shares.
-CANDIDATE_MARGIN = {"bf16": 32, "fp32": 4}
-
-
-class NeighbourLists:
-    """Running top-``k`` neighbour lists of ``n`` nodes, fed one similarity block at a time.
-
-    Attributes:
-        values: ``[n, k]`` float32, descending per row (``-inf`` until filled).
-        indices: ``[n, k]`` int64 neighbour ids, equal values by smaller id.
-    """
-
-    def __init__(self, n: int, k: int):
-        self.values = np.full((n, k), -np.inf, dtype=np.float32)
-        self.indices = np.full((n, k), -1, dtype=np.int64)
-
-    def offer(
-        self,
-        block,
-        row_start: int,
-        col_start: int,
-        *,
-        to_rows: bool = True,
-        columns_from: int | None = None,
-    ) -> None:
-        """Offer ``block [b, m]``: ``block[r, c]`` is the similarity of nodes
-        ``row_start + r`` and ``col_start + c``.
-
-        Args:
-            block: float32 numpy array or CPU tensor, or a bfloat16 CPU tensor
-                (C-contiguous).
-            to_rows: offer each row's entries to the row's node.
-            columns_from: also offer columns ``columns_from:`` to the columns' nodes.
-        """
-        if isinstance(block, torch.Tensor):
-            block = (
-                block.view(torch.int16).numpy().view(np.uint16)
-                if block.dtype == torch.bfloat16
-                else block.numpy()
-            )
-        if to_rows:
-            update_from_rows(block, row_start, col_start, self.values, self.indices)
-        if columns_from is not None and columns_from < block.shape[1]:
-            update_from_columns(
-                block, row_start, col_start, columns_from, self.values, self.indices
-            )
+from .neighbour_lists import CANDIDATE_MARGIN, NeighbourLists
 
 
 @dataclass(frozen=True)
@@ -447,21 +397,3 @@ def rows_per_strip(
     """Rows of a strip of ``n_columns`` columns of ``element_bytes`` that fit in
     ``strip_bytes``."""
     return int(max(1, strip_bytes // (element_bytes * n_columns)))
-
-
-def sorted_neighbour_lists(values: np.ndarray, indices: np.ndarray):
-    """Search results reordered by the project's tie rule.
-
-    Args:
-        values: ``[g, k]`` similarities, ``-inf`` = none.
-        indices: ``[g, k]`` int64 positions, -1 = none.
-
-    Returns:
-        ``(values [g, k] float32, indices [g, k] int64)`` by descending similarity,
-        equal similarities by smaller position.
-    """
-    v, i = sort_by_value_then_index(
-        torch.from_numpy(np.asarray(values, np.float32)),
-        torch.from_numpy(np.asarray(indices, np.int64)),
-    )
-    return v.numpy(), i.numpy()

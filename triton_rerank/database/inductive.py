@@ -44,7 +44,7 @@ from ..cpu.kernels.inductive_scores import (
     rerank_shortlists,
 )
 from ..cpu.kernels.transpose import transpose
-from ..cpu.knn import sorted_neighbour_lists
+from ..cpu.neighbour_lists import sorted_neighbour_lists
 from ..cpu.propagation import locality_order, top_k2_weights
 from ..cpu.sparse_rows import SparseRows
 from ..limits import NORM_EPS

@@ -26,6 +26,7 @@ depend on the numbering).
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from functools import cached_property
 from pathlib import Path
@@ -35,7 +36,7 @@ import numpy as np
 from ..cpu.kernels.aggregate import count_row_nnz, fill_rows, row_norms
 from ..cpu.kernels.canonical import canonical_list_values
 from ..cpu.kernels.jit import njit
-from ..cpu.knn import sorted_neighbour_lists
+from ..cpu.neighbour_lists import sorted_neighbour_lists
 from ..database.graph_file import (
     SHARD_MEMBERS,
     ArrayParts,
@@ -43,7 +44,7 @@ from ..database.graph_file import (
     write_graph_file,
 )
 from ..limits import NORM_EPS
-from .row_exchange import assemble_transpose, take_rows, transpose_parts
+from .row_exchange import assemble_transpose, take_rows, transpose_part
 from .shard_search import (
     merge_top_k,
     product_error,
@@ -73,28 +74,39 @@ def save_arrays(path: Path, **arrays) -> None:
     os.replace(temporary, path)
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size, MB (Linux ``VmHWM``; 0 elsewhere)."""
+# /proc/self/status fields of memory_mb: the peak, the resident set now, and its parts
+MEMORY_FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem")
+
+
+def memory_mb() -> dict[str, float]:
+    """This process's memory, MB, by :data:`MEMORY_FIELDS` (Linux; empty elsewhere):
+    ``RssFile`` is mapped libraries and files, ``RssShmem`` shared memory such as the
+    pages of Ray's object store this process wrote or read."""
+    found = {}
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+                name, _, rest = line.partition(":")
+                if name in MEMORY_FIELDS:
+                    found[name] = int(rest.split()[0]) / 1024
     except OSError:
         pass
-    return 0.0
+    return found
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size, MB (Linux ``VmHWM``; 0 elsewhere)."""
+    return memory_mb().get("VmHWM", 0.0)
 
 
 def use_node_cores() -> int:
-    """Let FAISS and torch use the cores this worker may use.
+    """Let FAISS, numpy's BLAS and torch (where loaded) use the cores this worker may use.
 
     Ray sets ``OMP_NUM_THREADS`` to an actor's ``num_cpus`` (1 when it is 0, the default
-    here), which would leave FAISS's and torch's searches on one core. The actor's
-    assigned CPUs are used when it has some, else every core of the node (as the numba
-    kernels do). Returns the thread count.
+    here), which would leave FAISS's searches and the float32 products on one core. The
+    actor's assigned CPUs are used when it has some, else every core of the node (as the
+    numba kernels do). Returns the thread count.
     """
-    import torch
-
     threads = 0
     try:
         import ray
@@ -105,7 +117,11 @@ def use_node_cores() -> int:
         threads = 0
     if threads < 1:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:  # the actors themselves never import it (480 MB resident)
+        sys.modules["torch"].set_num_threads(threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads, user_api="blas")
     try:
         import faiss
 
@@ -217,6 +233,10 @@ class ShardBuilder:
         """This worker's peak resident memory so far, MB."""
         return peak_rss_mb()
 
+    def memory_mb(self) -> dict[str, float]:
+        """This worker's :func:`memory_mb` now."""
+        return memory_mb()
+
     # -- kNN -----------------------------------------------------------------------------
     def vectors(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """``[hi - lo, d]`` float32 the shard's canonical unit rows ``lo .. hi - 1``."""
@@ -300,12 +320,12 @@ class ShardBuilder:
         return w_idx, np.ascontiguousarray(w_val)
 
     # -- reverse edges -------------------------------------------------------------------
-    def weight_parts(self):
-        """The transpose of this shard's W rows, one part per owner shard."""
+    def weight_part(self, owner: int):
+        """Shard ``owner``'s part of the transpose of this shard's W rows."""
         w_idx, w_val = self._weights
         indptr = np.arange(0, w_idx.size + 1, self.k2, dtype=np.int64)
-        return _returns(
-            transpose_parts(indptr, w_idx.ravel(), w_val.ravel(), self.offset, self.offsets)
+        return transpose_part(
+            indptr, w_idx.ravel(), w_val.ravel(), self.offset, self.offsets, owner
         )
 
     def assemble_reverse(self, *parts) -> None:
@@ -352,11 +372,9 @@ class ShardBuilder:
         order (neighbouring rows together, as the single-host build numbers them)."""
         return np.argsort(self._source_keys[self.offset : self.offset + self.g], kind="stable")
 
-    def round_parts(self, r: int):
-        """The transpose of this shard's rows of A_r, one part per owner shard."""
-        return _returns(
-            transpose_parts(*self._a_rows(r), self.offset, self.offsets, self._source_keys)
-        )
+    def round_part(self, r: int, owner: int):
+        """Shard ``owner``'s part of the transpose of this shard's rows of A_r."""
+        return transpose_part(*self._a_rows(r), self.offset, self.offsets, owner, self._source_keys)
 
     def assemble_round_transpose(self, r: int, *parts) -> None:
         indptr, indices, values = assemble_transpose(parts, np.int32, self._source_keys)

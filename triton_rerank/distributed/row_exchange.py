@@ -3,7 +3,7 @@
 A shard owns the rows of its nodes (global positions ``offset .. offset + g - 1``); the
 column ids inside rows are global positions. The transpose of the rows every shard
 holds (``A.T``, ``W.T``) is exchanged: each shard splits the transpose of its own rows by
-the owner of the column (:func:`transpose_parts`, a stable counting sort by column that
+the owner of the column (:func:`transpose_part`, a stable counting sort by column that
 visits the rows by ascending source key), and each owner merges the parts it receives
 (:func:`assemble_transpose`), so that within a row the entries are by ascending source
 key (the single-host node number, or the global position), as the single-host
@@ -50,27 +50,36 @@ def take_rows(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, rows:
 
 
 @njit(nogil=True)
-def _scatter_by_column(visit, indptr, indices, values, row_offset, cursor, out_sources, out_values):
-    """Counting-sort scatter: the entries of rows ``visit`` (in that order) to their
-    columns' slots (``cursor [G]``: each column's next free slot, advanced)."""
+def _scatter_by_column(
+    visit, indptr, indices, values, row_offset, lo, hi, cursor, out_sources, out_values
+):
+    """Counting-sort scatter: the entries of rows ``visit`` (in that order) whose column
+    is in ``lo .. hi - 1`` to their columns' slots (``cursor [hi - lo]``: each column's
+    next free slot, advanced)."""
     for i in range(visit.shape[0]):
         row = visit[i]
         for p in range(indptr[row], indptr[row + 1]):
-            q = cursor[indices[p]]
-            cursor[indices[p]] = q + 1
-            out_sources[q] = row + row_offset
-            out_values[q] = values[p]
+            column = indices[p]
+            if lo <= column < hi:
+                q = cursor[column - lo]
+                cursor[column - lo] = q + 1
+                out_sources[q] = row + row_offset
+                out_values[q] = values[p]
 
 
-def transpose_parts(
+def transpose_part(
     indptr: np.ndarray,
     indices: np.ndarray,
     values: np.ndarray,
     row_offset: int,
     offsets: np.ndarray,
+    owner: int,
     source_keys: np.ndarray | None = None,
 ):
-    """The transpose of one shard's rows, split by the shard owning each column.
+    """The part of the transpose of one shard's rows that shard ``owner`` holds: the
+    entries of the columns it owns. One part at a time, so that an exchange can move the
+    parts owner by owner (what is in flight is one owner's share, not the whole
+    transpose).
 
     Args:
         indptr: ``[g + 1]`` int64 offsets of the shard's rows; indices: ``[nnz]`` global
@@ -78,41 +87,43 @@ def transpose_parts(
         row_offset: global position of the shard's first row.
         offsets: ``[T + 1]`` int64 shard boundaries (shard t owns ``offsets[t] ..
             offsets[t + 1] - 1``).
+        owner: the shard t whose columns are taken.
         source_keys: ``[G]`` int64 the order of sources within a row (None: positions).
 
     Returns:
-        A list of T parts ``(counts [g_t] int64, sources [e_t] global rows (int32 for
-        int32 ``indices``, else int64), values [e_t] float32)``: part t holds the entries
-        of columns shard t owns, by column then by ascending source key.
+        ``(counts [g_t] int64, sources [e_t] global rows (int32 for int32 ``indices``, else
+        int64), values [e_t] float32)``: the entries of the owner's columns, by column then
+        by ascending source key.
     """
     g = indptr.shape[0] - 1
-    size = int(offsets[-1])
-    counts = np.bincount(np.asarray(indices), minlength=size).astype(np.int64)
-    cursor = np.zeros(size, dtype=np.int64)
+    lo, hi = int(offsets[owner]), int(offsets[owner + 1])
+    indices = np.asarray(indices)
+    inside = indices[(indices >= lo) & (indices < hi)]
+    counts = np.bincount(inside - lo, minlength=hi - lo).astype(np.int64)
+    del inside
+    cursor = np.zeros(hi - lo, dtype=np.int64)
     np.cumsum(counts[:-1], out=cursor[1:])
     if source_keys is None:
         visit = np.arange(g, dtype=np.int64)
     else:
         visit = np.argsort(source_keys[row_offset : row_offset + g], kind="stable")
     # int32 sources for int32 rows (the rounds' rows; every position fits: G < 2^31)
-    sources = np.empty(indices.shape[0], dtype=np.int32 if indices.dtype == np.int32 else np.int64)
-    out_values = np.empty(indices.shape[0], dtype=np.float32)
+    total = int(counts.sum())
+    sources = np.empty(total, dtype=np.int32 if indices.dtype == np.int32 else np.int64)
+    out_values = np.empty(total, dtype=np.float32)
     _scatter_by_column(
         visit,
         np.asarray(indptr, dtype=np.int64),
         indices,
         np.asarray(values, dtype=np.float32),
         np.int64(row_offset),
+        np.int64(lo),
+        np.int64(hi),
         cursor,
         sources,
         out_values,
     )
-    parts = []
-    for t in range(offsets.shape[0] - 1):
-        lo, hi = int(offsets[t]), int(offsets[t + 1])
-        start, stop = int(counts[:lo].sum()), int(counts[:hi].sum())
-        parts.append((counts[lo:hi].copy(), sources[start:stop], out_values[start:stop]))
-    return parts
+    return counts, sources, out_values
 
 
 @njit(nogil=True)
@@ -151,9 +162,9 @@ def assemble_transpose(parts, index_dtype=np.int64, source_keys: np.ndarray | No
 
     Args:
         parts: the part for this shard from each shard, in shard order (see
-            :func:`transpose_parts`).
+            :func:`transpose_part`).
         index_dtype: dtype of the output column ids.
-        source_keys: as :func:`transpose_parts` (the parts' order).
+        source_keys: as :func:`transpose_part` (the parts' order).
 
     Returns:
         ``(indptr [g + 1] int64, indices [nnz], values [nnz] float32)``: row n holds

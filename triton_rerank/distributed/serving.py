@@ -30,12 +30,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..checks import check_unit_rows
 from ..cpu.kernels.inductive_scores import rerank_shortlists
 from ..cpu.kernels.jit import njit
 from ..database.graph_file import read_graph_shard_file
 from ..limits import NORM_EPS
-from .build import ray_module
+from .build import actor_options_with_defaults, ray_module
 from .build_worker import peak_rss_mb, use_node_cores
 from .graph_shards import open_sharded_graph
 from .row_exchange import take_rows
@@ -180,7 +179,8 @@ class ShardedSearch:
         shortlist: candidates per query (default ``max(10 * k, k1)``, as single-host).
         index_files: per shard, a FAISS index file for the shortlist, or None (exact).
         max_restarts: how often Ray restarts a dead shard actor (-1: always).
-        actor_options: extra ``ray.remote`` options of the actors.
+        actor_options: extra ``ray.remote`` options of the actors (defaults as
+            ``build_sharded_graph``'s).
     """
 
     def __init__(
@@ -199,7 +199,7 @@ class ShardedSearch:
         self.shortlist = shortlist
         self.offsets = np.asarray(self.graph.offsets, dtype=np.int64)
         self.n_rounds = 0 if self.graph.k2 == 1 else self.graph.iterations
-        options = {"num_cpus": 0, "scheduling_strategy": "SPREAD", **(actor_options or {})}
+        options = actor_options_with_defaults(actor_options)
         remote = ray.remote(ShardServer).options(
             max_restarts=max_restarts, max_task_retries=-1 if max_restarts else 0, **options
         )
@@ -258,6 +258,9 @@ class ShardedSearch:
             ``(D [b, k] float32 scores, I [b, k] int64 ids)``, FAISS's form: by
             descending score, -inf / -1 where fewer than k results.
         """
+        # here, not at the top: the shard actors (this module) never load torch
+        from ..checks import check_unit_rows
+
         ray = ray_module()
         k1, k2 = self.graph.k1, self.graph.k2
         queries = check_unit_rows(queries, "queries", np.shape(queries)[1])[0]

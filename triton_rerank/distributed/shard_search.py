@@ -17,11 +17,10 @@ shard.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .. import canonical
 from ..cpu.kernels.canonical import canonical_list_values
-from ..cpu.knn import CANDIDATE_MARGIN, NeighbourLists, sorted_neighbour_lists
+from ..cpu.neighbour_lists import CANDIDATE_MARGIN, NeighbourLists, sorted_neighbour_lists
 
 # Query rows per float32 product block against a shard.
 QUERY_ROWS_PER_BLOCK = 2048
@@ -66,16 +65,14 @@ def shard_top_k(queries: np.ndarray, database: np.ndarray, offset: int, k: int):
         ``(values [q, k] float32, positions [q, k] int64)``: descending canonical
         similarity, equal values by smaller global position.
     """
-    # arrays from Ray's object store are read-only; torch wants writable ones
-    queries = np.require(queries, np.float32, ["C", "W"])
-    database = np.require(database, np.float32, ["C", "W"])
+    queries = np.require(queries, np.float32, ["C"])
+    database = np.require(database, np.float32, ["C"])
     n_query, n = queries.shape[0], database.shape[0]
     width = min(n, k + CANDIDATE_MARGIN["fp32"])
     lists = NeighbourLists(n_query, width)
-    q, x = torch.from_numpy(queries), torch.from_numpy(database)
     for start in range(0, n_query, QUERY_ROWS_PER_BLOCK):
-        block = torch.matmul(q[start : start + QUERY_ROWS_PER_BLOCK], x.T)
-        lists.offer(block.contiguous(), start, 0)
+        block = queries[start : start + QUERY_ROWS_PER_BLOCK] @ database.T
+        lists.offer(block, start, 0)
     values, local = sorted_neighbour_lists(
         _canonical_lists(queries, database, lists.indices), lists.indices
     )
@@ -84,15 +81,13 @@ def shard_top_k(queries: np.ndarray, database: np.ndarray, offset: int, k: int):
     if width < n:
         # a left-out column had a float32 product <= the last candidate's
         dim = canonical.checked_dim(queries.shape[1])
-        norms = canonical.row_norms(q)
-        largest = float(canonical.row_norms(x).max())
+        norms = canonical.row_norms(queries)
+        largest = float(canonical.row_norms(database).max())
         fast_error = canonical.fp32_product_error(norms, largest, dim)
         both = fast_error + canonical.canonical_error(norms, largest, dim)
-        threshold = canonical.certify_threshold(
-            torch.from_numpy(lists.values[:, -1]), fast_error, both - fast_error
-        ).numpy()
+        threshold = canonical.certify_threshold(lists.values[:, -1], fast_error, both - fast_error)
         for row in np.flatnonzero(~(values[:, -1] > threshold)):
-            products = (q[row] @ x.T).numpy()
+            products = database @ queries[row]
             floor = np.nextafter(float(values[row, -1]) - float(both[row]), -np.inf)
             columns = np.flatnonzero(products >= floor)[None]
             row_values, row_local = sorted_neighbour_lists(
@@ -132,13 +127,13 @@ def product_error(queries: np.ndarray, stored_norm: float, stored_shift: float, 
         unit_norm: the largest norm of the unit rows (rounded up).
     """
     dim = canonical.checked_dim(queries.shape[1])
-    norms = canonical.row_norms(torch.from_numpy(np.require(queries, np.float32, ["C", "W"])))
+    norms = canonical.row_norms(np.asarray(queries, np.float32))
     error = (
         canonical.fp32_product_error(norms, stored_norm, dim)
         + norms * stored_shift
         + canonical.canonical_error(norms, unit_norm, dim)
     )
-    return error.numpy() * (1 + 1e-6)
+    return error * (1 + 1e-6)
 
 
 def select_candidates(lists, errors: np.ndarray, k: int) -> list[np.ndarray]:

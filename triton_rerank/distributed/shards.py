@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checks import check_unit_rows
+from ..cpu.kernels.unit_rows import unit_rows
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,35 @@ def read_source(source: ShardSource):
     else:
         raise ValueError(f"unknown shard source kind {source.kind!r}")
     stored = np.ascontiguousarray(stored, dtype=np.float32)
-    unit = check_unit_rows(stored, "shard vectors", stored.shape[1])[0]
-    return stored, unit, ids, index
+    return stored, checked_unit_rows(stored), ids, index
+
+
+def checked_unit_rows(stored: np.ndarray, name: str = "shard vectors") -> np.ndarray:
+    """``[n, d]`` float32 canonical unit rows of ``stored`` (float32, C order), after
+    rejecting what ``checks.check_unit_rows`` rejects: not 2-D, no rows, NaN/inf, zero
+    rows. In numpy and numba, so that a shard actor never loads torch."""
+    if stored.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D [n, d], got {stored.ndim}-D with shape {stored.shape}"
+        )
+    if stored.shape[0] == 0:
+        raise ValueError(f"{name} is empty: shape {stored.shape} has no rows")
+    bad = ~np.isfinite(stored).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(
+            f"{name} contains NaN or inf in {rows.size} row(s), first at row {rows[0]}"
+        )
+    zero = ~stored.any(axis=1)
+    if zero.any():
+        rows = np.flatnonzero(zero)
+        raise ValueError(
+            f"{name} has {rows.size} zero-norm row(s) (first at row {rows[0]}), which "
+            f"cannot be L2-normalised"
+        )
+    unit = np.empty(stored.shape, dtype=np.float32)
+    unit_rows(stored, unit)
+    return unit
 
 
 def sources_from_dataset(dataset, n_shards: int) -> list[ShardSource]:
