@@ -194,25 +194,33 @@ def build_sharded_graph(
     seconds = {}
     # each worker's peak RSS once the actors have started, and after each step (VmHWM:
     # the step where a worker's peak grows is the one to look at)
-    rss_after = {"start": ray.get([a.rss_mb.remote() for a in actors])}
-    memory_after = {"start": ray.get([a.memory_mb.remote() for a in actors])}
+    memory_after = {}  # each worker's memory_mb after each step, and its VmHWM
+    rss_after = {}
 
-    def step(name: str, launch: Callable[[], Iterator[list]]) -> None:
-        """Run a step: ``launch()`` yields waves of task references; two waves are in
-        flight at a time (bounded memory in the object store and in the actors)."""
+    def record_memory(name: str) -> None:
+        memory_after[name] = ray.get([a.memory_mb.remote() for a in actors])
+        rss_after[name] = [m.get("VmHWM", 0.0) for m in memory_after[name]]
+
+    record_memory("start")
+
+    def step(name: str, launch: Callable[[], Iterator[list]], in_flight: int = 2) -> None:
+        """Run a step: ``launch()`` yields waves of task references (submitted as it is
+        advanced); at most ``in_flight`` waves are submitted and not yet done (bounded
+        memory in the object store and in the actors)."""
         if name in done:
             return
         start = time.perf_counter()
-        previous: list = []
+        pending: list[list] = []
         for n_wave, wave in enumerate(launch()):
             if n_wave == 0 and on_step is not None:
                 on_step(name, actors)
-            ray.get(previous)
-            previous = wave
-        ray.get(previous)
+            pending.append(wave)
+            if len(pending) >= in_flight:
+                ray.get(pending.pop(0))
+        for wave in pending:
+            ray.get(wave)
         seconds[name] = time.perf_counter() - start
-        rss_after[name] = ray.get([a.rss_mb.remote() for a in actors])
-        memory_after[name] = ray.get([a.memory_mb.remote() for a in actors])
+        record_memory(name)
         done.append(name)
         (work_dir / PROGRESS).write_text(
             json.dumps({"params": params, "sizes": sizes, "done": done})
@@ -221,14 +229,18 @@ def build_sharded_graph(
     try:
         step("knn", lambda: _knn(actors, sizes, k1, knn_rows))
         step("order", lambda: _order(actors, work_dir, offsets, single_host_order))
-        step("reverse", lambda: _exchange(actors, "weight_part", "assemble_reverse"))
+        # one wave at a time for the exchanges and the aggregation: their waves carry the
+        # build's largest objects, and the object store pages a worker maps count in its
+        # resident memory
+        step("reverse", lambda: _exchange(actors, "weight_part", "assemble_reverse"), 1)
         n_rounds = 0 if k2 == 1 else iterations
         for r in range(n_rounds):
             step(
                 f"round{r}-t",
                 lambda r=r: _exchange(actors, "round_part", "assemble_round_transpose", r),
+                1,
             )
-            step(f"aggregate{r}", lambda r=r: _aggregate(actors, sizes, r, aggregate_rows))
+            step(f"aggregate{r}", lambda r=r: _aggregate(actors, sizes, r, aggregate_rows), 1)
         files = tuple(out_dir / shard_file_name(t, n_shards) for t in range(n_shards))
         step(
             "write",
@@ -319,14 +331,12 @@ def _order(actors, work_dir: Path, offsets: np.ndarray, single_host_order: bool)
 
 
 def _exchange(actors, split: str, assemble: str, *args) -> Iterator[list]:
-    """Owner by owner: every shard computes its part for the owner (``split``), and the
-    owner assembles them; the next owner's parts are computed once it has. So the object
-    store holds one owner's share of the transpose at a time, not all of it (the pages a
-    worker maps there count in its resident memory)."""
+    """Owner by owner, a wave each: every shard computes its part for the owner
+    (``split``), and the owner assembles them. Run one wave at a time, the object store
+    holds one owner's share of the transpose at a time, not all of it."""
     for t, owner in enumerate(actors):
         parts = [getattr(a, split).remote(*args, t) for a in actors]
         yield [getattr(owner, assemble).remote(*args, *parts)]
-        yield []  # (two waves are in flight: this keeps the next owner's parts back)
 
 
 def _aggregate(actors, sizes: list[int], r: int, rows: int) -> Iterator[list]:
@@ -343,25 +353,18 @@ def _aggregate(actors, sizes: list[int], r: int, rows: int) -> Iterator[list]:
             blocks = [owner.round_rows.remote(r, needs[t]) for t, owner in enumerate(actors)]
             yield a.aggregate.remote(r, lo, hi, *blocks)
 
-    # one wave at a time: a wave's pulled rows are the largest objects of the build, and
-    # the object store pages a worker maps count in its resident memory
-    return _in_waves(
-        batch_tasks(), n, lambda: [a.finish_aggregate.remote(r) for a in actors], one_at_a_time=True
-    )
+    return _in_waves(batch_tasks(), n, lambda: [a.finish_aggregate.remote(r) for a in actors])
 
 
-def _in_waves(tasks: Iterator, size: int, finish, one_at_a_time: bool = False) -> Iterator[list]:
+def _in_waves(tasks: Iterator, size: int, finish) -> Iterator[list]:
     """The step's waves: ``tasks`` (object refs, submitted as the iterator is advanced)
-    ``size`` at a time (each followed by an empty wave when ``one_at_a_time``: the next
-    is submitted once it is done), an empty wave (every batch done before the join), then
-    the join's refs from ``finish()``."""
+    ``size`` at a time, an empty wave (every batch done before the join), then the
+    join's refs from ``finish()``."""
     wave = []
     for task in tasks:
         wave.append(task)
         if len(wave) == size:
             yield wave
-            if one_at_a_time:
-                yield []
             wave = []
     if wave:
         yield wave

@@ -374,7 +374,7 @@ class ShardBuilder:
 
     def round_part(self, r: int, owner: int):
         """Shard ``owner``'s part of the transpose of this shard's rows of A_r."""
-        return transpose_part(*self._a_rows(r), self.offset, self.offsets, owner, self._source_keys)
+        return transpose_part(*self._a_rows(r), self.offset, self.offsets, owner, self._visit)
 
     def assemble_round_transpose(self, r: int, *parts) -> None:
         indptr, indices, values = assemble_transpose(parts, np.int32, self._source_keys)

@@ -74,7 +74,7 @@ def transpose_part(
     row_offset: int,
     offsets: np.ndarray,
     owner: int,
-    source_keys: np.ndarray | None = None,
+    visit: np.ndarray | None = None,
 ):
     """The part of the transpose of one shard's rows that shard ``owner`` holds: the
     entries of the columns it owns. One part at a time, so that an exchange can move the
@@ -88,7 +88,9 @@ def transpose_part(
         offsets: ``[T + 1]`` int64 shard boundaries (shard t owns ``offsets[t] ..
             offsets[t + 1] - 1``).
         owner: the shard t whose columns are taken.
-        source_keys: ``[G]`` int64 the order of sources within a row (None: positions).
+        visit: ``[g]`` int64 the shard's local rows in the order their entries enter each
+            transposed row: by ascending source key (e.g. the stable argsort of the
+            shard's keys), or None for ascending position.
 
     Returns:
         ``(counts [g_t] int64, sources [e_t] global rows (int32 for int32 ``indices``, else
@@ -103,10 +105,8 @@ def transpose_part(
     del inside
     cursor = np.zeros(hi - lo, dtype=np.int64)
     np.cumsum(counts[:-1], out=cursor[1:])
-    if source_keys is None:
+    if visit is None:
         visit = np.arange(g, dtype=np.int64)
-    else:
-        visit = np.argsort(source_keys[row_offset : row_offset + g], kind="stable")
     # int32 sources for int32 rows (the rounds' rows; every position fits: G < 2^31)
     total = int(counts.sum())
     sources = np.empty(total, dtype=np.int32 if indices.dtype == np.int32 else np.int64)
@@ -164,7 +164,8 @@ def assemble_transpose(parts, index_dtype=np.int64, source_keys: np.ndarray | No
         parts: the part for this shard from each shard, in shard order (see
             :func:`transpose_part`).
         index_dtype: dtype of the output column ids.
-        source_keys: as :func:`transpose_part` (the parts' order).
+        source_keys: ``[G]`` int64 the order of sources within a row, the one the parts'
+            ``visit`` followed (None: positions).
 
     Returns:
         ``(indptr [g + 1] int64, indices [nnz], values [nnz] float32)``: row n holds
