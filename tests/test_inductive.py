@@ -197,3 +197,17 @@ def test_a_short_shortlist_scores_as_the_dense_oracle(database, k1, k2, iteratio
         found = positions[0] >= 0
         assert found.sum() < len(xb) // 2
         np.testing.assert_allclose(scores[0][found], oracle[positions[0][found]], rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("key_offset", [0, 1 << 40, -5])
+def test_growth_order_is_by_similarity_then_key(key_offset):
+    """The order in which a grown level's lists are added: descending similarity, equal
+    similarities (+0.0 and -0.0 among them) by smaller key; keys that do not fit 32 bits
+    take the two-sort path, with the same order."""
+    from triton_rerank.cpu.kernels.inductive_scores import _most_similar_first
+
+    rng = np.random.default_rng(3)
+    sims = rng.choice(np.float32([0.5, 0.25, 0.0, -0.0, -0.25, 1e-30, -1e-30]), 300)
+    keys = rng.permutation(10_000)[:300].astype(np.int64) + key_offset
+    expected = np.lexsort((keys, -sims.astype(np.float64)))
+    np.testing.assert_array_equal(_most_similar_first(sims, keys), expected)

@@ -43,6 +43,7 @@ import numpy as np
 
 from .aggregate import kth_largest
 from .jit import njit, parallel_chunks
+from .lane_dot import lane_dot
 from .prefetch import prefetch
 
 # items ahead of the one worked on whose rows are prefetched (see prefetch.py)
@@ -95,35 +96,18 @@ def _mark_scored_nodes(positions, w_idx, needed, z_dense, mark):
                     needed[n >> 6] = 0
 
 
-# partial sums of a similarity: its terms e, e + LANES, e + 2 LANES... go to partial
-# sum e (the compiler may run the lanes in one vector register; their order is fixed;
-# _similarities adds the 8 pairwise)
-LANES = 8
-
-
 @njit()
 def _similarities(query, vectors, positions, out):
-    """``out[c]``: the float32 inner product of ``query`` with database row ``positions[c]``.
-
-    Summed in a fixed order (``LANES`` interleaved partial sums, added pairwise) and
-    compiled without fastmath: reassociation would let every place the compiler inlines
-    this into sum in its own order, and one pair's similarity would then differ in the
-    last bit between call sites and builds (e.g. with numba's bounds checks on).
-    """
-    d = query.shape[0]
-    n_full = d - d % LANES
-    partial = np.zeros(LANES, np.float32)
+    """``out[c]``: the float32 inner product of ``query`` with database row ``positions[c]``,
+    summed in :func:`~.lane_dot.lane_dot`'s fixed order (so a pair's similarity has the
+    same bits at every call site and in every build). The rows ``AHEAD`` items on are
+    prefetched: they are scattered over the database."""
     for c in range(positions.shape[0]):
-        row = vectors[positions[c]]
-        partial[:] = 0.0
-        for e in range(0, n_full, LANES):
-            for lane in range(LANES):
-                partial[lane] += query[e + lane] * row[e + lane]
-        for e in range(n_full, d):
-            partial[e - n_full] += query[e] * row[e]
-        out[c] = ((partial[0] + partial[1]) + (partial[2] + partial[3])) + (
-            (partial[4] + partial[5]) + (partial[6] + partial[7])
-        )
+        if c + AHEAD < positions.shape[0]:
+            ahead = vectors[positions[c + AHEAD]]
+            for e in range(0, ahead.shape[0], 16):  # one float32 cache line each
+                prefetch(ahead, e)
+        out[c] = lane_dot(query, vectors[positions[c]])
 
 
 @njit()
@@ -200,6 +184,32 @@ def _add_list(u_list, tie_keys, pos, keys, n, seen, stamp):
     return n
 
 
+_KEY_LIMIT = np.int64(1) << 32  # keys below it fit the low half of one sort key
+_SIGN = np.uint32(0x80000000)
+
+
+@njit()
+def _most_similar_first(sims, keys):
+    """The order of ``sims`` (float32, no NaN) by descending value, equal values by
+    smaller key (``keys`` distinct int64). One sort of 64-bit integers whose high half
+    orders the similarity (its bits, made to sort as unsigned integers, descending) and
+    whose low half is the key; two stable sorts where a key does not fit 32 bits."""
+    n = sims.shape[0]
+    bits = sims.view(np.uint32)
+    order_keys = np.empty(n, np.uint64)
+    for c in range(n):
+        key = keys[c]
+        if key < 0 or key >= _KEY_LIMIT:
+            by_key = np.argsort(keys)
+            return by_key[np.argsort(-sims[by_key], kind="mergesort")]
+        b = bits[c]
+        if b == _SIGN:  # -0.0 ranks as +0.0
+            b = np.uint32(0)
+        ascending = ~b if b & _SIGN else b | _SIGN  # as unsigned integers, in float order
+        order_keys[c] = (np.uint64(~ascending) << np.uint64(32)) | np.uint64(key)
+    return np.argsort(order_keys)
+
+
 @njit()
 def _grow_pool(query, vectors, knn_idx, tie_keys, pos, sims, keys, n_seeds, grow, seen, stamp):
     """Grow the pool ``pos[:n_seeds]`` (the seeds) through the kNN lists, computing
@@ -217,8 +227,9 @@ def _grow_pool(query, vectors, knn_idx, tie_keys, pos, sims, keys, n_seeds, grow
     level_start = n_seeds
     while n < grow and n > level_start:
         level_stop = n
-        by_key = np.argsort(keys[level_start:level_stop])
-        by_similarity = by_key[np.argsort(-sims[level_start:level_stop][by_key], kind="mergesort")]
+        by_similarity = _most_similar_first(
+            sims[level_start:level_stop], keys[level_start:level_stop]
+        )
         for c in by_similarity:
             n = _add_list(knn_idx[pos[level_start + c]], tie_keys, pos, keys, n, seen, stamp)
             if n >= grow:
