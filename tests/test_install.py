@@ -359,6 +359,35 @@ def test_parallel_chunks_run_on_every_thread():
     assert len(threads) == numba.get_num_threads()
 
 
+def test_parallel_chunks_pass_each_thread_its_own_worker_index():
+    import threading
+    import time
+
+    import numba
+
+    from triton_rerank.cpu.kernels.jit import parallel_chunks, worker_count
+
+    n_workers = worker_count(1000)
+    assert n_workers == min(numba.get_num_threads(), 1000) and worker_count(0) == 0
+    busy = [threading.Lock() for _ in range(n_workers)]
+    owner, runs = {}, np.zeros(1000, np.int64)
+
+    def kernel(worker, start, stop, out):
+        # two chunks never hold one worker's scratch at once, and a worker is one thread
+        assert busy[worker].acquire(blocking=False), f"worker {worker} used twice at once"
+        try:
+            assert owner.setdefault(worker, threading.get_ident()) == threading.get_ident()
+            out[start:stop] += 1
+            time.sleep(0.001)
+        finally:
+            busy[worker].release()
+
+    parallel_chunks(kernel, 1000, runs, pass_worker=True)
+    assert (runs == 1).all() and set(owner) <= set(range(n_workers))
+    if n_workers > 1:
+        assert len(owner) == n_workers
+
+
 def test_parallel_chunks_reraise_and_stop_at_the_first_error():
     from triton_rerank.cpu.kernels.jit import parallel_chunks
 

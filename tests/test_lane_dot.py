@@ -8,7 +8,7 @@ import pytest
 from numba import njit
 
 from triton_rerank.cpu.kernels.inductive_scores import _similarities
-from triton_rerank.cpu.kernels.lane_dot import LANES, lane_dot, lane_dot_scalar
+from triton_rerank.cpu.kernels.lane_dot import LANES, lane_dot, lane_dot_rows, lane_dot_scalar
 
 
 def defined_order(a: np.ndarray, b: np.ndarray) -> np.float32:
@@ -55,11 +55,46 @@ def test_lane_dot_sums_in_the_defined_order(d):
         assert (sequential.view(np.uint32) != expected.view(np.uint32)).mean() > 0.5
 
 
-def test_similarities_of_scattered_rows_match_lane_dot():
+@njit
+def _row_dots(a, matrix, rows, out):
+    """lane_dot_rows over ``rows`` in tuples of one to four rows (the widths used)."""
+    n = rows.shape[0]
+    c = 0
+    while c + 4 <= n:
+        out[c], out[c + 1], out[c + 2], out[c + 3] = lane_dot_rows(
+            a, matrix, (rows[c], rows[c + 1], rows[c + 2], rows[c + 3])
+        )
+        c += 4
+    if c + 3 <= n:
+        out[c], out[c + 1], out[c + 2] = lane_dot_rows(
+            a, matrix, (rows[c], rows[c + 1], rows[c + 2])
+        )
+        c += 3
+    if c + 2 <= n:
+        out[c], out[c + 1] = lane_dot_rows(a, matrix, (rows[c], rows[c + 1]))
+        c += 2
+    if c < n:
+        (out[c],) = lane_dot_rows(a, matrix, (rows[c],))
+
+
+@pytest.mark.parametrize("d", [1, 7, 8, 17, 128, 131])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 41])
+def test_lane_dot_rows_is_lane_dot_row_by_row(d, n):
+    matrix, _ = rows_whose_sums_depend_on_the_order(60, d, seed=d + n)
+    a, _ = rows_whose_sums_depend_on_the_order(1, d, seed=3)
+    rows = np.random.default_rng(n).integers(0, 60, n)  # repeats included
+    out = np.empty(n, np.float32)
+    _row_dots(a[0], matrix, rows, out)
+    expected = np.array([defined_order(a[0], matrix[r]) for r in rows], np.float32)
+    np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 4, 5, 300, 303])
+def test_similarities_of_scattered_rows_match_lane_dot(count):
     vectors, _ = rows_whose_sums_depend_on_the_order(500, 131, seed=1)
     query = vectors[7].copy()
-    positions = np.random.default_rng(2).integers(0, 500, 300)
-    out = np.empty(300, np.float32)
+    positions = np.random.default_rng(2).integers(0, 500, count)
+    out = np.empty(count, np.float32)
     _similarities(query, vectors, positions, out)
     expected = np.array([defined_order(query, vectors[p]) for p in positions], np.float32)
     np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))

@@ -390,9 +390,9 @@ class InductiveGraph:
             np.float32(NORM_EPS),
         )
         if shortlist is None:
-            rerank_shortlists(*arrays, numba.get_num_threads(), scores, nodes)
+            rerank_shortlists(*arrays, scores, nodes)
         else:
-            rerank_grown_shortlists(*arrays, shortlist, numba.get_num_threads(), scores, nodes)
+            rerank_grown_shortlists(*arrays, shortlist, scores, nodes)
         return scores, self._positions(nodes)
 
     @cached_property

@@ -27,7 +27,6 @@ The requests are read-only, so a retried call returns the same answer.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from ..cpu.kernels.inductive_scores import rerank_shortlists
@@ -396,7 +395,6 @@ class ShardedSearch:
             graph.row_budget,
             np.float32(self.lamb),
             np.float32(NORM_EPS),
-            numba.get_num_threads(),
             scores,
             out,
         )

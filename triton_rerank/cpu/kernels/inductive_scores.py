@@ -22,9 +22,10 @@ Each query touches its candidates, their neighbours and a few hundred reverse
 edges: the cost does not grow with the database size. What grows is the cost of each
 touch: at 1M rows the arrays are far larger than the caches and the kernel waits on
 memory. So ``z`` is written only at the nodes the scoring reads (a mask of one bit per
-node, small enough to stay in cache), and the rows the next items need (rows of ``M``,
-top-k2 lists) are prefetched a few items ahead
-(:mod:`.prefetch`).
+node, small enough to stay in cache), the rows the next items need (database vectors,
+rows of ``M``, top-k2 and kNN lists, weights) are prefetched a few items ahead
+(:mod:`.prefetch`), four similarities are summed at once (their memory waits overlap),
+and the scratch rows over the database nodes are numpy arrays (:func:`_scratch`).
 
 Grown shortlists (:func:`rerank_grown_shortlists`): the rows of ``cand_pos`` are
 *seeds* (e.g. a short search); the shortlist is the ``shortlist`` items most similar to
@@ -42,8 +43,8 @@ from __future__ import annotations
 import numpy as np
 
 from .aggregate import kth_largest
-from .jit import njit, parallel_chunks
-from .lane_dot import lane_dot
+from .jit import njit, parallel_chunks, worker_count
+from .lane_dot import lane_dot_rows
 from .prefetch import prefetch
 
 # items ahead of the one worked on whose rows are prefetched (see prefetch.py)
@@ -77,22 +78,31 @@ def _prefetch_m_row(e, base, n_db, m_indices, m_values):
 
 
 @njit()
-def _mark_scored_nodes(positions, w_idx, needed, z_dense, mark):
+def _mark_scored_nodes(positions, w_idx, needed, z_mq, mark):
     """Mark (``mark``) or unmark the nodes the scoring reads: the candidates' top-k2.
 
     ``positions`` [n] candidate rows, ``w_idx`` [n_db, k2] (-1 = no neighbour),
-    ``needed`` [n_db / 64 + 1] one bit per node. Unmarking also zeroes ``z_dense``
-    [n_db] there (the only places it was written) and clears the whole word, since
-    every bit set in it belongs to a node of these same lists.
+    ``needed`` [n_db / 64 + 1] one bit per node. Unmarking also zeroes ``z`` (column 0
+    of ``z_mq`` [n_db + 1, 2]) there (the only places it was written) and clears the
+    whole word, since every bit set in it belongs to a node of these same lists.
     """
-    for j in positions:
-        for t in range(w_idx.shape[1]):
+    w_flat = w_idx.reshape(-1)
+    k2 = w_idx.shape[1]
+    for c in range(positions.shape[0]):
+        if mark and c + 2 * AHEAD < positions.shape[0]:
+            # the first read of these rows (the scoring reads them again, from cache);
+            # a row can straddle two cache lines
+            ahead = positions[c + 2 * AHEAD] * k2
+            prefetch(w_flat, ahead)
+            prefetch(w_flat, ahead + k2 - 1)
+        j = positions[c]
+        for t in range(k2):
             n = w_idx[j, t]
             if n >= 0:
                 if mark:
                     needed[n >> 6] |= np.int64(1) << (n & 63)
                 else:
-                    z_dense[n] = 0.0
+                    z_mq[n, 0] = 0.0
                     needed[n >> 6] = 0
 
 
@@ -102,12 +112,19 @@ def _similarities(query, vectors, positions, out):
     summed in :func:`~.lane_dot.lane_dot`'s fixed order (so a pair's similarity has the
     same bits at every call site and in every build). The rows ``AHEAD`` items on are
     prefetched: they are scattered over the database."""
-    for c in range(positions.shape[0]):
-        if c + AHEAD < positions.shape[0]:
-            ahead = vectors[positions[c + AHEAD]]
-            for e in range(0, ahead.shape[0], 16):  # one float32 cache line each
-                prefetch(ahead, e)
-        out[c] = lane_dot(query, vectors[positions[c]])
+    n = positions.shape[0]
+    flat = vectors.reshape(-1)
+    d = vectors.shape[1]
+    n_quads = n - n % 4
+    for c in range(0, n_quads, 4):  # four rows at a time: their sums overlap
+        for ahead in range(c + AHEAD, min(c + AHEAD + 4, n)):
+            for e in range(0, d, 16):  # one float32 cache line each
+                prefetch(flat, positions[ahead] * d + e)
+        out[c], out[c + 1], out[c + 2], out[c + 3] = lane_dot_rows(
+            query, vectors, (positions[c], positions[c + 1], positions[c + 2], positions[c + 3])
+        )
+    for c in range(n_quads, n):
+        (out[c],) = lane_dot_rows(query, vectors, (positions[c],))
 
 
 @njit()
@@ -184,6 +201,15 @@ def _add_list(u_list, tie_keys, pos, keys, n, seen, stamp):
     return n
 
 
+@njit()
+def _prefetch_list(flat, start, width):
+    """Prefetch ``flat[start : start + width]`` (int64, e.g. a kNN list), one cache line
+    at a time."""
+    for e in range(start, start + width, 8):
+        prefetch(flat, e)
+    prefetch(flat, start + width - 1)
+
+
 _KEY_LIMIT = np.int64(1) << 32  # keys below it fit the low half of one sort key
 _SIGN = np.uint32(0x80000000)
 
@@ -221,7 +247,11 @@ def _grow_pool(query, vectors, knn_idx, tie_keys, pos, sims, keys, n_seeds, grow
     ``grow`` (so it ends under ``grow + k1``), or when a level adds nothing.
     """
     n = n_seeds
+    knn_flat = knn_idx.reshape(-1)
+    k1 = knn_idx.shape[1]
     for c in range(n_seeds):
+        if c + AHEAD < n_seeds:
+            _prefetch_list(knn_flat, pos[c + AHEAD] * k1, k1)
         n = _add_list(knn_idx[pos[c]], tie_keys, pos, keys, n, seen, stamp)
     _similarities(query, vectors, pos[:n], sims[:n])
     level_start = n_seeds
@@ -230,8 +260,12 @@ def _grow_pool(query, vectors, knn_idx, tie_keys, pos, sims, keys, n_seeds, grow
         by_similarity = _most_similar_first(
             sims[level_start:level_stop], keys[level_start:level_stop]
         )
-        for c in by_similarity:
-            n = _add_list(knn_idx[pos[level_start + c]], tie_keys, pos, keys, n, seen, stamp)
+        n_level = by_similarity.shape[0]
+        for t in range(n_level):
+            if t + AHEAD < n_level:
+                _prefetch_list(knn_flat, pos[level_start + by_similarity[t + AHEAD]] * k1, k1)
+            item = pos[level_start + by_similarity[t]]
+            n = _add_list(knn_idx[item], tie_keys, pos, keys, n, seen, stamp)
             if n >= grow:
                 break
         _similarities(query, vectors, pos[level_stop:n], sims[level_stop:n])
@@ -308,6 +342,7 @@ def grow_shortlists(queries, seeds, tie_keys, vectors, knn_idx, shortlist, n_tas
 
 @njit(nogil=True)
 def _rerank_queries(
+    worker,
     start,
     stop,
     queries,
@@ -331,11 +366,16 @@ def _rerank_queries(
     lamb,
     eps,
     grow,
+    values,
+    pairs,
+    marks,
+    lists,
     out_val,
     out_pos,
 ):
     """:func:`rerank_shortlists` (``grow == 0``) or :func:`rerank_grown_shortlists`
-    (shortlist ``grow``) for queries ``start .. stop - 1``."""
+    (shortlist ``grow``) for queries ``start .. stop - 1``, in row ``worker`` of the
+    scratch arrays (:func:`_scratch`)."""
     n_db = vectors.shape[0]
     k1 = knn_idx.shape[1]
     k2 = w_idx.shape[1]
@@ -343,25 +383,26 @@ def _rerank_queries(
     self_id = n_db
     # sparse accumulators over the database nodes plus the query (id g):
     # x = the query's current row, y = its column, mq = M_r[q]; dense: z = M_{R-1} @ x
-    # and a copy of M_{R-1}[q] (both zero between queries)
-    x_acc = np.zeros(n_db + 1, np.float32)
-    x_stamp = np.full(n_db + 1, -1, np.int64)
-    x_cols = np.empty(n_db + 1, np.int64)
-    y_acc = np.zeros(n_db + 1, np.float32)
-    y_stamp = np.full(n_db + 1, -1, np.int64)
-    y_cols = np.empty(n_db + 1, np.int64)
-    mq_acc = np.zeros(n_db + 1, np.float32)
-    mq_stamp = np.full(n_db + 1, -1, np.int64)
-    mq_cols = np.empty(n_db + 1, np.int64)
-    z_dense = np.zeros(n_db + 1, np.float32)
+    # and a copy of M_{R-1}[q] (both zero between queries), side by side in z_mq
+    # (columns 0 and 1): the scoring reads both at the same nodes, one cache line
+    x_acc, y_acc, mq_acc = values[worker, 0], values[worker, 1], values[worker, 2]
+    picked, z_mq = values[worker, 3], pairs[worker]
+    x_stamp, y_stamp, mq_stamp, seen = (
+        marks[worker, 0],
+        marks[worker, 1],
+        marks[worker, 2],
+        marks[worker, 3],
+    )
+    x_cols, y_cols, mq_cols, kept = (
+        lists[worker, 0],
+        lists[worker, 1],
+        lists[worker, 2],
+        lists[worker, 3],
+    )
     # bit n: z[n] is read by the scoring (n is in a candidate's top-k2); 1 bit per node
     # keeps the test in cache where z itself (4 bytes per node) is not
     needed = np.zeros((n_db >> 6) + 1, np.int64)
-    w_flat = w_idx.reshape(-1)
-    mq_dense = np.zeros(n_db + 1, np.float32)
-    kept = np.empty(n_db + 1, np.int64)
-    seen = np.full(n_db, -1, np.int64)
-    picked = np.empty(n_db + 1, np.float32)
+    w_weights = w_val.reshape(-1)
     # per query: the candidates (shortlist, then the added kNN lists), their similarities,
     # keys and scores; the query's nearest candidates and the ranked results
     width = _pool_width(cand_pos.shape[1], k1, grow, n_db) if grow > 0 else cand_pos.shape[1]
@@ -373,7 +414,11 @@ def _rerank_queries(
     scores = np.empty(capacity, np.float32)
     order = np.empty(max(k1 - 1, 0), np.int64)
     ranked = np.empty(top, np.int64)
-    stamp = 0
+    # stamps mark what the accumulators and the pool hold for the current query: query
+    # i takes the stamps_per_query stamps after i * stamps_per_query, so a worker's
+    # scratch rows need no reset between the chunks it runs
+    stamps_per_query = 2 + n_rounds
+    stamp = start * stamps_per_query
     for i in range(start, stop):
         # candidates: the shortlist, plus the kNN lists of its k1 - 1 items most
         # similar to the query (they reach relevant items that the shortlist missed)
@@ -499,7 +544,7 @@ def _rerank_queries(
                 if e != self_id and x_acc[e] >= floor:
                     kept[n_kept] = e
                     n_kept += 1
-            _mark_scored_nodes(pos[:n_valid], w_idx, needed, z_dense, True)
+            _mark_scored_nodes(pos[:n_valid], w_idx, needed, z_mq, True)
             for p in range(min(AHEAD, n_kept)):
                 _prefetch_m_row(kept[p], base, n_db, m_indices, m_values)
             for p in range(n_kept):
@@ -511,36 +556,61 @@ def _rerank_queries(
                     for s in range(base[half], base[half + 1]):
                         m = m_indices[s]
                         if (needed[m >> 6] >> (m & 63)) & 1:
-                            z_dense[m] += x_e * m_values[s]
+                            z_mq[m, 0] += x_e * m_values[s]
             for p in range(n_mq):
-                mq_dense[mq_cols[p]] = mq_acc[mq_cols[p]]
+                z_mq[mq_cols[p], 1] = mq_acc[mq_cols[p]]
             self_value = _get(self_id, x_acc, x_stamp, stamp)
             # <A_R[q], M_{R-1}[q]>: the term of the candidates that take q into
             # their own top-k2 (in place of their k2-th neighbour)
             x_dot_mq = np.float32(0.0)
             for p in range(n_x):
                 e = x_cols[p]
-                x_dot_mq += x_acc[e] * mq_dense[e]
+                x_dot_mq += x_acc[e] * z_mq[e, 1]
+            last_inv_norm = inv_norm[last]
             for c in range(n_valid):
                 j = pos[c]
-                if c + 2 * AHEAD < n_valid:
-                    prefetch(w_flat, pos[c + 2 * AHEAD] * k2)
+                if c + 2 * AHEAD < n_valid:  # (the top-k2 lists are cached by the marking)
+                    ahead = pos[c + 2 * AHEAD]
+                    prefetch(w_weights, ahead * k2)
+                    prefetch(w_weights, ahead * k2 + k2 - 1)
+                    prefetch(k2th_value, ahead)
+                    prefetch(last_inv_norm, ahead)
                 takes_query = sims[c] >= k2th_value[j]
                 total = sims[c] * sims[c] * x_dot_mq if takes_query else np.float32(0.0)
                 for t in range(k2 - 1 if takes_query else k2):
                     n = w_idx[j, t]
-                    total += w_val[j, t] * (z_dense[n] + self_value * mq_dense[n])
-                scores[c] = inv_norm[last, j] * total
+                    total += w_val[j, t] * (z_mq[n, 0] + self_value * z_mq[n, 1])
+                scores[c] = last_inv_norm[j] * total
             # z was written at the marked nodes only
-            _mark_scored_nodes(pos[:n_valid], w_idx, needed, z_dense, False)
+            _mark_scored_nodes(pos[:n_valid], w_idx, needed, z_mq, False)
             for p in range(n_mq):
-                mq_dense[mq_cols[p]] = 0.0
+                z_mq[mq_cols[p], 1] = 0.0
         for c in range(n_valid):
             scores[c] = (np.float32(1.0) - lamb) * scores[c] + lamb * sims[c]
         n_ranked = _top_by_value(scores[:n_valid], keys[:n_valid], top, ranked)
         for t in range(n_ranked):
             out_val[i, t] = scores[ranked[t]]
             out_pos[i, t] = pos[ranked[t]]
+
+
+def _scratch(n_workers: int, n_db: int):
+    """Scratch rows of ``n_db + 1`` entries for each of ``n_workers`` threads:
+    ``values [n_workers, 4, n_db + 1]`` float32 (x, y, mq accumulators, the selection
+    buffer), ``pairs [n_workers, n_db + 1, 2]`` float32 zeros (z and the copy of mq,
+    node by node), ``marks [n_workers, 4, n_db + 1]`` int64 -1 (the
+    three accumulators' stamps and the pool's), ``lists [n_workers, 4, n_db + 1]``
+    int64 (the accumulators' touched columns and the kept entries of x).
+
+    Allocated by numpy rather than inside the kernel: numpy asks the kernel for
+    transparent huge pages on arrays this large (numba's allocator does not), and the
+    kernel reads and writes them at scattered nodes, so with 4 KB pages nearly every
+    access would also miss the TLB (at 1M nodes, about 10% of the re-ranking's time).
+    """
+    values = np.zeros((n_workers, 4, n_db + 1), np.float32)
+    pairs = np.zeros((n_workers, n_db + 1, 2), np.float32)
+    marks = np.full((n_workers, 4, n_db + 1), -1, np.int64)
+    lists = np.empty((n_workers, 4, n_db + 1), np.int64)
+    return values, pairs, marks, lists
 
 
 def rerank_shortlists(
@@ -564,7 +634,6 @@ def rerank_shortlists(
     row_budget,
     lamb,
     eps,
-    n_tasks,
     out_val,
     out_pos,
     *,
@@ -593,13 +662,17 @@ def rerank_shortlists(
         row_budget: the query's last row enters ``z`` with its largest entries only.
         lamb: weight of the cosine similarity in the final score.
         eps: the norm floor.
-        n_tasks: at most this many parallel chunks of queries (each owns scratch rows of
-            g + 1 entries).
+        (The queries run in parallel chunks on ``numba.get_num_threads()`` threads;
+        each thread owns scratch rows of g + 1 entries, about 88 bytes per database node.)
         out_val: ``[b, k]`` float32 output, ``-inf`` where fewer than k candidates.
         out_pos: ``[b, k]`` int64 output positions, -1 where fewer than k candidates.
         grow: 0, or (:func:`rerank_grown_shortlists`) grow each shortlist from
             ``cand_pos`` as seeds to at most ``grow`` nodes.
     """
+    n_workers = worker_count(cand_pos.shape[0])
+    if n_workers == 0:
+        return
+    values, pairs, marks, lists = _scratch(n_workers, vectors.shape[0])
     parallel_chunks(
         _rerank_queries,
         cand_pos.shape[0],
@@ -624,9 +697,13 @@ def rerank_shortlists(
         lamb,
         eps,
         grow,
+        values,
+        pairs,
+        marks,
+        lists,
         out_val,
         out_pos,
-        max_chunks=n_tasks,
+        pass_worker=True,
     )
 
 
@@ -652,7 +729,6 @@ def rerank_grown_shortlists(
     lamb,
     eps,
     shortlist,
-    n_tasks,
     out_val,
     out_pos,
 ):
@@ -687,7 +763,6 @@ def rerank_grown_shortlists(
         row_budget,
         lamb,
         eps,
-        n_tasks,
         out_val,
         out_pos,
         grow=shortlist,

@@ -90,30 +90,31 @@ def _workers(n: int) -> ThreadPoolExecutor:
 
 
 def _run_parallel(call, n_units: int, n_threads: int) -> None:
-    """``call(unit)`` for every unit in ``range(n_units)`` on ``n_threads`` threads, the
-    calling one included; each thread takes the next unit as it finishes one. The first
-    exception is re-raised once every thread has stopped (units not yet started then do
-    not run)."""
+    """``call(unit, worker)`` for every unit in ``range(n_units)`` on ``n_threads``
+    threads, the calling one included (``worker`` in ``range(n_threads)`` names the
+    thread: its units run one after another); each thread takes the next unit as it
+    finishes one. The first exception is re-raised once every thread has stopped
+    (units not yet started then do not run)."""
     if n_threads <= 1:
         for unit in range(n_units):
-            call(unit)
+            call(unit, 0)
         return
     units = itertools.count()  # next() is atomic under the GIL
     failed = threading.Event()
 
-    def work():
+    def work(worker: int):
         try:
             for unit in units:
                 if unit >= n_units or failed.is_set():
                     return
-                call(unit)
+                call(unit, worker)
         except BaseException:
             failed.set()
             raise
 
-    others = [_workers(n_threads - 1).submit(work) for _ in range(n_threads - 1)]
+    others = [_workers(n_threads - 1).submit(work, w) for w in range(1, n_threads)]
     try:
-        work()
+        work(0)
     finally:
         errors = [f.exception() for f in others]  # waits for every thread
     for error in errors:
@@ -128,8 +129,29 @@ def _run_parallel(call, n_units: int, n_threads: int) -> None:
 CHUNKS_PER_THREAD = 16
 
 
+def _chunks_and_threads(n_items: int, min_size: int, max_chunks: int | None) -> tuple[int, int]:
+    if n_items <= 0:
+        return 0, 0
+    n_threads = numba.get_num_threads()
+    n_chunks = n_threads * CHUNKS_PER_THREAD if max_chunks is None else max_chunks
+    n_chunks = max(1, min(n_chunks, n_items // max(1, min_size)))
+    n_threads = min(n_threads, n_chunks)
+    return (1, 1) if n_threads == 1 else (n_chunks, n_threads)  # one thread: one call
+
+
+def worker_count(n_items: int, *, min_size: int = 1, max_chunks: int | None = None) -> int:
+    """The threads :func:`parallel_chunks` runs ``n_items`` items on (0 for none), so
+    that a caller can allocate one set of scratch rows per thread beforehand."""
+    return _chunks_and_threads(n_items, min_size, max_chunks)[1]
+
+
 def parallel_chunks(
-    kernel, n_items: int, *args, min_size: int = 1, max_chunks: int | None = None
+    kernel,
+    n_items: int,
+    *args,
+    min_size: int = 1,
+    max_chunks: int | None = None,
+    pass_worker: bool = False,
 ) -> None:
     """``kernel(start, stop, *args)`` over contiguous chunks covering ``range(n_items)``,
     in parallel on ``numba.get_num_threads()`` threads (the calling one included).
@@ -140,19 +162,21 @@ def parallel_chunks(
     with one thread the kernel is called once for all the items. ``kernel`` must be
     compiled with ``nogil=True`` (otherwise it runs one chunk at a time), and chunks must
     write disjoint outputs. The first exception a chunk raises is re-raised once every
-    thread has stopped; chunks not yet started then do not run.
+    thread has stopped; chunks not yet started then do not run. With ``pass_worker``
+    the kernel is called as ``kernel(worker, start, stop, *args)``, ``worker`` in
+    ``range(worker_count(n_items, min_size=..., max_chunks=...))`` naming the thread
+    that runs the chunk: a thread's chunks run one after another, so scratch rows
+    indexed by ``worker`` are never used by two chunks at once.
     """
-    if n_items <= 0:
+    n_chunks, n_threads = _chunks_and_threads(n_items, min_size, max_chunks)
+    if n_chunks == 0:
         return
-    n_threads = numba.get_num_threads()
-    n_chunks = n_threads * CHUNKS_PER_THREAD if max_chunks is None else max_chunks
-    n_chunks = max(1, min(n_chunks, n_items // max(1, min_size)))
-    n_threads = min(n_threads, n_chunks)
-    if n_threads == 1:
-        kernel(0, n_items, *args)
-        return
-    _run_parallel(
-        lambda c: kernel(n_items * c // n_chunks, n_items * (c + 1) // n_chunks, *args),
-        n_chunks,
-        n_threads,
-    )
+
+    def run(c: int, worker: int) -> None:
+        start, stop = n_items * c // n_chunks, n_items * (c + 1) // n_chunks
+        if pass_worker:
+            kernel(worker, start, stop, *args)
+        else:
+            kernel(start, stop, *args)
+
+    _run_parallel(run, n_chunks, n_threads)

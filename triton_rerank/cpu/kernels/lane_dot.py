@@ -53,6 +53,51 @@ def _is_float32_row(array) -> bool:
     )
 
 
+def _lane_sums(builder, a_pointer, b_pointers, length):
+    """LLVM IR of the fixed-order sums of ``a . b_k`` for every pointer in
+    ``b_pointers`` (float32 rows of ``length`` entries), in one loop over the entries:
+    each row keeps its own ``<8 x float>`` of partial sums, so the rows' additions
+    are independent chains the CPU overlaps, and each row's sum is exactly the
+    one-row sum. Returns the float32 values."""
+    f32 = ir.FloatType()
+    vector = ir.VectorType(f32, LANES)
+    i64 = ir.IntType(64)
+    n_full = builder.sub(length, builder.srem(length, i64(LANES)))
+    totals = [
+        cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * LANES)) for _ in b_pointers
+    ]
+
+    def lanes(pointer, e):
+        return builder.load(
+            builder.bitcast(builder.gep(pointer, [e]), vector.as_pointer()), align=4
+        )
+
+    with cgutils.for_range_slice(builder, i64(0), n_full, i64(LANES)) as (e, _):
+        a_lanes = lanes(a_pointer, e)
+        for b_pointer, total in zip(b_pointers, totals, strict=True):
+            product = builder.fmul(a_lanes, lanes(b_pointer, e))
+            builder.store(builder.fadd(builder.load(total), product), total)
+    with cgutils.for_range_slice(builder, n_full, length, i64(1)) as (e, _):
+        lane = builder.sub(e, n_full)
+        a_value = builder.load(builder.gep(a_pointer, [e]))
+        for b_pointer, total in zip(b_pointers, totals, strict=True):
+            term = builder.fmul(a_value, builder.load(builder.gep(b_pointer, [e])))
+            partial = builder.load(total)
+            summed = builder.fadd(builder.extract_element(partial, lane), term)
+            builder.store(builder.insert_element(partial, summed, lane), total)
+    sums = []
+    for total in totals:
+        partial = builder.load(total)
+        p = [builder.extract_element(partial, i64(lane)) for lane in range(LANES)]
+        sums.append(
+            builder.fadd(
+                builder.fadd(builder.fadd(p[0], p[1]), builder.fadd(p[2], p[3])),
+                builder.fadd(builder.fadd(p[4], p[5]), builder.fadd(p[6], p[7])),
+            )
+        )
+    return sums
+
+
 @intrinsic
 def lane_dot(typingctx, a, b):
     """``lane_dot(a, b)``: float32 inner product of two C-contiguous float32 rows of the
@@ -61,34 +106,46 @@ def lane_dot(typingctx, a, b):
         return None
 
     def codegen(context, builder, signature, args):
-        f32 = ir.FloatType()
-        vector = ir.VectorType(f32, LANES)
-        i64 = ir.IntType(64)
         rows = [
             context.make_array(t)(context, builder, v)
             for t, v in zip(signature.args, args, strict=True)
         ]
         length = builder.extract_value(rows[0].shape, 0)
-        pointers = [row.data for row in rows]
-        n_full = builder.sub(length, builder.srem(length, i64(LANES)))
-        total = cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * LANES))
-        with cgutils.for_range_slice(builder, i64(0), n_full, i64(LANES)) as (e, _):
-            a_lanes, b_lanes = (
-                builder.load(builder.bitcast(builder.gep(p, [e]), vector.as_pointer()), align=4)
-                for p in pointers
-            )
-            builder.store(builder.fadd(builder.load(total), builder.fmul(a_lanes, b_lanes)), total)
-        with cgutils.for_range_slice(builder, n_full, length, i64(1)) as (e, _):
-            lane = builder.sub(e, n_full)
-            term = builder.fmul(*(builder.load(builder.gep(p, [e])) for p in pointers))
-            partial = builder.load(total)
-            summed = builder.fadd(builder.extract_element(partial, lane), term)
-            builder.store(builder.insert_element(partial, summed, lane), total)
-        partial = builder.load(total)
-        p = [builder.extract_element(partial, i64(lane)) for lane in range(LANES)]
-        return builder.fadd(
-            builder.fadd(builder.fadd(p[0], p[1]), builder.fadd(p[2], p[3])),
-            builder.fadd(builder.fadd(p[4], p[5]), builder.fadd(p[6], p[7])),
-        )
+        (total,) = _lane_sums(builder, rows[0].data, [rows[1].data], length)
+        return total
 
     return types.float32(a, b), codegen
+
+
+@intrinsic
+def lane_dot_rows(typingctx, a, matrix, rows):
+    """``lane_dot_rows(a, matrix, (r0, r1, ...))``: the tuple of ``lane_dot(a, matrix[r])``
+    for each row index ``r`` (bit-identical to it), computed in one pass so that the
+    rows' sums overlap. ``a``: C-contiguous float32 row; ``matrix``: C-contiguous
+    float32 ``[n, len(a)]`` (the caller's duty: the width, ``0 <= r < n``); ``rows``: a
+    tuple of integers."""
+    if not (
+        _is_float32_row(a)
+        and isinstance(matrix, types.Array)
+        and matrix.ndim == 2
+        and matrix.dtype == types.float32
+        and matrix.layout == "C"
+        and isinstance(rows, types.UniTuple)
+        and isinstance(rows.dtype, types.Integer)
+    ):
+        return None
+    count = rows.count
+
+    def codegen(context, builder, signature, args):
+        row = context.make_array(signature.args[0])(context, builder, args[0])
+        table = context.make_array(signature.args[1])(context, builder, args[1])
+        width = builder.extract_value(table.shape, 1)
+        length = builder.extract_value(row.shape, 0)
+        starts = []
+        for k in range(count):
+            r = context.cast(builder, builder.extract_value(args[2], k), rows.dtype, types.int64)
+            starts.append(builder.gep(table.data, [builder.mul(r, width)]))
+        sums = _lane_sums(builder, row.data, starts, length)
+        return context.make_tuple(builder, signature.return_type, sums)
+
+    return types.UniTuple(types.float32, count)(a, matrix, rows), codegen
